@@ -1,0 +1,600 @@
+//! Configuration: a TOML file, every key also a command-line flag and an
+//! environment variable (`LIVY_PROXY_<KEY>`), flags and env winning over the file.
+//!
+//! Keys are spelled the same everywhere (`hold-timeout` in TOML is
+//! `--hold-timeout` and `LIVY_PROXY_HOLD_TIMEOUT`), so docs/configuration.md
+//! documents each once. Any bad file, key or value becomes a
+//! [`ConfigError`] naming the key; the binary prints it on one line and exits 2.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::discovery::DiscoveryConfig;
+use crate::node::{AddressDefaults, LivyNode, Origin, Scheme};
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The path given to `--config`.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// A key has a bad value, is unknown, or the file is not valid TOML.
+    #[error("{origin}key `{key}`: {problem}")]
+    Invalid {
+        /// Where the value came from (`config file F, ` or empty for flags).
+        origin: String,
+        /// The key, spelled as in TOML and as the flag without `--`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        origin: String::new(),
+        key: key.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Command-line flags; each also reads `LIVY_PROXY_<FLAG>` from the environment.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "livy-proxy",
+    version,
+    about = "Makes an Apache Livy HA set look like one stable endpoint: follows the \
+             active server in ZooKeeper and forwards HTTP to it.",
+    long_about = None
+)]
+pub struct Cli {
+    /// TOML file with any of the keys below (flags and env override it).
+    #[arg(long, env = "LIVY_PROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address the HTTP listener binds [default: 0.0.0.0:8998].
+    #[arg(long, env = "LIVY_PROXY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// ZooKeeper ensemble as Livy gives it: host:port,host:port[/chroot].
+    /// Without it, the --node list is probed instead.
+    #[arg(long, env = "LIVY_PROXY_ZOOKEEPER", value_name = "CONNECT")]
+    pub zookeeper: Option<String>,
+
+    /// Path of the Curator LeaderLatch the Livy servers join
+    /// (Livy: /<livy.server.ha.key-prefix>/leader) [default: /livy_ha/leader].
+    #[arg(long, env = "LIVY_PROXY_LEADER_PATH", value_name = "PATH")]
+    pub leader_path: Option<String>,
+
+    /// A known Livy server, [ID=]URL, repeatable: ID is its participant id in
+    /// the latch (Livy's server-ids entry, default: the host name). The list
+    /// maps ids to addresses, is probed without ZooKeeper, and is the only
+    /// set of hosts a redirect is followed to. Env: comma-separated.
+    #[arg(
+        long = "node",
+        env = "LIVY_PROXY_NODE",
+        value_name = "[ID=]URL",
+        value_delimiter = ','
+    )]
+    pub node: Vec<String>,
+
+    /// How long a request waits for an active server before 503 [default: 15s].
+    #[arg(long, env = "LIVY_PROXY_HOLD_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub hold_timeout: Option<Duration>,
+
+    /// ZooKeeper session timeout the proxy asks for [default: 10s].
+    #[arg(long, env = "LIVY_PROXY_ZK_SESSION_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub zk_session_timeout: Option<Duration>,
+
+    /// How often the static node list is probed [default: 2s].
+    #[arg(long, env = "LIVY_PROXY_PROBE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub probe_interval: Option<Duration>,
+
+    /// How long one probe may take [default: 1s].
+    #[arg(long, env = "LIVY_PROXY_PROBE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Option<Duration>,
+
+    /// GET used to probe a server without /ha-status: 307 = passive, 2xx = active [default: /version].
+    #[arg(long, env = "LIVY_PROXY_PROBE_PATH", value_name = "PATH")]
+    pub probe_path: Option<String>,
+
+    /// Timeout for connecting to a Livy server [default: 5s].
+    #[arg(long, env = "LIVY_PROXY_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// How long Livy may take to answer a request (session creation and
+    /// large uploads are slow) [default: 600s].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+
+    /// Largest request body kept for replay after a stale 307 [default: 1MiB].
+    #[arg(long, env = "LIVY_PROXY_MAX_REPLAY_BODY", value_name = "SIZE")]
+    pub max_replay_body: Option<ByteSize>,
+
+    /// Append to an incoming X-Forwarded-For chain instead of replacing it
+    /// (only behind a trusted load balancer) [default: false].
+    #[arg(long, env = "LIVY_PROXY_TRUST_FORWARDED", value_name = "BOOL")]
+    pub trust_forwarded: Option<bool>,
+
+    /// Scheme for a participant id or node given without one [default: http].
+    #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
+    pub default_scheme: Option<String>,
+
+    /// Port for a participant id or node given without one [default: 8998].
+    #[arg(long, env = "LIVY_PROXY_DEFAULT_PORT", value_name = "PORT")]
+    pub default_port: Option<u16>,
+
+    /// Retry-After sent with a 503 [default: 5s].
+    #[arg(long, env = "LIVY_PROXY_RETRY_AFTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_after: Option<Duration>,
+
+    /// Log filter when RUST_LOG is unset, e.g. info or livy_proxy=debug [default: info].
+    #[arg(long, env = "LIVY_PROXY_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// One `node` entry in the file: `"ID=URL"` or `{ id, url, thrift }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NodeEntry {
+    Spec(String),
+    Table(NodeTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTable {
+    id: Option<String>,
+    url: String,
+    thrift: Option<String>,
+}
+
+/// The file's keys: the same names as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<String>,
+    zookeeper: Option<String>,
+    leader_path: Option<String>,
+    #[serde(default)]
+    node: Vec<NodeEntry>,
+    hold_timeout: Option<String>,
+    zk_session_timeout: Option<String>,
+    probe_interval: Option<String>,
+    probe_timeout: Option<String>,
+    probe_path: Option<String>,
+    connect_timeout: Option<String>,
+    upstream_timeout: Option<String>,
+    max_replay_body: Option<String>,
+    trust_forwarded: Option<bool>,
+    default_scheme: Option<String>,
+    default_port: Option<u16>,
+    retry_after: Option<String>,
+    log_level: Option<String>,
+}
+
+/// The resolved configuration the proxy runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// HTTP listener address.
+    pub listen: SocketAddr,
+    /// ZooKeeper connect string, if any.
+    pub zookeeper: Option<String>,
+    /// Latch path.
+    pub leader_path: String,
+    /// Known Livy servers.
+    pub nodes: Arc<Vec<LivyNode>>,
+    /// How long a request waits for a leader.
+    pub hold_timeout: Duration,
+    /// ZooKeeper session timeout.
+    pub zk_session_timeout: Duration,
+    /// Probe period for the static list.
+    pub probe_interval: Duration,
+    /// Timeout of one probe.
+    pub probe_timeout: Duration,
+    /// Fallback probe path.
+    pub probe_path: String,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response timeout.
+    pub upstream_timeout: Duration,
+    /// Largest body kept for replay.
+    pub max_replay_body: u64,
+    /// Whether an incoming X-Forwarded-For chain is kept and appended to.
+    pub trust_forwarded: bool,
+    /// Defaults for addresses without scheme or port.
+    pub defaults: AddressDefaults,
+    /// Retry-After on 503s.
+    pub retry_after: Duration,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags (and the file they name).
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let origin = cli
+            .config
+            .as_ref()
+            .map(|p| format!("config file {}: ", p.display()))
+            .unwrap_or_default();
+        // Values from the file are checked with the file named in the error.
+        let in_file = |e: ConfigError| match e {
+            ConfigError::Invalid { key, problem, .. } => ConfigError::Invalid {
+                origin: origin.clone(),
+                key,
+                problem,
+            },
+            other => other,
+        };
+        let dur = |key: &str, flag: Option<Duration>, file: &Option<String>, default: &str| {
+            resolve_duration(key, flag, file, default).map_err(&in_file)
+        };
+
+        let default_scheme = match cli.default_scheme.as_ref().or(file.default_scheme.as_ref()) {
+            None => Scheme::Http,
+            Some(s) => match s.to_ascii_lowercase().as_str() {
+                "http" => Scheme::Http,
+                "https" => Scheme::Https,
+                _ => {
+                    return Err(invalid(
+                        "default-scheme",
+                        format!("{s:?} is not http or https"),
+                    ));
+                }
+            },
+        };
+        let defaults = AddressDefaults {
+            scheme: default_scheme,
+            port: cli.default_port.or(file.default_port).unwrap_or(8998),
+        };
+
+        let listen = match (cli.listen, &file.listen) {
+            (Some(a), _) => a,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| in_file(invalid("listen", format!("{s:?}: {e}"))))?,
+            (None, None) => SocketAddr::from(([0, 0, 0, 0], 8998)),
+        };
+
+        let zookeeper = cli.zookeeper.clone().or(file.zookeeper.clone());
+        if let Some(zk) = &zookeeper {
+            check_zookeeper(zk).map_err(|p| {
+                if cli.zookeeper.is_some() {
+                    invalid("zookeeper", p)
+                } else {
+                    in_file(invalid("zookeeper", p))
+                }
+            })?;
+        }
+
+        let leader_path = cli
+            .leader_path
+            .clone()
+            .or(file.leader_path.clone())
+            .unwrap_or_else(|| "/livy_ha/leader".to_string());
+        if !leader_path.starts_with('/') || (leader_path.len() > 1 && leader_path.ends_with('/')) {
+            return Err(invalid(
+                "leader-path",
+                format!("{leader_path:?} must be an absolute ZooKeeper path like /livy_ha/leader"),
+            ));
+        }
+
+        let nodes = if !cli.node.is_empty() {
+            cli.node
+                .iter()
+                .map(|s| LivyNode::parse(s, defaults).map_err(|e| invalid("node", e)))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            file.node
+                .iter()
+                .map(|e| node_from_entry(e, defaults).map_err(&in_file))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        check_unique(&nodes)?;
+        if zookeeper.is_none() && nodes.is_empty() {
+            return Err(invalid(
+                "zookeeper",
+                "neither zookeeper nor any node is set: nothing to discover the active Livy server from",
+            ));
+        }
+
+        let max_replay_body = match (cli.max_replay_body, &file.max_replay_body) {
+            (Some(b), _) => b.as_u64(),
+            (None, Some(s)) => s
+                .parse::<ByteSize>()
+                .map_err(|e| in_file(invalid("max-replay-body", format!("{s:?}: {e}"))))?
+                .as_u64(),
+            (None, None) => 1024 * 1024,
+        };
+
+        let probe_path = cli
+            .probe_path
+            .clone()
+            .or(file.probe_path.clone())
+            .unwrap_or_else(|| "/version".to_string());
+        if !probe_path.starts_with('/') {
+            return Err(invalid(
+                "probe-path",
+                format!("{probe_path:?} must start with /"),
+            ));
+        }
+
+        let config = Config {
+            listen,
+            zookeeper,
+            leader_path,
+            nodes: Arc::new(nodes),
+            hold_timeout: dur("hold-timeout", cli.hold_timeout, &file.hold_timeout, "15s")?,
+            zk_session_timeout: dur(
+                "zk-session-timeout",
+                cli.zk_session_timeout,
+                &file.zk_session_timeout,
+                "10s",
+            )?,
+            probe_interval: dur(
+                "probe-interval",
+                cli.probe_interval,
+                &file.probe_interval,
+                "2s",
+            )?,
+            probe_timeout: dur(
+                "probe-timeout",
+                cli.probe_timeout,
+                &file.probe_timeout,
+                "1s",
+            )?,
+            probe_path,
+            connect_timeout: dur(
+                "connect-timeout",
+                cli.connect_timeout,
+                &file.connect_timeout,
+                "5s",
+            )?,
+            upstream_timeout: dur(
+                "upstream-timeout",
+                cli.upstream_timeout,
+                &file.upstream_timeout,
+                "600s",
+            )?,
+            max_replay_body,
+            trust_forwarded: cli
+                .trust_forwarded
+                .or(file.trust_forwarded)
+                .unwrap_or(false),
+            defaults,
+            retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
+            log_level: cli
+                .log_level
+                .clone()
+                .or(file.log_level.clone())
+                .unwrap_or_else(|| "info".to_string()),
+        };
+        for (key, d) in [
+            ("probe-interval", config.probe_interval),
+            ("probe-timeout", config.probe_timeout),
+            ("connect-timeout", config.connect_timeout),
+            ("upstream-timeout", config.upstream_timeout),
+            ("zk-session-timeout", config.zk_session_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The part of the configuration discovery needs.
+    pub fn discovery(&self) -> DiscoveryConfig {
+        DiscoveryConfig {
+            zookeeper: self.zookeeper.clone(),
+            leader_path: self.leader_path.clone(),
+            zk_session_timeout: self.zk_session_timeout,
+            nodes: self.nodes.clone(),
+            defaults: self.defaults,
+            probe_interval: self.probe_interval,
+            probe_timeout: self.probe_timeout,
+            probe_path: self.probe_path.clone(),
+        }
+    }
+}
+
+/// Reads and parses the TOML file; a parse error names the key on the line
+/// it points at.
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let key = e
+            .span()
+            .and_then(|span| key_at(&text, span.start))
+            .unwrap_or_else(|| "?".to_string());
+        ConfigError::Invalid {
+            origin: format!("config file {}: ", path.display()),
+            key,
+            problem: e.message().trim().replace('\n', " "),
+        }
+    })
+}
+
+/// The key written on the line containing byte `offset` (`key = value`),
+/// or the table header for a nested value.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split('=').next()?.trim().trim_matches(['[', ']', '"']);
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+fn resolve_duration(
+    key: &str,
+    flag: Option<Duration>,
+    file: &Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    let text = file.as_deref().unwrap_or(default);
+    humantime::parse_duration(text).map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not a duration like 15s or 500ms: {e}"),
+        )
+    })
+}
+
+fn node_from_entry(entry: &NodeEntry, defaults: AddressDefaults) -> Result<LivyNode, ConfigError> {
+    match entry {
+        NodeEntry::Spec(s) => LivyNode::parse(s, defaults).map_err(|e| invalid("node", e)),
+        NodeEntry::Table(t) => {
+            let origin = Origin::parse(&t.url, defaults).map_err(|e| invalid("node.url", e))?;
+            Ok(LivyNode {
+                id: t.id.clone().unwrap_or_else(|| origin.host.clone()),
+                origin,
+                thrift: t.thrift.clone(),
+            })
+        }
+    }
+}
+
+fn check_unique(nodes: &[LivyNode]) -> Result<(), ConfigError> {
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[..i] {
+            if a.id == b.id {
+                return Err(invalid("node", format!("id {:?} is given twice", a.id)));
+            }
+            if a.origin == b.origin {
+                return Err(invalid("node", format!("{} is given twice", a.origin)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks `host:port,host:port[/chroot]` the way Livy and ZooKeeper take it.
+fn check_zookeeper(connect: &str) -> Result<(), String> {
+    let (hosts, chroot) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    if hosts.trim().is_empty() {
+        return Err(format!(
+            "{connect:?} names no host (expected host:port,host:port[/chroot])"
+        ));
+    }
+    for hp in hosts.split(',') {
+        let hp = hp.trim();
+        let Some((host, port)) = hp.rsplit_once(':') else {
+            return Err(format!(
+                "{hp:?} in {connect:?} has no port (expected host:port)"
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("{hp:?} in {connect:?} is not host:port"));
+        }
+    }
+    if let Some(c) = chroot
+        && (c.len() > 1 && c.ends_with('/'))
+    {
+        return Err(format!("chroot {c:?} must not end with /"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_file(text: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load(Cli {
+            config: Some(f.path().to_path_buf()),
+            ..Cli::default()
+        })
+    }
+
+    #[test]
+    fn defaults_and_file_values() {
+        let c = load_file(
+            "zookeeper = \"127.0.0.1:2181/livy\"\nhold-timeout = \"3s\"\nnode = [\"livy-1=http://h1:8998\", { url = \"h2\", thrift = \"h2:10091\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.hold_timeout, Duration::from_secs(3));
+        assert_eq!(c.leader_path, "/livy_ha/leader");
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes[1].id, "h2");
+        assert_eq!(c.nodes[1].thrift.as_deref(), Some("h2:10091"));
+        assert_eq!(c.max_replay_body, 1024 * 1024);
+        assert_eq!(c.upstream_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"zookeeper = \"a:1\"\nhold-timeout = \"3s\"\n")
+            .unwrap();
+        let cli = Cli::parse_from([
+            "livy-proxy",
+            "--config",
+            f.path().to_str().unwrap(),
+            "--hold-timeout",
+            "7s",
+        ]);
+        assert_eq!(
+            Config::load(cli).unwrap().hold_timeout,
+            Duration::from_secs(7)
+        );
+    }
+
+    fn error_of(text: &str) -> String {
+        load_file(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(
+            error_of("zookeeper = \"a:1\"\nhold-timeout = \"soon\"\n").contains("`hold-timeout`")
+        );
+        assert!(error_of("zookeeper = \"a:1\"\nhold-timout = \"1s\"\n").contains("`hold-timout`"));
+        assert!(error_of("zookeeper = \"a:1\"\nhold-timeout = 5\n").contains("`hold-timeout`"));
+        assert!(error_of("zookeeper = \"nohostport\"\n").contains("`zookeeper`"));
+        assert!(error_of("zookeeper = \"a:1\"\nnode = [\"ftp://x\"]\n").contains("`node`"));
+        assert!(error_of("zookeeper = \"a:1\"\nleader-path = \"x\"\n").contains("`leader-path`"));
+        assert!(error_of("listen = \"nope\"\nzookeeper = \"a:1\"\n").contains("`listen`"));
+        assert!(
+            error_of("max-replay-body = \"lots\"\nzookeeper = \"a:1\"\n")
+                .contains("`max-replay-body`")
+        );
+        assert!(error_of("").contains("`zookeeper`"));
+    }
+
+    #[test]
+    fn zookeeper_connect_strings() {
+        assert!(check_zookeeper("h1:2181,h2:2181/livy").is_ok());
+        assert!(check_zookeeper("[::1]:2181").is_ok());
+        assert!(check_zookeeper("h1").is_err());
+        assert!(check_zookeeper("/chroot").is_err());
+    }
+}

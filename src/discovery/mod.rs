@@ -1,0 +1,185 @@
+//! Discovery: which Livy server is active right now.
+//!
+//! Exactly one task owns this question and publishes its answer on a
+//! `tokio::sync::watch` channel as a [`LeaderView`]; every proxy holds a
+//! receiver and never talks to ZooKeeper or probes a server itself. Data
+//! flows one way: ZooKeeper (or probing) -> `LeaderView` -> proxies.
+//!
+//! Two sources feed the view:
+//! - [`zk`]: Livy's Curator `LeaderLatch` in ZooKeeper, the truth in HA mode;
+//! - [`probe`]: polling a static list of servers (`/ha-status`, else a cheap
+//!   GET where 307 means passive), used without ZooKeeper and as the fallback
+//!   while ZooKeeper cannot be reached at start.
+
+pub mod latch;
+pub mod probe;
+pub mod zk;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{AddressDefaults, LivyNode};
+
+/// Where the current view comes from, for logs, readiness and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing known yet.
+    None,
+    /// Livy's leader latch in ZooKeeper.
+    ZooKeeper,
+    /// Polling the static node list.
+    Probe,
+}
+
+/// The active Livy server as discovery last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// The node traffic goes to (resolved from the latch participant id).
+    pub node: LivyNode,
+    /// When this node became the leader in our view.
+    pub since: SystemTime,
+}
+
+/// Everything a proxy needs to decide where a request goes, published by
+/// discovery on every change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The active server, if one is known. `None` while an election is under
+    /// way, when nobody holds the latch, or when the leader's id maps to no
+    /// address (see `problem`).
+    pub leader: Option<Leader>,
+    /// True when discovery lost contact with its source (ZooKeeper
+    /// disconnected, all probes failing) and `leader` is the last known one.
+    pub stale: bool,
+    /// Which source produced this view.
+    pub source: Source,
+    /// A human-readable reason when something is wrong (unmapped participant
+    /// id, ZooKeeper unreachable, latch path missing). Shown in readiness.
+    pub problem: Option<String>,
+    /// Increases by one every time `leader` changes, so a proxy can tell
+    /// "the leader moved" from "the same leader, republished".
+    pub generation: u64,
+}
+
+impl LeaderView {
+    /// The view before discovery has said anything.
+    pub fn unknown() -> Self {
+        LeaderView {
+            leader: None,
+            stale: false,
+            source: Source::None,
+            problem: Some("discovery has not run yet".to_string()),
+            generation: 0,
+        }
+    }
+}
+
+/// The receiving end every proxy holds.
+pub type LeaderRx = watch::Receiver<LeaderView>;
+
+/// What discovery needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct DiscoveryConfig {
+    /// ZooKeeper connect string `host:port,host:port[/chroot]`; `None` means
+    /// static-list probing only.
+    pub zookeeper: Option<String>,
+    /// The Curator latch path Livy's servers join (default `/livy_ha/leader`).
+    pub leader_path: String,
+    /// ZooKeeper session timeout the proxy asks for.
+    pub zk_session_timeout: Duration,
+    /// The known Livy servers: id table, static list and redirect allow-list.
+    pub nodes: Arc<Vec<LivyNode>>,
+    /// Scheme and port for a participant id read as an address.
+    pub defaults: AddressDefaults,
+    /// How often the static list is probed.
+    pub probe_interval: Duration,
+    /// How long one probe request may take.
+    pub probe_timeout: Duration,
+    /// The cheap GET used when a server has no `/ha-status`.
+    pub probe_path: String,
+}
+
+/// Starts discovery on the current runtime and returns the receiver proxies
+/// read. ZooKeeper is used when configured, with probing of the static list
+/// as the fallback while ZooKeeper cannot be reached at start; otherwise the
+/// static list is probed. Runs until `shutdown` is cancelled.
+pub fn spawn(config: DiscoveryConfig, shutdown: CancellationToken) -> LeaderRx {
+    let (tx, rx) = watch::channel(LeaderView::unknown());
+    let publisher = Publisher::new(tx);
+    match config.zookeeper.clone() {
+        Some(connect) => {
+            tokio::spawn(zk::run(connect, config, publisher, shutdown));
+        }
+        None => {
+            tokio::spawn(probe::run(config, publisher, shutdown));
+        }
+    }
+    rx
+}
+
+/// The single writer of the [`LeaderView`]: keeps `generation` and `since`
+/// consistent and logs every leader change once.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Arc<watch::Sender<LeaderView>>,
+}
+
+impl Publisher {
+    /// Wraps the sending half of the leader channel.
+    pub fn new(tx: watch::Sender<LeaderView>) -> Self {
+        Publisher { tx: Arc::new(tx) }
+    }
+
+    /// The view as last published.
+    pub fn current(&self) -> LeaderView {
+        self.tx.borrow().clone()
+    }
+
+    /// Publishes `node` (or no leader) as the leader from `source`, fresh.
+    /// `since` and `generation` move only when the leader actually changes.
+    pub fn set_leader(&self, node: Option<LivyNode>, source: Source, problem: Option<String>) {
+        self.tx.send_if_modified(|view| {
+            let old_id = view.leader.as_ref().map(|l| l.node.clone());
+            let changed = old_id != node;
+            if changed {
+                view.generation += 1;
+                let old = old_id.map_or_else(|| "none".to_string(), |n| n.to_string());
+                let new = node
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |n| n.to_string());
+                tracing::info!(old = %old, new = %new, source = ?source, "leader changed");
+                view.leader = node.map(|node| Leader {
+                    node,
+                    since: SystemTime::now(),
+                });
+            }
+            let before = (view.stale, view.source, view.problem.clone());
+            view.stale = false;
+            view.source = source;
+            view.problem = problem;
+            changed || before != (view.stale, view.source, view.problem.clone())
+        });
+    }
+
+    /// Keeps the last leader but marks the view stale (source unreachable),
+    /// with the reason.
+    pub fn mark_stale(&self, problem: String) {
+        self.tx.send_if_modified(|view| {
+            let changed = !view.stale || view.problem.as_deref() != Some(problem.as_str());
+            if changed {
+                tracing::warn!(problem = %problem, leader = ?view.leader.as_ref().map(|l| l.node.id.clone()), "discovery stale: keeping last known leader");
+            }
+            view.stale = true;
+            view.problem = Some(problem);
+            changed
+        });
+    }
+
+    /// A receiver of the channel, for tasks that also need to read it.
+    pub fn subscribe(&self) -> LeaderRx {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,1 @@
+//! HTTP reverse proxy to the active Livy server. (Stub.)

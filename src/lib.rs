@@ -1,0 +1,18 @@
+//! livy-proxy: makes an Apache Livy HA set look like one stable endpoint.
+//!
+//! Livy in HA mode runs one active server and several passive ones, elected
+//! through a Curator `LeaderLatch` in ZooKeeper. This crate watches the latch
+//! ([`discovery`]) and forwards client traffic to whichever server is active
+//! ([`http_proxy`]), so clients never see a redirect or a dead server.
+//!
+//! Modules, one concern each:
+//! - [`config`]: flags, environment and TOML into one [`config::Config`];
+//! - [`node`]: what a Livy server is (latch id, address);
+//! - [`discovery`]: the only code that talks to ZooKeeper or probes servers;
+//!   it publishes a [`discovery::LeaderView`] on a `watch` channel;
+//! - [`http_proxy`]: the HTTP/1.1 and h2c reverse proxy reading that channel.
+
+pub mod config;
+pub mod discovery;
+pub mod http_proxy;
+pub mod node;
