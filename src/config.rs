@@ -142,6 +142,14 @@ pub struct Cli {
     /// Log filter when RUST_LOG is unset, e.g. info or livy_proxy=debug [default: info].
     #[arg(long, env = "LIVY_PROXY_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Log line format: text or json [default: text].
+    #[arg(long, env = "LIVY_PROXY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Runtime worker threads [default: one per CPU core].
+    #[arg(long, env = "LIVY_PROXY_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
 }
 
 /// One `node` entry in the file: `"ID=URL"` or `{ id, url, thrift }`.
@@ -182,6 +190,8 @@ struct FileConfig {
     default_port: Option<u16>,
     retry_after: Option<String>,
     log_level: Option<String>,
+    log_format: Option<String>,
+    worker_threads: Option<usize>,
 }
 
 /// The resolved configuration the proxy runs with.
@@ -219,6 +229,10 @@ pub struct Config {
     pub retry_after: Duration,
     /// Log filter.
     pub log_level: String,
+    /// Log lines as JSON objects instead of text.
+    pub log_json: bool,
+    /// Runtime worker threads; `None` means one per core.
+    pub worker_threads: Option<usize>,
 }
 
 impl Config {
@@ -384,7 +398,26 @@ impl Config {
                 .clone()
                 .or(file.log_level.clone())
                 .unwrap_or_else(|| "info".to_string()),
+            log_json: match cli
+                .log_format
+                .as_ref()
+                .or(file.log_format.as_ref())
+                .map(|s| s.as_str())
+            {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(invalid(
+                        "log-format",
+                        format!("{other:?} is not text or json"),
+                    ));
+                }
+            },
+            worker_threads: cli.worker_threads.or(file.worker_threads),
         };
+        if config.worker_threads == Some(0) {
+            return Err(invalid("worker-threads", "must be at least 1"));
+        }
         for (key, d) in [
             ("probe-interval", config.probe_interval),
             ("probe-timeout", config.probe_timeout),

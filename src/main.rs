@@ -1,10 +1,17 @@
 //! The `livy-proxy` binary: parses configuration, starts discovery and the
-//! listeners, and turns any start-up error into one line and an exit code.
+//! listeners, and turns any start-up error into one line and an exit code
+//! (2 for configuration, 1 for anything else). `anyhow` lives only here.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use livy_proxy::config::{Cli, Config};
+use livy_proxy::discovery;
+use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,6 +22,82 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("{config:?}");
-    ExitCode::SUCCESS
+    init_logging(&config);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("livy-proxy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.build().context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "binding the HTTP listener on {} (key `listen`)",
+            config.listen
+        )
+    })?;
+    tracing::info!(
+        listen = %listener.local_addr().unwrap_or(config.listen),
+        zookeeper = config.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
+        leader_path = %config.leader_path,
+        nodes = config.nodes.len(),
+        "livy-proxy {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    let leader = discovery::spawn(config.discovery(), shutdown.child_token());
+    let proxy = HttpProxy::new(HttpSettings::from(&config), config.nodes.clone(), leader);
+    let http = tokio::spawn(proxy.serve(listener, shutdown.child_token()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    shutdown.cancel();
+    tokio::select! {
+        _ = http => {}
+        _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; only the process being killed stops it");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

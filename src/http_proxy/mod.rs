@@ -1,1 +1,493 @@
-//! HTTP reverse proxy to the active Livy server. (Stub.)
+//! HTTP reverse proxy to the active Livy server.
+//!
+//! One request's life, in the order of [`HttpProxy::forward`]:
+//! 1. Wait (up to `hold-timeout`) for discovery to name a leader.
+//! 2. Read a small body into memory so it can be resent ([`body`]).
+//! 3. Send to the leader over a pooled keep-alive connection.
+//! 4. A refused connect means nothing was sent: wait for the leader to
+//!    change (or the just-elected one to finish restarting) and try again,
+//!    within the hold time, like pingora's `fail_to_connect`.
+//! 5. A 3xx whose `Location` names another known Livy node means "I am
+//!    passive, the active one is there": resend the original request to that
+//!    node (at most [`MAX_REDIRECT_HOPS`]); a redirect anywhere else goes to
+//!    the client untouched (never an open proxy).
+//! 6. A failure after the request may have reached Livy is retried only for
+//!    GET, HEAD and OPTIONS; anything else gets a 502 — never a POST twice.
+//!
+//! Clients speak HTTP/1.1 (keep-alive, pipelining) or h2c with prior
+//! knowledge on the same port; Livy is spoken to in HTTP/1.1.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::discovery::{LeaderRx, LeaderView};
+use crate::node::LivyNode;
+use body::{PreparedBody, UpstreamBody};
+use error::ProxyError;
+
+/// How many redirects between Livy servers one request may follow.
+pub const MAX_REDIRECT_HOPS: usize = 3;
+
+/// The body of a response to the client: Livy's, streamed, or the proxy's own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The settings the HTTP proxy reads on every request.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// How long a request waits for a usable leader.
+    pub hold_timeout: Duration,
+    /// How long Livy may take to send response headers.
+    pub upstream_timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Largest body kept for replay.
+    pub max_replay_body: u64,
+    /// Whether incoming `X-Forwarded-*` is trusted and extended.
+    pub trust_forwarded: bool,
+    /// `Retry-After` on 502/503.
+    pub retry_after: Duration,
+}
+
+impl From<&Config> for HttpSettings {
+    fn from(c: &Config) -> Self {
+        HttpSettings {
+            hold_timeout: c.hold_timeout,
+            upstream_timeout: c.upstream_timeout,
+            connect_timeout: c.connect_timeout,
+            max_replay_body: c.max_replay_body,
+            trust_forwarded: c.trust_forwarded,
+            retry_after: c.retry_after,
+        }
+    }
+}
+
+struct Shared {
+    leader: LeaderRx,
+    nodes: Arc<Vec<LivyNode>>,
+    client: Client<HttpConnector, UpstreamBody>,
+    settings: HttpSettings,
+}
+
+/// The proxy as a `tower::Service`: cheap to clone (one `Arc`), one clone
+/// per connection, so layers (timeouts, metrics, request ids) can wrap it.
+#[derive(Clone)]
+pub struct HttpProxy {
+    shared: Arc<Shared>,
+}
+
+/// A request with the client's address attached, as the service sees it.
+pub struct ClientRequest {
+    /// The request as hyper parsed it.
+    pub request: Request<Incoming>,
+    /// The client connection's peer address.
+    pub peer: SocketAddr,
+}
+
+impl HttpProxy {
+    /// Builds the proxy: a pooled keep-alive HTTP/1.1 client to Livy and a
+    /// receiver of discovery's leader channel.
+    pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        HttpProxy {
+            shared: Arc::new(Shared {
+                leader,
+                nodes,
+                client,
+                settings,
+            }),
+        }
+    }
+
+    /// Accepts connections on `listener` until `shutdown`, then lets
+    /// in-flight requests finish (hyper's graceful shutdown) before returning.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.forward(ClientRequest { request, peer }).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+    }
+
+    /// Handles one client request end to end; never fails, errors become
+    /// JSON responses.
+    pub async fn forward(&self, req: ClientRequest) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.request.method().clone();
+        let path = req.request.uri().path().to_string();
+        let response = match self.try_forward(req, started).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(%method, %path, kind = e.kind(), error = %e, "request failed");
+                e.into_response(self.shared.settings.retry_after)
+                    .map(Either::Right)
+            }
+        };
+        tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
+        response
+    }
+
+    async fn try_forward(
+        &self,
+        req: ClientRequest,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let s = &self.shared;
+        let deadline = started + s.settings.hold_timeout;
+        let (parts, incoming) = req.request.into_parts();
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
+        }
+        // The origin the client used, for rewriting Location back to us.
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let client_origin = client_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(|h| format!("http://{h}"));
+
+        let mut template_headers = parts.headers;
+        headers::strip_hop_by_hop(&mut template_headers);
+        template_headers.remove(header::HOST);
+        // The proxy already holds the body (or streams it): Livy must not
+        // wait for a 100-continue exchange the client started with us.
+        template_headers.remove(header::EXPECT);
+        headers::add_forwarded(
+            &mut template_headers,
+            &headers::ClientSide {
+                client_ip: req.peer.ip(),
+                proto: "http",
+                host: client_host.as_ref(),
+                trust_forwarded: s.settings.trust_forwarded,
+            },
+        );
+        headers::add_via(&mut template_headers, parts.version);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+
+        let mut body = PreparedBody::prepare(incoming, s.settings.max_replay_body)
+            .await
+            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?;
+
+        let template = Template {
+            method: parts.method,
+            path_and_query,
+            headers: template_headers,
+        };
+        let mut leader_rx = s.leader.clone();
+        // A node named by a redirect overrides discovery for this request.
+        let mut redirected_to: Option<LivyNode> = None;
+        let mut hops = 0usize;
+        let mut backoff = Duration::from_millis(25);
+        let mut last_connect_error: Option<(LivyNode, String)> = None;
+
+        loop {
+            let node = match redirected_to.clone() {
+                Some(n) => n,
+                None => match wait_for_leader(&mut leader_rx, deadline).await {
+                    Some(n) => n,
+                    None => {
+                        return Err(match last_connect_error {
+                            Some((node, reason)) => ProxyError::LeaderUnreachable {
+                                node: node.to_string(),
+                                reason,
+                            },
+                            None => ProxyError::NoLeader {
+                                waited: started.elapsed(),
+                                problem: leader_rx.borrow().problem.clone(),
+                            },
+                        });
+                    }
+                },
+            };
+            let Some(attempt_body) = body.take() else {
+                // A streamed body was already sent once: never again.
+                return Err(ProxyError::UpstreamFailed {
+                    node: node.to_string(),
+                    reason: "the request body was already sent and is too large to resend".into(),
+                });
+            };
+            let upstream_req = template.build(&node, attempt_body)?;
+            let sent =
+                tokio::time::timeout(s.settings.upstream_timeout, s.client.request(upstream_req))
+                    .await;
+            let result = match sent {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ProxyError::UpstreamTimeout {
+                        node: node.to_string(),
+                        timeout: s.settings.upstream_timeout,
+                    });
+                }
+            };
+            match result {
+                Ok(resp) => {
+                    if let Some(target) = self.redirect_target(&resp, &node) {
+                        if body.is_replayable() {
+                            hops += 1;
+                            if hops > MAX_REDIRECT_HOPS {
+                                return Err(ProxyError::RedirectLoop { hops: hops - 1 });
+                            }
+                            tracing::info!(from = %node, to = %target, "Livy server redirected: following to the node it names");
+                            redirected_to = Some(target);
+                            continue;
+                        }
+                    }
+                    return Ok(self.relay_response(resp, client_origin.as_deref()));
+                }
+                Err(e) if e.is_connect() => {
+                    // Nothing reached Livy: safe to retry with any method.
+                    let reason = error_chain(&e);
+                    tracing::debug!(node = %node, error = %reason, "connect failed; retrying within the hold time");
+                    redirected_to = None;
+                    if !body.is_replayable()
+                        || !wait_change_or_backoff(&mut leader_rx, backoff, deadline).await
+                    {
+                        return Err(ProxyError::LeaderUnreachable {
+                            node: node.to_string(),
+                            reason,
+                        });
+                    }
+                    last_connect_error = Some((node, reason));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    let reason = error_chain(&e);
+                    let idempotent = matches!(
+                        template.method,
+                        Method::GET | Method::HEAD | Method::OPTIONS
+                    );
+                    if idempotent && body.is_replayable() && Instant::now() < deadline {
+                        tracing::info!(node = %node, error = %reason, method = %template.method, "upstream failed; retrying idempotent request");
+                        redirected_to = None;
+                        if !wait_change_or_backoff(&mut leader_rx, backoff, deadline).await {
+                            return Err(ProxyError::UpstreamFailed {
+                                node: node.to_string(),
+                                reason,
+                            });
+                        }
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        continue;
+                    }
+                    return Err(ProxyError::UpstreamFailed {
+                        node: node.to_string(),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The known Livy node a redirect from `from` points at, if it is one:
+    /// the sign of a passive server naming the active one.
+    fn redirect_target(&self, resp: &Response<Incoming>, from: &LivyNode) -> Option<LivyNode> {
+        if !matches!(
+            resp.status(),
+            StatusCode::TEMPORARY_REDIRECT
+                | StatusCode::PERMANENT_REDIRECT
+                | StatusCode::FOUND
+                | StatusCode::SEE_OTHER
+                | StatusCode::MOVED_PERMANENTLY
+        ) {
+            return None;
+        }
+        let location = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+        let current = self.shared.leader.borrow().leader.clone();
+        let candidates = self
+            .shared
+            .nodes
+            .iter()
+            .chain(current.as_ref().map(|l| &l.node));
+        let (node, _) = headers::known_node(location, candidates)?;
+        // A redirect to itself (the UI's `/` -> `/ui`) is an ordinary one.
+        (node.origin != from.origin).then(|| node.clone())
+    }
+
+    /// Livy's response, with hop-by-hop headers removed, `Via` added and a
+    /// `Location` that names a Livy server turned into the proxy's address.
+    fn relay_response(
+        &self,
+        resp: Response<Incoming>,
+        client_origin: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::add_via(&mut parts.headers, Version::HTTP_11);
+        if let (Some(origin), Some(location)) = (
+            client_origin,
+            parts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok()),
+        ) {
+            let current = self.shared.leader.borrow().leader.clone();
+            let known = headers::known_node(
+                location,
+                self.shared
+                    .nodes
+                    .iter()
+                    .chain(current.as_ref().map(|l| &l.node)),
+            )
+            .is_some();
+            if known
+                && let Some(rewritten) = headers::rewrite_location(location, origin)
+                && let Ok(v) = HeaderValue::from_str(&rewritten)
+            {
+                parts.headers.insert(header::LOCATION, v);
+            }
+        }
+        Response::from_parts(parts, Either::Left(body))
+    }
+}
+
+impl tower::Service<ClientRequest> for HttpProxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ClientRequest) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.forward(req).await) })
+    }
+}
+
+/// What is resent on every attempt: the request minus its body.
+struct Template {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn build(
+        &self,
+        node: &LivyNode,
+        body: UpstreamBody,
+    ) -> Result<Request<UpstreamBody>, ProxyError> {
+        let authority = node.origin.authority();
+        let uri: Uri = format!(
+            "{}://{}{}",
+            node.origin.scheme.as_str(),
+            authority,
+            self.path_and_query
+        )
+        .parse()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        let mut headers = self.headers.clone();
+        // Livy's passive filter builds its redirect from the Host it sees:
+        // it must be the Livy server's own, as with nginx's `proxy_pass`.
+        if let Ok(host) = HeaderValue::from_str(&authority) {
+            headers.insert(header::HOST, host);
+        }
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+/// Waits until discovery names a leader or `deadline` passes.
+async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<LivyNode> {
+    let wait = rx.wait_for(|v: &LeaderView| v.leader.is_some());
+    match tokio::time::timeout_at(deadline.into(), wait).await {
+        Ok(Ok(view)) => view.leader.as_ref().map(|l| l.node.clone()),
+        _ => None,
+    }
+}
+
+/// After a failed attempt: returns as soon as the leader changes or
+/// `backoff` passes (a just-elected Livy restarts its server and refuses
+/// connections briefly), false if the hold deadline has passed.
+async fn wait_change_or_backoff(rx: &mut LeaderRx, backoff: Duration, deadline: Instant) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    rx.borrow_and_update();
+    let until = (now + backoff).min(deadline);
+    let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
+    Instant::now() < deadline
+}
+
+/// An error and its sources on one line: hyper-util's top-level message
+/// alone ("client error (Connect)") hides the useful part.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

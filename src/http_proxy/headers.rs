@@ -1,0 +1,263 @@
+//! Header surgery a reverse proxy owes both sides.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
+//!   message: they are removed in both directions, together with every
+//!   header a `Connection` header names.
+//! - Livy learns who the client is from `X-Forwarded-For/-Proto/-Host` and
+//!   that a proxy sits in between from `Via`.
+//! - `Authorization`, cookies and the body are never touched: Livy does the
+//!   authentication, end to end.
+//! - A `Location` that names a Livy server is rewritten to the address the
+//!   client used, so clients never learn (or bypass) a backend address.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::node::{LivyNode, Origin};
+
+/// Headers that never cross a proxy, besides those named by `Connection`.
+/// `Proxy-*` is handled by prefix in [`strip_hop_by_hop`].
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The header that says which proxy forwarded a message.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers: the fixed list, anything `Connection` names,
+/// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names listed in Connection first: removing Connection
+    // itself would lose them.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // Only scan for Proxy-* when one is plausibly there: the common case
+    // costs nothing.
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxies: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxies {
+            headers.remove(name);
+        }
+    }
+}
+
+/// What the proxy knows about the client side of a request, for the
+/// `X-Forwarded-*` headers.
+pub struct ClientSide<'a> {
+    /// The peer address of the client connection.
+    pub client_ip: std::net::IpAddr,
+    /// `http` or `https`, as the client reached the proxy.
+    pub proto: &'static str,
+    /// The authority the client addressed (its `Host`), if any.
+    pub host: Option<&'a HeaderValue>,
+    /// Whether an incoming `X-Forwarded-*` chain is believed and extended
+    /// (behind a trusted load balancer) or replaced.
+    pub trust_forwarded: bool,
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. Untrusted incoming values are
+/// dropped, so a client cannot forge its address in Livy's logs.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientSide<'_>) {
+    let ip = client.client_ip.to_string();
+    let chain = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) if client.trust_forwarded => existing
+            .to_str()
+            .ok()
+            .map(|prior| format!("{prior}, {ip}"))
+            .unwrap_or(ip),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    let keep_prior =
+        |h: &HeaderMap, name: &HeaderName| client.trust_forwarded && h.contains_key(name);
+    if !keep_prior(headers, &X_FORWARDED_PROTO) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(client.proto),
+        );
+    }
+    if !keep_prior(headers, &X_FORWARDED_HOST) {
+        match client.host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Appends this proxy to `Via` (RFC 9110 §7.6.3), keeping earlier hops.
+pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
+    let hop = match version {
+        http::Version::HTTP_2 => "2 livy-proxy",
+        http::Version::HTTP_10 => "1.0 livy-proxy",
+        _ => "1.1 livy-proxy",
+    };
+    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {hop}")).ok(),
+        None => Some(HeaderValue::from_static(hop)),
+    };
+    if let Some(v) = value {
+        headers.insert(header::VIA, v);
+    }
+}
+
+/// The known Livy node a URL points at, if any: the same host (case
+/// insensitive) and port. Used for both redirect following (only to known
+/// nodes: never an open proxy) and `Location` rewriting.
+pub fn known_node<'a>(
+    location: &str,
+    nodes: impl IntoIterator<Item = &'a LivyNode>,
+) -> Option<(&'a LivyNode, Origin)> {
+    if !location.contains("://") {
+        return None;
+    }
+    let url = url::Url::parse(location).ok()?;
+    let host = match url.host()? {
+        url::Host::Ipv6(ip) => ip.to_string(),
+        h => h.to_string().to_ascii_lowercase(),
+    };
+    let port = url.port_or_known_default()?;
+    let node = nodes
+        .into_iter()
+        .find(|n| n.origin.host == host && n.origin.port == port)?;
+    let origin = node.origin.clone();
+    Some((node, origin))
+}
+
+/// Rewrites an absolute `Location` that names a Livy node to the proxy's own
+/// client-facing origin, keeping path, query and fragment.
+pub fn rewrite_location(location: &str, client_origin: &str) -> Option<String> {
+    let url = url::Url::parse(location).ok()?;
+    let mut rest = url.path().to_string();
+    if let Some(q) = url.query() {
+        rest.push('?');
+        rest.push_str(q);
+    }
+    if let Some(f) = url.fragment() {
+        rest.push('#');
+        rest.push_str(f);
+    }
+    Some(format!("{client_origin}{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::AddressDefaults;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic keep"),
+        );
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key(header::AUTHORIZATION));
+        assert!(h.contains_key(header::COOKIE));
+    }
+
+    fn client(trust: bool, host: Option<&HeaderValue>) -> ClientSide<'_> {
+        ClientSide {
+            client_ip: "10.0.0.9".parse().unwrap(),
+            proto: "http",
+            host,
+            trust_forwarded: trust,
+        }
+    }
+
+    #[test]
+    fn forwarded_replaces_untrusted_and_appends_trusted() {
+        let host = HeaderValue::from_static("proxy:8998");
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        add_forwarded(&mut h, &client(false, Some(&host)));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-host"], "proxy:8998");
+        assert_eq!(h["x-forwarded-proto"], "http");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        add_forwarded(&mut h, &client(true, Some(&host)));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn via_appends() {
+        let mut h = HeaderMap::new();
+        add_via(&mut h, http::Version::HTTP_11);
+        add_via(&mut h, http::Version::HTTP_2);
+        assert_eq!(h[header::VIA], "1.1 livy-proxy, 2 livy-proxy");
+    }
+
+    #[test]
+    fn known_node_matches_host_and_port_only() {
+        let nodes = vec![
+            LivyNode::parse("livy-1=http://127.0.0.11:8998", AddressDefaults::default()).unwrap(),
+            LivyNode::parse(
+                "livy-2=http://Livy2.example:8998",
+                AddressDefaults::default(),
+            )
+            .unwrap(),
+        ];
+        let hit = known_node("http://127.0.0.11:8998/sessions?x=1", &nodes).unwrap();
+        assert_eq!(hit.0.id, "livy-1");
+        assert_eq!(
+            known_node("http://LIVY2.example:8998/", &nodes)
+                .unwrap()
+                .0
+                .id,
+            "livy-2"
+        );
+        assert!(known_node("http://127.0.0.11:9999/", &nodes).is_none());
+        assert!(known_node("http://evil.example:8998/", &nodes).is_none());
+        assert!(known_node("/sessions", &nodes).is_none());
+    }
+
+    #[test]
+    fn location_rewrite_keeps_path_and_query() {
+        assert_eq!(
+            rewrite_location("http://127.0.0.11:8998/sessions/1?a=b", "http://proxy:80").unwrap(),
+            "http://proxy:80/sessions/1?a=b"
+        );
+    }
+}
