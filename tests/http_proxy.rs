@@ -1,0 +1,583 @@
+//! The HTTP proxy in-process, against in-process fake Livy servers, with the
+//! leader channel driven by the test: fast checks of the forwarding rules
+//! that do not need ZooKeeper (the end-to-end ones are in tests/failover.rs).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use livy_proxy::discovery::{Leader, LeaderView, Source};
+use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
+use livy_proxy::node::{AddressDefaults, LivyNode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What a fake Livy server saw of one request.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+    body: Bytes,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A fake Livy server on its own loopback address.
+struct Fake {
+    node: LivyNode,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: CancellationToken,
+}
+
+impl Fake {
+    async fn start(id: &str, ip: &str, handler: Handler) -> Fake {
+        let addr: SocketAddr = format!("{ip}:0").parse().unwrap();
+        Fake::start_on(id, addr, handler).await
+    }
+
+    async fn start_on(id: &str, addr: SocketAddr, handler: Handler) -> Fake {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a.unwrap(),
+                };
+                let (seen, handler) = (seen2.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, handler) = (seen.clone(), handler.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let s = Seen {
+                                method: parts.method.to_string(),
+                                path: parts.uri.to_string(),
+                                headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                                body,
+                            };
+                            seen.lock().unwrap().push(s.clone());
+                            Ok::<_, hyper::Error>(handler(&s))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Fake {
+            node: LivyNode::parse(&format!("{id}=http://{addr}"), AddressDefaults::default())
+                .unwrap(),
+            seen,
+            stop,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn ok_json(node: &'static str) -> Handler {
+    Arc::new(move |s: &Seen| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("x-livy-node", node)
+            .body(Full::new(Bytes::from(format!(
+                "{{\"node\":\"{node}\",\"len\":{}}}",
+                s.body.len()
+            ))))
+            .unwrap()
+    })
+}
+
+/// A passive Livy server: 307 to `location_host` keeping path, like Livy's filter.
+fn passive(location_origin: String) -> Handler {
+    Arc::new(move |s: &Seen| {
+        Response::builder()
+            .status(307)
+            .header("location", format!("{location_origin}{}", s.path))
+            .body(Full::new(Bytes::from("This is a standby Livy Instance.")))
+            .unwrap()
+    })
+}
+
+struct Setup {
+    proxy: SocketAddr,
+    leader: watch::Sender<LeaderView>,
+    stop: CancellationToken,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
+    LeaderView {
+        leader: node.map(|n| Leader {
+            node: n.clone(),
+            since: SystemTime::now(),
+        }),
+        stale: false,
+        source: Source::ZooKeeper,
+        problem: node.is_none().then(|| "nobody holds the latch".to_string()),
+        generation,
+    }
+}
+
+async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) -> Setup {
+    let (tx, rx) = watch::channel(view(leader, 1));
+    let settings = HttpSettings {
+        hold_timeout: hold,
+        upstream_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(2),
+        max_replay_body: 1024,
+        trust_forwarded: false,
+        retry_after: Duration::from_secs(5),
+    };
+    let proxy = HttpProxy::new(settings, Arc::new(nodes), rx);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(proxy.serve(listener, stop.clone()));
+    Setup {
+        proxy: addr,
+        leader: tx,
+        stop,
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(
+    method: &str,
+    url: String,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client()
+        .request(b.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn forwards_to_the_leader_with_forwarding_headers() {
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(
+        vec![a.node.clone(), b.node.clone()],
+        Some(&b.node),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, headers, body) = send(
+        "GET",
+        format!("http://{}/sessions?from=0", s.proxy),
+        &[
+            ("authorization", "Basic dTpw"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("livy-2"));
+    assert!(headers["via"].to_str().unwrap().contains("livy-proxy"));
+    assert!(a.seen().is_empty());
+    let seen = &b.seen()[0];
+    assert_eq!(seen.path, "/sessions?from=0");
+    assert_eq!(seen.headers["authorization"], "Basic dTpw");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "untrusted chain replaced"
+    );
+    assert_eq!(seen.headers["x-forwarded-host"], s.proxy.to_string());
+    assert_eq!(seen.headers["host"], b.node.origin.authority());
+    assert!(
+        !seen.headers.contains_key("x-hop"),
+        "Connection-named header removed"
+    );
+}
+
+#[tokio::test]
+async fn post_body_arrives_once_and_intact() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], Some(&b.node), Duration::from_secs(5)).await;
+    // Larger than the replay limit (1 KiB here): streamed, still intact.
+    for size in [10usize, 5000, 300_000] {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let (status, _, body) = send(
+            "POST",
+            format!("http://{}/sessions", s.proxy),
+            &[("content-type", "application/json")],
+            Bytes::from(payload.clone()),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(body.contains(&format!("\"len\":{size}")), "{body}");
+        let seen = b.seen();
+        assert_eq!(seen.last().unwrap().body.as_ref(), payload.as_slice());
+    }
+    assert_eq!(b.seen().len(), 3, "each POST exactly once");
+}
+
+#[tokio::test]
+async fn stale_307_is_followed_with_credentials_and_body() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let a = Fake::start(
+        "livy-1",
+        "127.0.0.21",
+        passive(format!("http://{}", b.node.origin.authority())),
+    )
+    .await;
+    // Discovery still names the passive livy-1.
+    let s = setup(
+        vec![a.node.clone(), b.node.clone()],
+        Some(&a.node),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, _, body) = send(
+        "POST",
+        format!("http://{}/sessions/3/statements", s.proxy),
+        &[("authorization", "Basic c2VjcmV0")],
+        Bytes::from_static(b"{\"code\":\"1+1\"}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("livy-2"));
+    assert_eq!(a.seen().len(), 1);
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["authorization"], "Basic c2VjcmV0");
+    assert_eq!(seen[0].body.as_ref(), b"{\"code\":\"1+1\"}");
+    assert_eq!(seen[0].path, "/sessions/3/statements");
+    assert_eq!(seen[0].method, "POST");
+}
+
+#[tokio::test]
+async fn passives_redirecting_to_each_other_give_503_after_three_hops() {
+    // Two passives naming each other: only possible mid-election.
+    let a_listener = std::net::TcpListener::bind("127.0.0.25:0").unwrap();
+    let a_addr = a_listener.local_addr().unwrap();
+    drop(a_listener);
+    let b = Fake::start("livy-2", "127.0.0.22", passive(format!("http://{a_addr}"))).await;
+    let a = Fake::start_on(
+        "livy-1",
+        a_addr,
+        passive(format!("http://{}", b.node.origin.authority())),
+    )
+    .await;
+    let s = setup(
+        vec![a.node.clone(), b.node.clone()],
+        Some(&a.node),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, headers, body) = send(
+        "GET",
+        format!("http://{}/version", s.proxy),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        a.seen().len() + b.seen().len(),
+        4,
+        "first try plus three hops"
+    );
+}
+
+#[tokio::test]
+async fn redirect_to_unknown_host_is_passed_through_untouched() {
+    let foreign = Fake::start("evil", "127.0.0.29", ok_json("evil")).await;
+    let a = Fake::start(
+        "livy-1",
+        "127.0.0.21",
+        passive(format!("http://{}", foreign.node.origin.authority())),
+    )
+    .await;
+    let s = setup(vec![a.node.clone()], Some(&a.node), Duration::from_secs(5)).await;
+    let (status, headers, _) = send(
+        "GET",
+        format!("http://{}/version", s.proxy),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 307);
+    assert_eq!(
+        headers["location"],
+        format!("http://{}/version", foreign.node.origin.authority()).as_str()
+    );
+    assert!(foreign.seen().is_empty(), "never fetched");
+}
+
+#[tokio::test]
+async fn location_naming_a_livy_node_is_rewritten_to_the_proxy() {
+    let created: Handler = Arc::new(|_s: &Seen| {
+        Response::builder()
+            .status(201)
+            .header("location", "http://127.0.0.22:1/sessions/7")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    });
+    let b = Fake::start("livy-2", "127.0.0.22", created).await;
+    let mut listed = b.node.clone();
+    listed.origin.port = 1;
+    listed.id = "livy-x".into();
+    let s = setup(
+        vec![b.node.clone(), listed],
+        Some(&b.node),
+        Duration::from_secs(5),
+    )
+    .await;
+    let (status, headers, _) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        headers["location"],
+        format!("http://{}/sessions/7", s.proxy).as_str()
+    );
+}
+
+#[tokio::test]
+async fn no_leader_gives_503_json_after_the_hold_time() {
+    let s = setup(vec![], None, Duration::from_millis(300)).await;
+    let (status, headers, body) = send(
+        "GET",
+        format!("http://{}/sessions", s.proxy),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["msg"].as_str().unwrap().contains("no active Livy server"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn request_held_during_election_is_served_by_the_new_leader() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], None, Duration::from_secs(20)).await;
+    let url = format!("http://{}/version", s.proxy);
+    let pending = tokio::spawn(send("GET", url, &[], Bytes::new()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "held while no leader is known");
+    s.leader.send(view(Some(&b.node), 2)).unwrap();
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("livy-2"));
+}
+
+#[tokio::test]
+async fn refused_connect_waits_for_the_next_leader_even_for_post() {
+    // A dead leader: an address nothing listens on.
+    let dead_listener = std::net::TcpListener::bind("127.0.0.23:0").unwrap();
+    let dead_addr = dead_listener.local_addr().unwrap();
+    drop(dead_listener);
+    let dead = LivyNode::parse(
+        &format!("livy-3=http://{dead_addr}"),
+        AddressDefaults::default(),
+    )
+    .unwrap();
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(
+        vec![dead.clone(), b.node.clone()],
+        Some(&dead),
+        Duration::from_secs(20),
+    )
+    .await;
+    let url = format!("http://{}/batches", s.proxy);
+    let pending = tokio::spawn(send(
+        "POST",
+        url,
+        &[],
+        Bytes::from_static(b"{\"file\":\"x.jar\"}"),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.leader.send(view(Some(&b.node), 2)).unwrap();
+    let (status, _, _) = pending.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(b.seen().len(), 1, "sent once, to the new leader");
+}
+
+#[tokio::test]
+async fn unreachable_leader_gives_503_naming_it() {
+    let dead_listener = std::net::TcpListener::bind("127.0.0.23:0").unwrap();
+    let dead_addr = dead_listener.local_addr().unwrap();
+    drop(dead_listener);
+    let dead = LivyNode::parse(
+        &format!("livy-3=http://{dead_addr}"),
+        AddressDefaults::default(),
+    )
+    .unwrap();
+    let s = setup(vec![dead.clone()], Some(&dead), Duration::from_millis(500)).await;
+    let (status, headers, body) = send(
+        "GET",
+        format!("http://{}/version", s.proxy),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("livy-3"), "{body}");
+}
+
+#[tokio::test]
+async fn post_is_not_resent_when_the_server_dies_mid_request() {
+    // Accepts, reads the request, then drops the connection without answering.
+    let listener = TcpListener::bind("127.0.0.24:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0usize));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            *acc.lock().unwrap() += 1;
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            drop(stream);
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-4=http://{addr}"), AddressDefaults::default()).unwrap();
+    let s = setup(vec![node.clone()], Some(&node), Duration::from_secs(2)).await;
+    let (status, headers, body) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        1,
+        "the POST reached one connection only"
+    );
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], Some(&b.node), Duration::from_secs(5)).await;
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = Request::get(format!("http://{}/version", s.proxy))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.seen()[0].headers["host"], b.node.origin.authority());
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], Some(&b.node), Duration::from_secs(5)).await;
+    let mut conn = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    conn.write_all(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let paths: Vec<String> = b.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths, ["/a", "/b", "/c"]);
+}
+
+#[tokio::test]
+async fn malformed_request_gets_400_and_connect_gets_405() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(vec![], None, Duration::from_millis(100)).await;
+    let mut conn = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    conn.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let mut conn = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    conn.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 405"));
+}
