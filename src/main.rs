@@ -14,7 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's message names the flag; keep it to one line, like
+            // every other configuration error.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("livy-proxy: config error: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
