@@ -1,0 +1,21 @@
+# Sourced by scripts/test and scripts/demo: installs, from Debian, what the
+# tests and the demo run for real (ZooKeeper, Curator, a JDK, curl) when it
+# is missing. Safe to run again: it installs nothing that is already there.
+
+need_pkgs=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurator-client-java curl; do
+  have_pkg "$pkg" || need_pkgs+=("$pkg")
+done
+command -v javac >/dev/null 2>&1 || need_pkgs+=(default-jdk-headless)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "installing from Debian: ${need_pkgs[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust (rustup) first" >&2
+  exit 1
+fi
