@@ -147,6 +147,48 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    /// Address of the JDBC (Livy Thrift server, binary transport) TCP
+    /// listener; unset: no JDBC listener.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_LISTEN", value_name = "ADDR")]
+    pub thrift_listen: Option<SocketAddr>,
+
+    /// Livy servers' Thrift port (livy.server.thrift.port) [default: 10090].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_PORT", value_name = "PORT")]
+    pub thrift_port: Option<u16>,
+
+    /// A node's Thrift address when it is not its host with --thrift-port:
+    /// ID=HOST:PORT, repeatable. Env: comma-separated.
+    #[arg(
+        long = "thrift-node",
+        env = "LIVY_PROXY_THRIFT_NODE",
+        value_name = "ID=HOST:PORT",
+        value_delimiter = ','
+    )]
+    pub thrift_node: Vec<String>,
+
+    /// What happens to JDBC connections to the old leader when the leader
+    /// changes: close (the client sees an error at once) or keep [default: close].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_ON_FAILOVER", value_name = "close|keep")]
+    pub thrift_on_failover: Option<String>,
+
+    /// TCP_NODELAY on JDBC connections, both sides [default: true].
+    #[arg(long, env = "LIVY_PROXY_TCP_NODELAY", value_name = "BOOL")]
+    pub tcp_nodelay: Option<bool>,
+
+    /// TCP keepalive idle time on JDBC connections, or off [default: 60s].
+    #[arg(long, env = "LIVY_PROXY_TCP_KEEPALIVE", value_name = "DURATION|off")]
+    pub tcp_keepalive: Option<String>,
+
+    /// Close a JDBC connection with no bytes either way for this long, or
+    /// off (JDBC sessions idle for long) [default: off].
+    #[arg(long, env = "LIVY_PROXY_TCP_IDLE_TIMEOUT", value_name = "DURATION|off")]
+    pub tcp_idle_timeout: Option<String>,
+
+    /// Most JDBC connections open at once; more are closed at accept, with a
+    /// log line [default: 10000].
+    #[arg(long, env = "LIVY_PROXY_MAX_TCP_CONNECTIONS", value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+
     /// Runtime worker threads [default: one per CPU core].
     #[arg(long, env = "LIVY_PROXY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -192,6 +234,13 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<String>,
     worker_threads: Option<usize>,
+    thrift_listen: Option<String>,
+    thrift_port: Option<u16>,
+    thrift_on_failover: Option<String>,
+    tcp_nodelay: Option<bool>,
+    tcp_keepalive: Option<String>,
+    tcp_idle_timeout: Option<String>,
+    max_tcp_connections: Option<usize>,
 }
 
 /// The resolved configuration the proxy runs with.
@@ -233,6 +282,20 @@ pub struct Config {
     pub log_json: bool,
     /// Runtime worker threads; `None` means one per core.
     pub worker_threads: Option<usize>,
+    /// JDBC listener address, if any.
+    pub thrift_listen: Option<SocketAddr>,
+    /// Livy's Thrift port, for nodes without an explicit Thrift address.
+    pub thrift_port: u16,
+    /// Whether JDBC connections to an old leader are closed on failover.
+    pub thrift_close_on_failover: bool,
+    /// TCP_NODELAY on JDBC connections.
+    pub tcp_nodelay: bool,
+    /// TCP keepalive idle time on JDBC connections.
+    pub tcp_keepalive: Option<Duration>,
+    /// Idle timeout of JDBC connections.
+    pub tcp_idle_timeout: Option<Duration>,
+    /// Connection limit of the JDBC listener.
+    pub max_tcp_connections: usize,
 }
 
 impl Config {
@@ -320,6 +383,28 @@ impl Config {
                 .map(|e| node_from_entry(e, defaults).map_err(&in_file))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let mut nodes = nodes;
+        for spec in &cli.thrift_node {
+            let Some((id, addr)) = spec.split_once('=') else {
+                return Err(invalid(
+                    "thrift-node",
+                    format!("{spec:?} is not ID=HOST:PORT"),
+                ));
+            };
+            check_host_port(addr).map_err(|p| invalid("thrift-node", p))?;
+            let Some(node) = nodes.iter_mut().find(|n| n.id == id) else {
+                return Err(invalid(
+                    "thrift-node",
+                    format!("{id:?} is not the id of any node"),
+                ));
+            };
+            node.thrift = Some(addr.to_string());
+        }
+        for node in &nodes {
+            if let Some(addr) = &node.thrift {
+                check_host_port(addr).map_err(|p| in_file(invalid("node.thrift", p)))?;
+            }
+        }
         check_unique(&nodes)?;
         if zookeeper.is_none() && nodes.is_empty() {
             return Err(invalid(
@@ -414,7 +499,51 @@ impl Config {
                 }
             },
             worker_threads: cli.worker_threads.or(file.worker_threads),
+            thrift_listen: match (cli.thrift_listen, &file.thrift_listen) {
+                (Some(a), _) => Some(a),
+                (None, Some(s)) => Some(
+                    s.parse()
+                        .map_err(|e| in_file(invalid("thrift-listen", format!("{s:?}: {e}"))))?,
+                ),
+                (None, None) => None,
+            },
+            thrift_port: cli.thrift_port.or(file.thrift_port).unwrap_or(10090),
+            thrift_close_on_failover: match cli
+                .thrift_on_failover
+                .as_ref()
+                .or(file.thrift_on_failover.as_ref())
+                .map(|s| s.as_str())
+            {
+                None | Some("close") => true,
+                Some("keep") => false,
+                Some(other) => {
+                    return Err(invalid(
+                        "thrift-on-failover",
+                        format!("{other:?} is not close or keep"),
+                    ));
+                }
+            },
+            tcp_nodelay: cli.tcp_nodelay.or(file.tcp_nodelay).unwrap_or(true),
+            tcp_keepalive: optional_duration(
+                "tcp-keepalive",
+                cli.tcp_keepalive.as_ref().or(file.tcp_keepalive.as_ref()),
+                Some(Duration::from_secs(60)),
+            )?,
+            tcp_idle_timeout: optional_duration(
+                "tcp-idle-timeout",
+                cli.tcp_idle_timeout
+                    .as_ref()
+                    .or(file.tcp_idle_timeout.as_ref()),
+                None,
+            )?,
+            max_tcp_connections: cli
+                .max_tcp_connections
+                .or(file.max_tcp_connections)
+                .unwrap_or(10_000),
         };
+        if config.max_tcp_connections == 0 {
+            return Err(invalid("max-tcp-connections", "must be at least 1"));
+        }
         if config.worker_threads == Some(0) {
             return Err(invalid("worker-threads", "must be at least 1"));
         }
@@ -494,6 +623,31 @@ fn resolve_duration(
             format!("{text:?} is not a duration like 15s or 500ms: {e}"),
         )
     })
+}
+
+/// A duration that may be switched off: `off` (or `0`) means `None`.
+fn optional_duration(
+    key: &str,
+    text: Option<&String>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match text.map(|s| s.trim()) {
+        None => Ok(default),
+        Some("off") | Some("0") => Ok(None),
+        Some(t) => humantime::parse_duration(t).map(Some).map_err(|e| {
+            invalid(
+                key,
+                format!("{t:?} is not a duration like 60s, or off: {e}"),
+            )
+        }),
+    }
+}
+
+fn check_host_port(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{addr:?} is not HOST:PORT")),
+    }
 }
 
 fn node_from_entry(entry: &NodeEntry, defaults: AddressDefaults) -> Result<LivyNode, ConfigError> {

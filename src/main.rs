@@ -9,6 +9,7 @@ use clap::Parser;
 use livy_proxy::config::{Cli, Config};
 use livy_proxy::discovery;
 use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
+use livy_proxy::tcp_proxy::{TcpProxy, TcpSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -22,7 +23,10 @@ fn main() -> ExitCode {
             // every other configuration error.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("livy-proxy: config error: {}", first.trim_start_matches("error: "));
+            eprintln!(
+                "livy-proxy: config error: {}",
+                first.trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };
@@ -83,15 +87,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "livy-proxy {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    let thrift_listener = match config.thrift_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the JDBC listener on {addr} (key `thrift-listen`)")
+        })?),
+        None => None,
+    };
+    // Thousands of JDBC and HTTP connections need file descriptors: raise
+    // the soft limit to the hard one, as servers commonly do.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let leader = discovery::spawn(config.discovery(), shutdown.child_token());
-    let proxy = HttpProxy::new(HttpSettings::from(&config), config.nodes.clone(), leader);
+    let proxy = HttpProxy::new(
+        HttpSettings::from(&config),
+        config.nodes.clone(),
+        leader.clone(),
+    );
     let http = tokio::spawn(proxy.serve(listener, shutdown.child_token()));
+    let jdbc = thrift_listener.map(|l| {
+        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
+        let tcp = TcpProxy::new(TcpSettings::from(&config), config.nodes.clone(), leader);
+        tokio::spawn(tcp.serve(l, shutdown.child_token()))
+    });
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     shutdown.cancel();
+    let drained = async {
+        let _ = http.await;
+        if let Some(jdbc) = jdbc {
+            let _ = jdbc.await;
+        }
+    };
     tokio::select! {
-        _ = http => {}
+        _ = drained => {}
         _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
     }
     Ok(())

@@ -184,6 +184,21 @@ impl LivyNode {
     }
 }
 
+impl LivyNode {
+    /// Where this node's Thrift (JDBC) server listens: its explicit Thrift
+    /// address, else its host with Livy's `livy.server.thrift.port`.
+    pub fn thrift_addr(&self, thrift_port: u16) -> String {
+        match &self.thrift {
+            Some(addr) => addr.clone(),
+            None => Origin {
+                port: thrift_port,
+                ..self.origin.clone()
+            }
+            .authority(),
+        }
+    }
+}
+
 impl fmt::Display for LivyNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}={}", self.id, self.origin)

@@ -1,0 +1,390 @@
+//! JDBC: forwarding Livy Thrift server TCP streams to the active server.
+//!
+//! Livy's passive servers do not redirect JDBC, they refuse it. This
+//! listener makes the Thrift port one stable address: each accepted
+//! connection is joined to the active server's Thrift port and bytes are
+//! copied both ways, opaquely. The proxy never parses Thrift or SASL, so
+//! authentication (PLAIN, LDAP, Kerberos) stays end to end.
+//!
+//! Choosing the upstream, per connection:
+//! 1. wait (up to `hold-timeout`) for discovery to name a leader;
+//! 2. connect to its Thrift address; on refusal or timeout, wait briefly for
+//!    the leader to change (a new election), and if the view did not change,
+//!    try the other known nodes: passives refuse Thrift, so one that accepts
+//!    is the active one;
+//! 3. only when the hold time is over, close the client connection (a TCP
+//!    proxy has no way to say why: the reason goes to the log).
+//!
+//! While a connection is open it is closed on both sides as soon as the
+//! leader changes (`thrift-on-failover = close`), so a JDBC client fails at
+//! once and reconnects (through us, to the new leader) instead of hanging
+//! on a server that no longer serves it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::discovery::{LeaderRx, LeaderView};
+use crate::node::LivyNode;
+
+/// Size of each direction's copy buffer: large enough that a bulk JDBC
+/// fetch moves in few syscalls, small enough for thousands of connections.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// The settings of the JDBC listener.
+#[derive(Clone, Debug)]
+pub struct TcpSettings {
+    /// How long a connection waits for a reachable active server.
+    pub hold_timeout: Duration,
+    /// Timeout of one TCP connect to a Livy Thrift server.
+    pub connect_timeout: Duration,
+    /// Livy's Thrift port for nodes without an explicit Thrift address.
+    pub thrift_port: u16,
+    /// Close connections to the old leader when the leader changes.
+    pub close_on_failover: bool,
+    /// TCP_NODELAY on both sides.
+    pub nodelay: bool,
+    /// TCP keepalive idle time on both sides.
+    pub keepalive: Option<Duration>,
+    /// Close a connection idle (no bytes either way) this long.
+    pub idle_timeout: Option<Duration>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+impl From<&Config> for TcpSettings {
+    fn from(c: &Config) -> Self {
+        TcpSettings {
+            hold_timeout: c.hold_timeout,
+            connect_timeout: c.connect_timeout,
+            thrift_port: c.thrift_port,
+            close_on_failover: c.thrift_close_on_failover,
+            nodelay: c.tcp_nodelay,
+            keepalive: c.tcp_keepalive,
+            idle_timeout: c.tcp_idle_timeout,
+            max_connections: c.max_tcp_connections,
+        }
+    }
+}
+
+/// Why a JDBC connection could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// No leader became known within the hold time.
+    #[error("no active Livy server is known (waited {0:?}){1}")]
+    NoLeader(Duration, String),
+    /// Neither the leader nor any other known node accepted a connection.
+    #[error(
+        "no Livy Thrift server accepted a connection within the hold time; last error from {node} ({addr}): {source}"
+    )]
+    Unreachable {
+        /// The node tried last, as `id=url`.
+        node: String,
+        /// Its Thrift address.
+        addr: String,
+        /// The connect error.
+        source: io::Error,
+    },
+}
+
+/// The JDBC TCP proxy: one per `thrift-listen`.
+#[derive(Clone)]
+pub struct TcpProxy {
+    leader: LeaderRx,
+    nodes: Arc<Vec<LivyNode>>,
+    settings: Arc<TcpSettings>,
+    limit: Arc<Semaphore>,
+}
+
+impl TcpProxy {
+    /// A proxy reading discovery's channel; `nodes` are the fallbacks tried
+    /// when the leader refuses.
+    pub fn new(settings: TcpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
+        TcpProxy {
+            leader,
+            nodes,
+            limit: Arc::new(Semaphore::new(settings.max_connections)),
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Accepts connections until `shutdown`, then closes the open ones and
+    /// returns when all are gone.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        loop {
+            let (client, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JDBC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = self.settings.max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");
+                drop(client);
+                continue;
+            };
+            let proxy = self.clone();
+            let stop = shutdown.child_token();
+            tracker.spawn(async move {
+                proxy.handle(client, peer, stop).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+        self.tune(&client);
+        let started = Instant::now();
+        let (upstream, node) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = self.connect_upstream(started + self.settings.hold_timeout) => match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "JDBC connection closed: no upstream");
+                    return;
+                }
+            },
+        };
+        self.tune(&upstream);
+        tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
+        let (end, up, down) = self.pipe(client, upstream, &node, shutdown).await;
+        tracing::debug!(%peer, node = %node, bytes_up = up, bytes_down = down, duration = ?started.elapsed(), end, "JDBC connection ended");
+    }
+
+    fn tune(&self, stream: &TcpStream) {
+        let _ = stream.set_nodelay(self.settings.nodelay);
+        if let Some(idle) = self.settings.keepalive {
+            let sock = socket2::SockRef::from(stream);
+            let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
+        }
+    }
+
+    /// Finds an accepting Thrift server: the leader, the next leader, or,
+    /// when the view does not move, any known node that accepts.
+    async fn connect_upstream(&self, deadline: Instant) -> Result<(TcpStream, LivyNode), TcpError> {
+        let mut rx = self.leader.clone();
+        let mut backoff = Duration::from_millis(50);
+        let mut last: Option<(LivyNode, String, io::Error)> = None;
+        loop {
+            let wait = rx.wait_for(|v: &LeaderView| v.leader.is_some());
+            let leader = match tokio::time::timeout_at(deadline.into(), wait).await {
+                Ok(Ok(view)) => view.leader.as_ref().map(|l| l.node.clone()),
+                _ => None,
+            };
+            let Some(leader) = leader else {
+                return Err(match last {
+                    Some((node, addr, source)) => TcpError::Unreachable {
+                        node: node.to_string(),
+                        addr,
+                        source,
+                    },
+                    None => TcpError::NoLeader(
+                        self.settings.hold_timeout,
+                        rx.borrow()
+                            .problem
+                            .as_ref()
+                            .map(|p| format!(": {p}"))
+                            .unwrap_or_default(),
+                    ),
+                });
+            };
+            let addr = leader.thrift_addr(self.settings.thrift_port);
+            match self.try_connect(&addr).await {
+                Ok(s) => return Ok((s, leader)),
+                Err(e) => {
+                    tracing::debug!(node = %leader, %addr, error = %e, "Thrift connect to the leader failed");
+                    last = Some((leader.clone(), addr, e));
+                }
+            }
+            if Instant::now() >= deadline {
+                continue; // reports `last` through the timed-out wait above
+            }
+            // A new election may be under way: give it a moment.
+            rx.borrow_and_update();
+            let until = (Instant::now() + backoff).min(deadline);
+            let changed = tokio::time::timeout_at(until.into(), rx.changed()).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            if matches!(changed, Ok(Ok(()))) {
+                continue;
+            }
+            // The view did not move: passives refuse Thrift, so any other
+            // known node that accepts is the active one.
+            if let Some(found) = self.first_accepting_other(&leader).await {
+                return Ok(found);
+            }
+        }
+    }
+
+    async fn first_accepting_other(&self, leader: &LivyNode) -> Option<(TcpStream, LivyNode)> {
+        let attempts = self
+            .nodes
+            .iter()
+            .filter(|n| n.origin != leader.origin)
+            .map(|n| {
+                let addr = n.thrift_addr(self.settings.thrift_port);
+                let node = n.clone();
+                Box::pin(async move {
+                    match self.try_connect(&addr).await {
+                        Ok(s) => Ok((s, node)),
+                        Err(e) => Err(e),
+                    }
+                })
+            });
+        let attempts: Vec<_> = attempts.collect();
+        if attempts.is_empty() {
+            return None;
+        }
+        match futures_util::future::select_ok(attempts).await {
+            Ok(((stream, node), _)) => {
+                tracing::info!(node = %node, "leader's Thrift port refused; another known node accepted");
+                Some((stream, node))
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn try_connect(&self, addr: &str) -> io::Result<TcpStream> {
+        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    }
+
+    /// Copies both ways until both sides are done, the leader moves (with
+    /// `close`), the connection idles out, or shutdown. Returns why it ended
+    /// and the bytes sent up and down.
+    async fn pipe(
+        &self,
+        client: TcpStream,
+        upstream: TcpStream,
+        node: &LivyNode,
+        shutdown: CancellationToken,
+    ) -> (&'static str, u64, u64) {
+        let activity = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let mut client = Tracked::new(client, activity.clone(), epoch);
+        let mut upstream = Tracked::new(upstream, activity.clone(), epoch);
+        let mut rx = self.leader.clone();
+        let close_on_failover = self.settings.close_on_failover;
+        let leader_moved = async {
+            if !close_on_failover {
+                return std::future::pending().await;
+            }
+            let _ = rx
+                .wait_for(|v: &LeaderView| {
+                    v.leader.as_ref().map(|l| &l.node.origin) != Some(&node.origin)
+                })
+                .await;
+        };
+        let idle = idle_watch(self.settings.idle_timeout, &activity, epoch);
+        let copy = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            COPY_BUFFER,
+            COPY_BUFFER,
+        );
+        let end = tokio::select! {
+            r = copy => match r {
+                Ok(_) => "closed",
+                Err(_) => "error",
+            },
+            _ = leader_moved => {
+                tracing::info!(node = %node, "leader changed: closing JDBC connection to the old leader");
+                "leader_changed"
+            }
+            _ = idle => "idle_timeout",
+            _ = shutdown.cancelled() => "shutdown",
+        };
+        (end, client.read_bytes, upstream.read_bytes)
+    }
+}
+
+/// Resolves when no byte has moved for `timeout` (never when `None`).
+async fn idle_watch(timeout: Option<Duration>, activity: &AtomicU64, epoch: Instant) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+        let idle_for = epoch.elapsed().saturating_sub(last);
+        if idle_for >= timeout {
+            return;
+        }
+        tokio::time::sleep(timeout - idle_for).await;
+    }
+}
+
+/// A stream that records when it last read bytes (for the idle timeout) and
+/// how many (for the log). One relaxed store per read: nothing on the hot path.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+    read_bytes: u64,
+}
+
+impl<S> Tracked<S> {
+    fn new(inner: S, activity: Arc<AtomicU64>, epoch: Instant) -> Self {
+        Tracked {
+            inner,
+            activity,
+            epoch,
+            read_bytes: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read_bytes += n as u64;
+            this.activity
+                .store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
