@@ -155,7 +155,7 @@ impl TcpProxy {
     async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         self.tune(&client);
         let started = Instant::now();
-        let (upstream, node) = tokio::select! {
+        let (upstream, node, generation) = tokio::select! {
             _ = shutdown.cancelled() => return,
             connected = self.connect_upstream(started + self.settings.hold_timeout) => match connected {
                 Ok(c) => c,
@@ -167,7 +167,9 @@ impl TcpProxy {
         };
         self.tune(&upstream);
         tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
-        let (end, up, down) = self.pipe(client, upstream, &node, shutdown).await;
+        let (end, up, down) = self
+            .pipe(client, upstream, &node, generation, shutdown)
+            .await;
         tracing::debug!(%peer, node = %node, bytes_up = up, bytes_down = down, duration = ?started.elapsed(), end, "JDBC connection ended");
     }
 
@@ -181,17 +183,27 @@ impl TcpProxy {
 
     /// Finds an accepting Thrift server: the leader, the next leader, or,
     /// when the view does not move, any known node that accepts.
-    async fn connect_upstream(&self, deadline: Instant) -> Result<(TcpStream, LivyNode), TcpError> {
+    /// Also returns the generation of the view the choice was made under:
+    /// a fallback node is not that view's leader, so "the leader moved"
+    /// means a newer view naming another node.
+    async fn connect_upstream(
+        &self,
+        deadline: Instant,
+    ) -> Result<(TcpStream, LivyNode, u64), TcpError> {
         let mut rx = self.leader.clone();
         let mut backoff = Duration::from_millis(50);
         let mut last: Option<(LivyNode, String, io::Error)> = None;
         loop {
             let wait = rx.wait_for(|v: &LeaderView| v.leader.is_some());
-            let leader = match tokio::time::timeout_at(deadline.into(), wait).await {
-                Ok(Ok(view)) => view.leader.as_ref().map(|l| l.node.clone()),
+            let chosen = match tokio::time::timeout_at(deadline.into(), wait).await {
+                Ok(Ok(view)) => view
+                    .leader
+                    .as_ref()
+                    .map(|l| (l.node.clone(), view.generation)),
                 _ => None,
             };
-            let Some(leader) = leader else {
+            let out_of_time = Instant::now() >= deadline && last.is_some();
+            let Some((leader, generation)) = chosen.filter(|_| !out_of_time) else {
                 return Err(match last {
                     Some((node, addr, source)) => TcpError::Unreachable {
                         node: node.to_string(),
@@ -210,14 +222,14 @@ impl TcpProxy {
             };
             let addr = leader.thrift_addr(self.settings.thrift_port);
             match self.try_connect(&addr).await {
-                Ok(s) => return Ok((s, leader)),
+                Ok(s) => return Ok((s, leader, generation)),
                 Err(e) => {
                     tracing::debug!(node = %leader, %addr, error = %e, "Thrift connect to the leader failed");
                     last = Some((leader.clone(), addr, e));
                 }
             }
             if Instant::now() >= deadline {
-                continue; // reports `last` through the timed-out wait above
+                continue; // reports `last` at the top
             }
             // A new election may be under way: give it a moment.
             rx.borrow_and_update();
@@ -229,8 +241,8 @@ impl TcpProxy {
             }
             // The view did not move: passives refuse Thrift, so any other
             // known node that accepts is the active one.
-            if let Some(found) = self.first_accepting_other(&leader).await {
-                return Ok(found);
+            if let Some((stream, node)) = self.first_accepting_other(&leader).await {
+                return Ok((stream, node, generation));
             }
         }
     }
@@ -278,6 +290,7 @@ impl TcpProxy {
         client: TcpStream,
         upstream: TcpStream,
         node: &LivyNode,
+        generation: u64,
         shutdown: CancellationToken,
     ) -> (&'static str, u64, u64) {
         let activity = Arc::new(AtomicU64::new(0));
@@ -292,7 +305,8 @@ impl TcpProxy {
             }
             let _ = rx
                 .wait_for(|v: &LeaderView| {
-                    v.leader.as_ref().map(|l| &l.node.origin) != Some(&node.origin)
+                    v.generation != generation
+                        && v.leader.as_ref().map(|l| &l.node.origin) != Some(&node.origin)
                 })
                 .await;
         };
