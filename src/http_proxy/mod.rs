@@ -286,16 +286,16 @@ impl HttpProxy {
             };
             match result {
                 Ok(resp) => {
-                    if let Some(target) = self.redirect_target(&resp, &node) {
-                        if body.is_replayable() {
-                            hops += 1;
-                            if hops > MAX_REDIRECT_HOPS {
-                                return Err(ProxyError::RedirectLoop { hops: hops - 1 });
-                            }
-                            tracing::info!(from = %node, to = %target, "Livy server redirected: following to the node it names");
-                            redirected_to = Some(target);
-                            continue;
+                    if body.is_replayable()
+                        && let Some(target) = self.redirect_target(&resp, &node)
+                    {
+                        hops += 1;
+                        if hops > MAX_REDIRECT_HOPS {
+                            return Err(ProxyError::RedirectLoop { hops: hops - 1 });
                         }
+                        tracing::info!(from = %node, to = %target, "Livy server redirected: following to the node it names");
+                        redirected_to = Some(target);
+                        continue;
                     }
                     return Ok(self.relay_response(resp, client_origin.as_deref()));
                 }
