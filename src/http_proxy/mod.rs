@@ -170,17 +170,18 @@ impl HttpProxy {
     /// JSON responses.
     pub async fn forward(&self, req: ClientRequest) -> Response<ProxyBody> {
         let started = Instant::now();
+        // Cheap clones (no copy of the bytes), kept for the log lines.
         let method = req.request.method().clone();
-        let path = req.request.uri().path().to_string();
+        let uri = req.request.uri().clone();
         let response = match self.try_forward(req, started).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::warn!(%method, %path, kind = e.kind(), error = %e, "request failed");
+                tracing::warn!(%method, path = uri.path(), kind = e.kind(), error = %e, "request failed");
                 e.into_response(self.shared.settings.retry_after)
                     .map(Either::Right)
             }
         };
-        tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
+        tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
         response
     }
 
@@ -202,10 +203,6 @@ impl HttpProxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let client_origin = client_host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(|h| format!("http://{h}"));
 
         let mut template_headers = parts.headers;
         headers::strip_hop_by_hop(&mut template_headers);
@@ -297,7 +294,7 @@ impl HttpProxy {
                         redirected_to = Some(target);
                         continue;
                     }
-                    return Ok(self.relay_response(resp, client_origin.as_deref()));
+                    return Ok(self.relay_response(resp, client_host.as_ref()));
                 }
                 Err(e) if e.is_connect() => {
                     // Nothing reached Livy: safe to retry with any method.
@@ -372,13 +369,13 @@ impl HttpProxy {
     fn relay_response(
         &self,
         resp: Response<Incoming>,
-        client_origin: Option<&str>,
+        client_host: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::add_via(&mut parts.headers, Version::HTTP_11);
-        if let (Some(origin), Some(location)) = (
-            client_origin,
+        if let (Some(host), Some(location)) = (
+            client_host.and_then(|h| h.to_str().ok()),
             parts
                 .headers
                 .get(header::LOCATION)
@@ -394,7 +391,8 @@ impl HttpProxy {
             )
             .is_some();
             if known
-                && let Some(rewritten) = headers::rewrite_location(location, origin)
+                && let Some(rewritten) =
+                    headers::rewrite_location(location, &format!("http://{host}"))
                 && let Ok(v) = HeaderValue::from_str(&rewritten)
             {
                 parts.headers.insert(header::LOCATION, v);
