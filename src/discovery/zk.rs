@@ -1,13 +1,226 @@
-//! Following Livy's leader latch in ZooKeeper. (Stub.)
-use tokio_util::sync::CancellationToken;
+//! Following Livy's leader latch in ZooKeeper.
+//!
+//! The loop, per ZooKeeper session:
+//! 1. list the latch's children with a **one-shot** watch (or, while the
+//!    latch path does not exist, watch for its creation);
+//! 2. read the lowest-sequence child's data (the participant id), map it to
+//!    a node and publish it; a child that vanished in between means "read
+//!    again";
+//! 3. wait for the watch, a session state change or shutdown, and go to 1.
+//!
+//! Why one-shot watches: `zookeeper-client` 0.11 forgets persistent watches
+//! when a session reconnects (its `resend_watches` drops them), the same
+//! class of bug as HIVE-24713. A one-shot watch is re-armed at every step
+//! anyway, and the latch is read again after every reconnect, since changes
+//! made while disconnected may never fire.
+//!
+//! Faults: a lost connection marks the view stale but keeps the last leader;
+//! an expired session is replaced by a new one with everything re-armed; an
+//! unreachable ensemble is retried with capped backoff. Only while ZooKeeper
+//! has never been reached since start, and nodes are configured, the static
+//! list is probed meanwhile so the proxy can serve at all. Once ZooKeeper has
+//! answered, it stays the only source of truth: a later outage keeps the
+//! last leader (stale) rather than mixing in probe results that could
+//! disagree with the latch.
 
-use super::{DiscoveryConfig, Publisher};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client as zk;
+
+use super::{DiscoveryConfig, Publisher, Source, latch, probe};
+
+/// How a session's loop ended.
+enum End {
+    Shutdown,
+    SessionLost(String),
+}
 
 /// Watches the latch until `shutdown`; see the module docs.
 pub async fn run(
-    _connect: String,
-    _config: DiscoveryConfig,
-    _publisher: Publisher,
-    _shutdown: CancellationToken,
+    connect: String,
+    config: DiscoveryConfig,
+    publisher: Publisher,
+    shutdown: CancellationToken,
 ) {
+    let mut ever_connected = false;
+    let mut backoff = Duration::from_millis(200);
+    let mut fallback: Option<(CancellationToken, JoinHandle<()>)> = None;
+    loop {
+        let connector = zk::Client::connector()
+            .with_session_timeout(config.zk_session_timeout)
+            .with_connection_timeout(config.zk_session_timeout.min(Duration::from_secs(5)));
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            c = connector.connect(&connect) => c,
+        };
+        match connected {
+            Err(e) => {
+                let problem = format!("ZooKeeper {connect} unreachable: {e}");
+                if !ever_connected && !config.nodes.is_empty() {
+                    if fallback.is_none() {
+                        tracing::warn!(%problem, "probing the node list until ZooKeeper answers");
+                        let token = shutdown.child_token();
+                        let task = tokio::spawn(probe::run(
+                            config.clone(),
+                            publisher.clone(),
+                            token.clone(),
+                        ));
+                        fallback = Some((token, task));
+                    }
+                } else {
+                    publisher.mark_stale(problem);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Ok(client) => {
+                if let Some((token, task)) = fallback.take() {
+                    token.cancel();
+                    let _ = task.await;
+                    tracing::info!("ZooKeeper answered: stopped probing the node list");
+                }
+                ever_connected = true;
+                backoff = Duration::from_millis(200);
+                tracing::info!(
+                    session = ?client.session_id(),
+                    timeout = ?client.session_timeout(),
+                    path = %config.leader_path,
+                    "ZooKeeper session established"
+                );
+                match follow(&client, &config, &publisher, &shutdown).await {
+                    End::Shutdown => break,
+                    End::SessionLost(why) => {
+                        tracing::warn!(reason = %why, "ZooKeeper session ended: opening a new one");
+                        publisher.mark_stale(format!("ZooKeeper session ended: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((token, task)) = fallback {
+        token.cancel();
+        let _ = task.await;
+    }
+}
+
+fn is_terminal(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::SessionExpired
+            | zk::Error::ClientClosed
+            | zk::Error::AuthFailed
+            | zk::Error::NoHosts
+    )
+}
+
+/// Follows the latch for the life of one session.
+async fn follow(
+    client: &zk::Client,
+    config: &DiscoveryConfig,
+    publisher: &Publisher,
+    shutdown: &CancellationToken,
+) -> End {
+    let mut state = client.state_watcher();
+    loop {
+        let watcher = match read_latch(client, config, publisher).await {
+            Ok(w) => w,
+            Err(e) if is_terminal(&e) => return End::SessionLost(e.to_string()),
+            Err(e) => {
+                // Connection trouble: keep the last leader, wait for the
+                // session to come back (or a moment), then read again.
+                publisher.mark_stale(format!("reading the latch from ZooKeeper failed: {e}"));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return End::Shutdown,
+                    s = state.changed() => if s.is_terminated() {
+                        return End::SessionLost(format!("{s:?}"));
+                    },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        };
+        let mut fired = Box::pin(watcher.changed());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return End::Shutdown,
+                event = &mut fired => {
+                    if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                        return End::SessionLost(format!("{:?}", event.session_state));
+                    }
+                    break; // a child came or went: read again
+                }
+                s = state.changed() => match s {
+                    zk::SessionState::Disconnected => {
+                        publisher.mark_stale("ZooKeeper connection lost; reconnecting".to_string());
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        tracing::info!("ZooKeeper connection restored: reading the latch again");
+                        break;
+                    }
+                    other if other.is_terminated() => return End::SessionLost(format!("{other:?}")),
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// Reads the latch once, publishes what it found, and returns the armed
+/// one-shot watch (on the children, or on the path's creation).
+async fn read_latch(
+    client: &zk::Client,
+    config: &DiscoveryConfig,
+    publisher: &Publisher,
+) -> Result<zk::OneshotWatcher, zk::Error> {
+    let path = config.leader_path.as_str();
+    loop {
+        match client.list_and_watch_children(path).await {
+            Ok((children, watcher)) => {
+                let Some(child) = latch::leader_child(&children) else {
+                    publisher.set_leader(
+                        None,
+                        Source::ZooKeeper,
+                        Some(format!("no Livy server holds the latch {path}")),
+                    );
+                    return Ok(watcher);
+                };
+                let child_path = format!("{}/{child}", path.trim_end_matches('/'));
+                let data = match client.get_data(&child_path).await {
+                    Ok((data, _)) => data,
+                    // The leader left between the two reads: recompute.
+                    Err(zk::Error::NoNode) => continue,
+                    Err(e) => return Err(e),
+                };
+                let id = String::from_utf8_lossy(&data).trim().to_string();
+                match latch::resolve(&id, &config.nodes, config.defaults) {
+                    Ok(node) => publisher.set_leader(Some(node), Source::ZooKeeper, None),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot route to the latch leader");
+                        publisher.set_leader(None, Source::ZooKeeper, Some(e.to_string()));
+                    }
+                }
+                return Ok(watcher);
+            }
+            Err(zk::Error::NoNode) => {
+                let (stat, watcher) = client.check_and_watch_stat(path).await?;
+                if stat.is_some() {
+                    continue; // created in between
+                }
+                publisher.set_leader(
+                    None,
+                    Source::ZooKeeper,
+                    Some(format!(
+                        "latch path {path} does not exist yet (no Livy server has joined the election)"
+                    )),
+                );
+                return Ok(watcher);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
