@@ -53,6 +53,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_json {
         builder.json().init();
