@@ -101,8 +101,12 @@ fn help_and_version() {
 fn shipped_example_config_is_valid() {
     // --help exits before serving; a valid config with --version does too,
     // so check the file through the library instead.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/livy-proxy.example.toml");
-    let cli = <livy_proxy::config::Cli as clap::Parser>::parse_from(["livy-proxy", "--config", path]);
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/livy-proxy.example.toml"
+    );
+    let cli =
+        <livy_proxy::config::Cli as clap::Parser>::parse_from(["livy-proxy", "--config", path]);
     let config = livy_proxy::config::Config::load(cli).expect("the example config loads");
     assert_eq!(config.nodes.len(), 3);
 }
