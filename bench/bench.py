@@ -1,0 +1,607 @@
+#!/usr/bin/env python3
+"""livy-proxy against HAProxy and nginx, side by side, in one run.
+
+Run through bench/run (which installs the tools and builds the release
+binaries). Everything listens on 127.0.0.1 and is stopped at exit.
+
+Parts:
+  http      wrk through: direct, livy-proxy (1 worker, and default), HAProxy
+            (mode http, nbthread 1), nginx (proxy_pass + upstream keepalive,
+            1 worker); connections 1, 16, 128.
+  tcp       iperf3 throughput and a connection-rate test through livy-proxy's
+            JDBC listener, HAProxy mode tcp, and direct.
+  memory    RSS idle and with 10,000 idle keep-alive connections.
+  failover  three livy-sim nodes, real ZooKeeper and Curator: time from the
+            leader's exit to the proxy's first answer from the new leader, set
+            against when the new leader learned it leads; failed requests
+            under steady load.
+Writes bench/results/latest.json and docs/benchmarks-*.png, prints a table.
+"""
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = ROOT / "target" / "release"
+WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
+PROCS = []
+JSON_BODY = '{"from":0,"total":0,"sessions":[]}'
+
+
+def free_port(ip="127.0.0.1"):
+    s = socket.socket()
+    s.bind((ip, 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(name, cmd, cpu=None, **kw):
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    log = open(WORK / f"{name}.log", "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+    PROCS.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM):
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cleanup():
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def wait_port(port, ip="127.0.0.1", deadline=30):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            socket.create_connection((ip, port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(WORK.glob("*.log")))
+    raise SystemExit(f"nothing listens on {ip}:{port}\n{logs}")
+
+
+def wait_200(url, deadline=30):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} never answered 200")
+
+
+def pid_of(p):
+    # taskset execs the program: same pid.
+    return p.pid
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- the servers -----------------------------------------------------------
+
+def nginx_conf(body):
+    d = WORK / f"nginx-{free_port()}"
+    d.mkdir()
+    (d / "nginx.conf").write_text(body.replace("@DIR@", str(d)))
+    return d / "nginx.conf"
+
+
+def start_upstream():
+    port = free_port()
+    conf = nginx_conf(f"""
+worker_processes 1;
+daemon off;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path @DIR@; proxy_temp_path @DIR@; fastcgi_temp_path @DIR@; uwsgi_temp_path @DIR@; scgi_temp_path @DIR@;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    default_type application/json;
+    location / {{ return 200 '{JSON_BODY}'; }}
+  }}
+}}""")
+    start("upstream-nginx", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
+    wait_port(port)
+    return port
+
+
+def start_livy_proxy(name, upstream, threads=None, extra=()):
+    port = free_port()
+    cmd = [str(REL / "livy-proxy"), "--listen", f"127.0.0.1:{port}",
+           "--node", f"up=http://127.0.0.1:{upstream}", "--probe-path", "/sessions",
+           "--log-level", "warn", *extra]
+    if threads:
+        cmd += ["--worker-threads", str(threads)]
+    p = start(name, cmd, cpu=0 if threads == 1 else None)
+    wait_port(port)
+    wait_200(f"http://127.0.0.1:{port}/sessions")
+    return port, p
+
+
+def start_haproxy(upstream, mode="http"):
+    port = free_port()
+    cfg = WORK / f"haproxy-{mode}-{port}.cfg"
+    cfg.write_text(f"""
+global
+  nbthread 1
+  maxconn 9900
+defaults
+  mode {mode}
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  {"http-reuse always" if mode == "http" else ""}
+  {"option http-keep-alive" if mode == "http" else ""}
+frontend f
+  bind 127.0.0.1:{port}
+  default_backend b
+backend b
+  server s1 127.0.0.1:{upstream}
+""")
+    p = start(f"haproxy-{mode}", ["haproxy", "-f", str(cfg), "-db"], cpu=0)
+    wait_port(port)
+    return port, p
+
+
+def start_nginx_proxy(upstream):
+    port = free_port()
+    conf = nginx_conf(f"""
+worker_processes 1;
+daemon off;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path @DIR@; proxy_temp_path @DIR@; fastcgi_temp_path @DIR@; uwsgi_temp_path @DIR@; scgi_temp_path @DIR@;
+  keepalive_requests 1000000;
+  upstream livy {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://livy;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}""")
+    p = start("nginx-proxy", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=0)
+    wait_port(port)
+    return port, p
+
+
+# --- HTTP ------------------------------------------------------------------
+
+WRK_LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\\"rps\\": %f, \\"p50\\": %d, \\"p99\\": %d, \\"p999\\": %d, \\"errors\\": %d, \\"requests\\": %d}\\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
+    summary.requests))
+end
+"""
+
+
+def wrk(port, conns, seconds):
+    lua = WORK / "report.lua"
+    lua.write_text(WRK_LUA)
+    threads = 1 if conns == 1 else 2 if conns < 64 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua),
+           f"http://127.0.0.1:{port}/sessions"]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "1"] + cmd
+    # Warm-up, then the measured run.
+    subprocess.run(cmd[:-4] + ["-d1s", f"http://127.0.0.1:{port}/sessions"], capture_output=True)
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"^JSON (.*)$", out, re.M)
+    if not m:
+        raise SystemExit(f"wrk failed:\n{out}")
+    return json.loads(m.group(1))
+
+
+def bench_http(seconds, conns_list):
+    up = start_upstream()
+    targets = {"direct": up}
+    procs = {}
+    targets["livy-proxy-1t"], procs["livy-proxy-1t"] = start_livy_proxy("livy-proxy-1t", up, threads=1)
+    targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy("livy-proxy-default", up)
+    targets["haproxy"], procs["haproxy"] = start_haproxy(up)
+    targets["nginx"], procs["nginx"] = start_nginx_proxy(up)
+    results = {}
+    for name, port in targets.items():
+        results[name] = {}
+        for c in conns_list:
+            r = wrk(port, c, seconds)
+            results[name][str(c)] = r
+            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}", flush=True)
+    for p in procs.values():
+        stop(p)
+    return results
+
+
+# --- TCP -------------------------------------------------------------------
+
+def iperf(port, seconds, reverse=False):
+    cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
+    if reverse:
+        cmd.append("-R")
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "1"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    data = json.loads(out)
+    return data["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+async def conn_rate(port, seconds, concurrency=8):
+    done = 0
+    end = time.time() + seconds
+
+    async def worker():
+        nonlocal done
+        while time.time() < end:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            await r.read()  # the upstream answers and closes
+            w.close()
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / seconds
+
+
+def bench_tcp(seconds, http_upstream):
+    iperf_port = free_port()
+    start("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)], cpu=1)
+    wait_port(iperf_port)
+    # A tiny TCP service that answers and closes, for the connection rate.
+    banner_port = free_port()
+    conf = nginx_conf(f"""
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+daemon off;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log;
+events {{ worker_connections 20000; }}
+stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n"; }} }}""")
+    start("banner", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
+    wait_port(banner_port)
+    results = {}
+    for target_port, label in ((iperf_port, "iperf"), (banner_port, "rate")):
+        jdbc = free_port()
+        _, lp = start_livy_proxy(f"livy-proxy-tcp-{label}", http_upstream, threads=1,
+                                 extra=["--thrift-listen", f"127.0.0.1:{jdbc}", "--thrift-port", str(target_port)])
+        wait_port(jdbc)
+        hp, hproc = start_haproxy(target_port, mode="tcp")
+        for name, port in (("direct", target_port), ("livy-proxy-1t", jdbc), ("haproxy", hp)):
+            row = results.setdefault(name, {})
+            if label == "iperf":
+                row["gbit_s"] = iperf(port, seconds)
+                row["gbit_s_reverse"] = iperf(port, seconds, reverse=True)
+                print(f"  tcp  {name:14} {row['gbit_s']:.2f} Gbit/s up, {row['gbit_s_reverse']:.2f} Gbit/s down", flush=True)
+            else:
+                row["conn_per_s"] = asyncio.run(conn_rate(port, seconds))
+                print(f"  tcp  {name:14} {row['conn_per_s']:.0f} connections/s", flush=True)
+        stop(lp)
+        stop(hproc)
+    return results
+
+
+# --- memory ----------------------------------------------------------------
+
+async def hold_connections(port, n):
+    conns = []
+    req = b"GET /sessions HTTP/1.1\r\nHost: x\r\n\r\n"
+    for i in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req)
+        conns.append((r, w))
+        if i % 500 == 499:
+            await asyncio.gather(*(w.drain() for _, w in conns[-500:]))
+    for r, _ in conns:
+        await r.readuntil(JSON_BODY.encode())
+    return conns
+
+
+def bench_memory(n):
+    up = start_upstream()
+    out = {}
+    for name, starter in (("livy-proxy-1t", lambda: start_livy_proxy("livy-proxy-mem", up, threads=1)),
+                          ("livy-proxy", lambda: start_livy_proxy("livy-proxy-mem-default", up)),
+                          ("haproxy", lambda: start_haproxy(up))):
+        port, p = starter()
+        time.sleep(0.5)
+        idle = rss_kib(pid_of(p))
+
+        async def loaded():
+            conns = await hold_connections(port, n)
+            await asyncio.sleep(0.5)
+            kib = rss_kib(pid_of(p))
+            for _, w in conns:
+                w.close()
+            return kib
+
+        busy = asyncio.run(loaded())
+        out[name] = {"idle_mib": idle / 1024, "with_10k_mib": busy / 1024}
+        print(f"  mem  {name:14} idle {idle/1024:.1f} MiB, with {n} keep-alive connections {busy/1024:.1f} MiB", flush=True)
+        stop(p)
+    return out
+
+
+# --- failover --------------------------------------------------------------
+
+def jars(names):
+    return ":".join(f"/usr/share/java/{n}.jar" for n in names)
+
+
+def bench_failover(rounds):
+    zk_cp = jars(["zookeeper", "zookeeper-jute", "slf4j-api", "slf4j-nop", "netty-handler", "netty-transport",
+                  "netty-common", "netty-buffer", "netty-resolver", "netty-codec", "netty-transport-native-epoll",
+                  "netty-transport-native-unix-common", "metrics-core", "commons-io"])
+    cur_cp = jars(["curator-recipes", "curator-framework", "curator-client", "guava", "zookeeper", "zookeeper-jute",
+                   "slf4j-api", "slf4j-nop", "netty-handler", "netty-transport", "netty-common", "netty-buffer",
+                   "netty-resolver", "netty-codec", "netty-transport-native-epoll", "netty-transport-native-unix-common"])
+    latch = WORK / "latch"
+    latch.mkdir()
+    subprocess.run(["javac", "-nowarn", "-d", str(latch), "-cp", cur_cp, str(ROOT / "tests/support/LatchMember.java")], check=True)
+    results = {}
+    for kind in ("SIGTERM", "SIGKILL"):
+        samples = []
+        for _ in range(rounds):
+            samples.append(failover_once(kind, zk_cp, f"{latch}:{cur_cp}"))
+        results[kind] = samples
+        added = sorted(s["added_ms"] for s in samples)
+        print(f"  fail {kind:8} election {median([s['election_ms'] for s in samples]):7.0f} ms after exit; "
+              f"proxy adds median {median(added):5.1f} ms (max {max(added):.1f}); failed requests {sum(s['failed'] for s in samples)}", flush=True)
+    return results
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0.0
+
+
+def failover_once(kind, zk_cp, latch_cp):
+    zk_port = free_port()
+    zdir = WORK / f"zk-{zk_port}"
+    zdir.mkdir()
+    (zdir / "zoo.cfg").write_text(f"tickTime=500\ndataDir={zdir}/data\nclientPort={zk_port}\nclientPortAddress=127.0.0.1\n"
+                                  "admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=10000\n")
+    zk = start(f"zk-{zk_port}", ["java", "-cp", zk_cp, "org.apache.zookeeper.server.ZooKeeperServerMain", str(zdir / "zoo.cfg")])
+    wait_port(zk_port)
+    ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+    port = None
+    while port is None:
+        cand = free_port(ips[0])
+        try:
+            for ip in ips[1:]:
+                s = socket.socket()
+                s.bind((ip, cand))
+                s.close()
+            port = cand
+        except OSError:
+            pass
+    peers = sum((["--peer", f"livy-{i+1}={ip}"] for i, ip in enumerate(ips)), [])
+    sims = []
+    for i, ip in enumerate(ips):
+        sims.append(start(f"sim-{zk_port}-{i}", [str(REL / "livy-sim"), "--id", f"livy-{i+1}", "--listen", f"{ip}:{port}",
+                                                 "--zookeeper", f"127.0.0.1:{zk_port}", "--latch-classpath", latch_cp,
+                                                 "--session-timeout-ms", "4000", *peers]))
+        wait_port(port, ip)
+        time.sleep(0.3)
+    pport = free_port()
+    proxy = start(f"proxy-{zk_port}", [str(REL / "livy-proxy"), "--listen", f"127.0.0.1:{pport}", "--zookeeper", f"127.0.0.1:{zk_port}",
+                                       "--hold-timeout", "30s", "--log-level", "warn",
+                                       *sum((["--node", f"livy-{i+1}=http://{ip}:{port}"] for i, ip in enumerate(ips)), [])])
+    wait_port(pport)
+
+    def state(i):
+        try:
+            return json.load(urllib.request.urlopen(f"http://{ips[i]}:{port}/_sim/state", timeout=1))
+        except Exception:
+            return None
+
+    end = time.time() + 30
+    leader = None
+    while leader is None and time.time() < end:
+        for i in range(3):
+            s = state(i)
+            if s and s["leader"]:
+                leader = i
+        time.sleep(0.05)
+    wait_200(f"http://127.0.0.1:{pport}/version")
+
+    # Steady load: one client, sequential keep-alive GETs, recording when
+    # each answer arrived and which node gave it.
+    import http.client
+    stop_load = threading.Event()
+    answers = []
+
+    def load():
+        conn = http.client.HTTPConnection("127.0.0.1", pport, timeout=60)
+        while not stop_load.is_set():
+            try:
+                conn.request("GET", "/version")
+                r = conn.getresponse()
+                r.read()
+                answers.append((time.time(), r.status, r.getheader("x-livy-node")))
+            except Exception:
+                answers.append((time.time(), 0, None))
+                conn = http.client.HTTPConnection("127.0.0.1", pport, timeout=60)
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(0.5)
+    old = f"livy-{leader+1}"
+    t_exit = time.time()
+    sims[leader].send_signal(signal.SIGTERM if kind == "SIGTERM" else signal.SIGKILL)
+    end = time.time() + 30
+    while time.time() < end and not any(a[1] == 200 and a[2] not in (None, old) for a in answers):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    stop_load.set()
+    t.join()
+    first_new = next(a for a in answers if a[1] == 200 and a[2] not in (None, old))
+    new_id = first_new[2]
+    new_idx = int(new_id.split("-")[1]) - 1
+    log = (WORK / f"sim-{zk_port}-{new_idx}.log").read_text()
+    learned = max(int(m) for m in re.findall(r"LEADER at (\d+)", log)) / 1000.0
+    failed = sum(1 for a in answers if a[1] != 200)
+    for p in sims + [proxy, zk]:
+        stop(p, signal.SIGKILL)
+    return {"election_ms": (learned - t_exit) * 1000, "first_answer_ms": (first_new[0] - t_exit) * 1000,
+            "added_ms": (first_new[0] - learned) * 1000, "failed": failed, "requests": len(answers)}
+
+
+# --- report ----------------------------------------------------------------
+
+def machine():
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+
+    def ver(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "haproxy": ver(["haproxy", "-v"]), "nginx": ver(["nginx", "-v"]), "wrk": ver(["wrk", "-v"]),
+            "iperf3": ver(["iperf3", "-v"]), "rustc": ver(["rustc", "-V"]),
+            "livy-proxy": ver([str(REL / "livy-proxy"), "--version"]),
+            "load_before": os.getloadavg()[0]}
+
+
+def plot(results, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (matplotlib not available: no plot)")
+        return
+    http = results.get("http")
+    if not http:
+        return
+    names = list(http)
+    conns = list(next(iter(http.values())))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + k * width for i in range(len(conns))]
+        axes[0].bar(xs, [http[name][c]["rps"] for c in conns], width, label=name)
+        axes[1].bar(xs, [http[name][c]["p99"] / 1000 for c in conns], width, label=name)
+    for ax, title in ((axes[0], "requests/s (higher is better)"), (axes[1], "p99 latency, ms (lower is better)")):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(conns))])
+        ax.set_xticklabels([f"{c} conn" for c in conns])
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"HTTP through each proxy, {m['cpus']} cores, {m['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    print(f"  plot: {out}")
+
+
+def table(results):
+    http = results.get("http")
+    if http:
+        print("\nHTTP (req/s; ratio to HAProxy, ratio to direct; p50/p99/p99.9 in us)")
+        for c in next(iter(http.values())):
+            hap = http["haproxy"][c]["rps"]
+            direct = http["direct"][c]["rps"]
+            for name, by_conns in http.items():
+                r = by_conns[c]
+                print(f"  c={c:<4} {name:14} {r['rps']:>9.0f}  x{r['rps']/hap:5.2f} HAProxy  x{r['rps']/direct:5.2f} direct"
+                      f"   {r['p50']:>6}/{r['p99']:>6}/{r['p999']:>6}")
+    tcp = results.get("tcp")
+    if tcp:
+        print("\nTCP (JDBC path)")
+        d = tcp["direct"]
+        for name, r in tcp.items():
+            print(f"  {name:14} {r['gbit_s']:6.2f} Gbit/s ({r['gbit_s']/d['gbit_s']*100:5.1f}% of direct)"
+                  f"  {r['conn_per_s']:8.0f} conn/s ({r['conn_per_s']/d['conn_per_s']*100:5.1f}% of direct)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--parts", default="http,tcp,memory,failover")
+    ap.add_argument("--conns", default="1,16,128")
+    ap.add_argument("--idle-connections", type=int, default=10000)
+    ap.add_argument("--failover-rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    a = ap.parse_args()
+    parts = a.parts.split(",")
+    try:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        if "http" in parts:
+            print("HTTP", flush=True)
+            results["http"] = bench_http(a.seconds, [int(c) for c in a.conns.split(",")])
+        if "tcp" in parts:
+            print("TCP", flush=True)
+            results["tcp"] = bench_tcp(a.seconds, start_upstream())
+        if "memory" in parts:
+            print("Memory", flush=True)
+            results["memory"] = bench_memory(a.idle_connections)
+        if "failover" in parts:
+            print("Failover", flush=True)
+            results["failover"] = bench_failover(a.failover_rounds)
+    finally:
+        cleanup()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=2))
+    table(results)
+    plot(results, ROOT / "docs" / "benchmarks-http.png")
+    print(f"\nresults: {a.out}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: (cleanup(), sys.exit(1)))
+    main()
