@@ -27,6 +27,18 @@ pub enum LatchError {
         /// The configured ids, for the message.
         known: String,
     },
+    /// The id is the host name of more than one configured node (same host,
+    /// different ports): picking one would be a guess.
+    #[error(
+        "the latch leader's participant id {id:?} is the host of several configured nodes ({nodes}); \
+         give each node its participant id: --node ID=URL"
+    )]
+    AmbiguousHost {
+        /// The participant id read from the leader's znode.
+        id: String,
+        /// The ids of the nodes on that host.
+        nodes: String,
+    },
 }
 
 /// The sequence number of a latch child (`..latch-0000000007` -> 7), or
@@ -51,11 +63,14 @@ pub fn leader_child(children: &[String]) -> Option<&str> {
 /// Maps a participant id to the node traffic goes to, in order:
 /// 1. the configured node with that id;
 /// 2. the configured node whose host name is the id (case-insensitive), as
-///    Livy's `server-ids`/`server-hostnames` lists map them;
-/// 3. the id itself read as an address, when it looks like one: it has a
-///    scheme (`http://h:8998`), ends in `:<port>`, or is an IP or a dotted
-///    host name. A configured node at that address keeps its own id and
-///    Thrift address.
+///    Livy's `server-ids`/`server-hostnames` lists map them; several nodes on
+///    that host is an error, not a pick;
+/// 3. the id itself read as an address, when it looks like one (see
+///    [`looks_like_address`]); a configured node at that address keeps its
+///    own id and Thrift address, any other address becomes an ad-hoc node
+///    named by the id.
+///
+/// Anything else is [`LatchError::UnmappedId`]: the proxy never guesses.
 pub fn resolve(
     id: &str,
     nodes: &Arc<Vec<LivyNode>>,
@@ -64,23 +79,40 @@ pub fn resolve(
     if let Some(n) = nodes.iter().find(|n| n.id == id) {
         return Ok(n.clone());
     }
-    if let Some(n) = nodes
+    let same_host: Vec<&LivyNode> = nodes
         .iter()
-        .find(|n| n.origin.host.eq_ignore_ascii_case(id))
-    {
-        return Ok(n.clone());
-    }
-    if looks_like_address(id)
-        && let Ok(origin) = Origin::parse(id, defaults)
-    {
-        if let Some(n) = nodes.iter().find(|n| n.origin == origin) {
-            return Ok(n.clone());
+        .filter(|n| n.origin.host.eq_ignore_ascii_case(id))
+        .collect();
+    match same_host.as_slice() {
+        [one] => return Ok((*one).clone()),
+        [] => {}
+        many => {
+            return Err(LatchError::AmbiguousHost {
+                id: id.to_string(),
+                nodes: many
+                    .iter()
+                    .map(|n| n.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
-        return Ok(LivyNode {
-            id: id.to_string(),
-            origin,
-            thrift: None,
-        });
+    }
+    if looks_like_address(id) {
+        // A bare IPv6 literal needs brackets to be read as a URL authority.
+        let text = match id.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{id}]"),
+            Err(_) => id.to_string(),
+        };
+        if let Ok(origin) = Origin::parse(&text, defaults) {
+            if let Some(n) = nodes.iter().find(|n| n.origin == origin) {
+                return Ok(n.clone());
+            }
+            return Ok(LivyNode {
+                id: id.to_string(),
+                origin,
+                thrift: None,
+            });
+        }
     }
     Err(LatchError::UnmappedId {
         id: id.to_string(),
@@ -96,7 +128,15 @@ pub fn resolve(
     })
 }
 
-fn looks_like_address(id: &str) -> bool {
+/// Whether an id that matched no configured node may be read as an address.
+///
+/// The rule: it has a scheme (`http://h:8998`), or is an IP literal, or ends
+/// in `:<port>` after a non-empty host, or is a dotted host name
+/// (`livy3.example.com`). A bare word such as `livy-3` or `localhost` is not
+/// an address: it is far more likely an opaque participant id missing from
+/// the configuration, and resolving it through DNS would route to whatever
+/// that name happens to mean on the proxy's host.
+pub fn looks_like_address(id: &str) -> bool {
     if id.contains("://") {
         return true;
     }
@@ -146,6 +186,17 @@ mod tests {
         assert_eq!(leader_child(&["state".to_string()]), None);
         assert_eq!(leader_child(&[]), None);
         assert_eq!(sequence_of("latch-0000000001"), Some(1));
+        assert_eq!(sequence_of("_c_1-latch-0000000001-x"), None);
+    }
+
+    #[test]
+    fn bare_and_other_prefixes_are_ordered_by_sequence_too() {
+        let children = vec![
+            "latch-0000000005".to_string(),
+            "foo-latch-0000000002".to_string(),
+            "_c_9-latch-0000000004".to_string(),
+        ];
+        assert_eq!(leader_child(&children), Some("foo-latch-0000000002"));
     }
 
     #[test]
@@ -179,10 +230,62 @@ mod tests {
     }
 
     #[test]
+    fn what_looks_like_an_address() {
+        for yes in [
+            "http://h:1",
+            "https://h",
+            "10.0.0.1",
+            "::1",
+            "h:8998",
+            "livy.example",
+        ] {
+            assert!(looks_like_address(yes), "{yes}");
+        }
+        for no in [
+            "livy-3",
+            "localhost",
+            "",
+            ".example",
+            "h:",
+            ":8998",
+            "h:99999",
+        ] {
+            assert!(!looks_like_address(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn ipv6_id_is_read_with_brackets() {
+        let n = resolve("::1", &nodes(), AddressDefaults::default()).unwrap();
+        assert_eq!(n.origin.authority(), "[::1]:8998");
+    }
+
+    #[test]
+    fn host_shared_by_two_nodes_is_ambiguous() {
+        let d = AddressDefaults::default();
+        let nodes = Arc::new(vec![
+            LivyNode::parse("a=http://shared.example:8998", d).unwrap(),
+            LivyNode::parse("b=http://shared.example:8999", d).unwrap(),
+        ]);
+        let e = resolve("shared.example", &nodes, d).unwrap_err();
+        assert!(matches!(e, LatchError::AmbiguousHost { .. }), "{e}");
+        // The full address is not ambiguous.
+        assert_eq!(resolve("shared.example:8999", &nodes, d).unwrap().id, "b");
+    }
+
+    #[test]
     fn unmapped_id_is_an_error_not_a_guess() {
         let e = resolve("livy-9", &nodes(), AddressDefaults::default()).unwrap_err();
         assert!(e.to_string().contains("livy-9"));
         assert!(e.to_string().contains("livy-1, livy-2"));
         assert!(resolve("", &nodes(), AddressDefaults::default()).is_err());
+        // A bare word is never looked up as a host name.
+        assert!(matches!(
+            resolve("localhost", &nodes(), AddressDefaults::default()),
+            Err(LatchError::UnmappedId { .. })
+        ));
+        let none = Arc::new(Vec::new());
+        let e = resolve("livy-1", &none, AddressDefaults::default()).unwrap_err();
+        assert!(e.to_string().contains("known ids: none"), "{e}");
     }
 }

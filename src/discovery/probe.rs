@@ -1,31 +1,56 @@
 //! Probing a static list of Livy servers: discovery without ZooKeeper.
 //!
-//! Each round asks every known node, concurrently and with a short timeout:
-//! 1. `GET /ha-status` (Cloudera's endpoint): 200 = leader, 503 = follower;
-//!    a 307/308 means Livy's passive filter redirected it: passive;
-//! 2. otherwise (404: upstream Livy has no such endpoint) `GET <probe-path>`
-//!    (default `/version`): 307/308 = passive, 2xx = active, and 401/403 =
-//!    active too (a server that authenticates instead of redirecting is the
-//!    one serving: the passive filter runs before authentication);
+//! Each round asks every known node, concurrently, each request bounded by
+//! the probe timeout:
+//! 1. `GET /ha-status` (Cloudera's endpoint, off unless
+//!    `livy.server.ha-status.enabled`): 200 = leader, 503 = follower;
+//! 2. anything else (404: upstream Livy has no such endpoint; 307: Livy's
+//!    passive filter redirected it like every other path) falls back to
+//!    `GET <probe-path>` (default `/version`): 307/308 = passive, 2xx =
+//!    active, and 401/403 = active too: Livy's passive filter runs before
+//!    authentication, so a server that asks for credentials instead of
+//!    redirecting is the one serving;
 //! 3. anything else, a timeout or a refused connection = down.
 //!
-//! The current leader is kept while it still says it is active (no flapping
-//! between two servers that both answer during an election); otherwise the
-//! first active node in configuration order wins. No active node means no
-//! leader: the proxy holds requests rather than guess.
+//! A node whose `/ha-status` turned out not to exist is remembered, so the
+//! next rounds go straight to the probe path instead of paying two requests
+//! every time; the memory expires after [`HA_STATUS_RECHECK`] so enabling
+//! `/ha-status` on a running server is noticed.
+//!
+//! Choosing: the current leader is kept while it still says it is active (no
+//! flapping between two servers that both answer during an election);
+//! otherwise the first active node in configuration order wins. No active
+//! node means no leader, and that includes "nobody answered at all": unlike
+//! a ZooKeeper outage, where the latch's last word is still the best guess,
+//! a probe that cannot reach any server has nothing to route to, so the view
+//! says "no leader" with every node's reason and the proxy holds requests
+//! rather than guess.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use super::{DiscoveryConfig, Publisher, Source};
-use crate::node::LivyNode;
+use crate::node::{LivyNode, Origin};
+
+/// How long a node known to lack `/ha-status` is probed on the probe path
+/// only, before `/ha-status` is tried again.
+pub const HA_STATUS_RECHECK: Duration = Duration::from_secs(60);
+
+/// Cloudera's status endpoint: 200 on the leader, 503 on a follower.
+const HA_STATUS_PATH: &str = "/ha-status";
+
+/// At most this much of a probe answer's body is read (so the connection can
+/// be reused); the rest is dropped with the connection.
+const MAX_PROBE_BODY: usize = 64 * 1024;
 
 /// What a probe learned about one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,15 +59,37 @@ pub enum Role {
     Active,
     /// It redirects or says it is a follower.
     Passive,
-    /// It could not be asked, or answered nonsense; the reason.
-    Down(String),
+    /// It could not be asked, or answered something that is neither.
+    Down(ProbeError),
 }
 
-/// The HTTP client probes are sent with (HTTP only for now; an HTTPS
-/// connector plugs in here).
+/// Why a node counts as down: kept typed so callers (status pages, the TCP
+/// proxy) can tell "unreachable" from "answered nonsense".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer within the probe timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The request failed (connection refused, reset, bad URI ...).
+    #[error("{0}")]
+    Request(String),
+    /// The server answered with a status that means neither role.
+    #[error("GET {path} answered {status}")]
+    Status {
+        /// The path asked.
+        path: String,
+        /// What it answered.
+        status: StatusCode,
+    },
+}
+
+/// The HTTP client probes are sent with. HTTP only for now: when Livy over
+/// HTTPS is supported, this alias and [`probe_client`] are the one place to
+/// swap `HttpConnector` for a TLS connector wrapping it.
 pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// A client for probes: short connect timeout, small pool.
+/// Builds the client probes use: connect timeout = probe timeout, one idle
+/// connection per server kept for the next round.
 pub fn probe_client(timeout: Duration) -> ProbeClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(timeout));
@@ -54,73 +101,154 @@ pub fn probe_client(timeout: Duration) -> ProbeClient {
         .build(connector)
 }
 
+/// The error and its causes on one line (hyper's top-level message alone is
+/// just "client error (Connect)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// One GET with the timeout covering the answer and a bounded body read.
 async fn get(
     client: &ProbeClient,
     node: &LivyNode,
     path: &str,
     timeout: Duration,
-) -> Result<StatusCode, String> {
+) -> Result<StatusCode, ProbeError> {
     let uri = format!("{}{}", node.origin, path);
     let req = Request::get(uri)
         .header(http::header::USER_AGENT, "livy-proxy-probe")
         .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        // The body is dropped unread: the connection is not reused, which
-        // is fine at one probe per interval.
-        Ok(Ok(resp)) => Ok(resp.status()),
-        Ok(Err(e)) => Err(format!(
-            "{e}: {}",
-            std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_default()
-        )),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
-    }
+        .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+        let status = resp.status();
+        // Only the status matters; reading the (small) body lets the pool
+        // reuse the connection. A body error changes nothing.
+        let _ = Limited::new(resp.into_body(), MAX_PROBE_BODY)
+            .collect()
+            .await;
+        Ok(status)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-/// Probes one node (see the module docs for the rules).
+/// Probes one node, trying `/ha-status` first only when `try_ha_status`.
+/// Returns the role and whether `/ha-status` answered meaningfully
+/// (`Some(false)`: it does not exist there; `None`: not asked or no answer).
 pub async fn probe_node(
     client: &ProbeClient,
     node: &LivyNode,
     probe_path: &str,
     timeout: Duration,
-) -> Role {
-    match get(client, node, "/ha-status", timeout).await {
-        Ok(StatusCode::OK) => return Role::Active,
-        Ok(StatusCode::SERVICE_UNAVAILABLE) => return Role::Passive,
-        Ok(s) if s == StatusCode::TEMPORARY_REDIRECT || s == StatusCode::PERMANENT_REDIRECT => {
-            return Role::Passive;
+    try_ha_status: bool,
+) -> (Role, Option<bool>) {
+    let mut has_ha_status = None;
+    if try_ha_status {
+        match get(client, node, HA_STATUS_PATH, timeout).await {
+            Ok(StatusCode::OK) => return (Role::Active, Some(true)),
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => return (Role::Passive, Some(true)),
+            // 404, a passive's 307, an auth challenge ...: no usable
+            // /ha-status here; the probe path decides.
+            Ok(_) => has_ha_status = Some(false),
+            // Unreachable: asking again on another path would only double
+            // the wait.
+            Err(e) => return (Role::Down(e), None),
         }
-        Ok(_) => {}
-        Err(e) => return Role::Down(e),
     }
-    match get(client, node, probe_path, timeout).await {
+    let role = match get(client, node, probe_path, timeout).await {
         Ok(s) if s.is_success() || s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
             Role::Active
         }
-        Ok(s) if s.is_redirection() => Role::Passive,
-        Ok(s) => Role::Down(format!("GET {probe_path} answered {s}")),
+        Ok(s) if s == StatusCode::TEMPORARY_REDIRECT || s == StatusCode::PERMANENT_REDIRECT => {
+            Role::Passive
+        }
+        Ok(status) => Role::Down(ProbeError::Status {
+            path: probe_path.to_string(),
+            status,
+        }),
         Err(e) => Role::Down(e),
+    };
+    (role, has_ha_status)
+}
+
+/// Probes a node list round after round, remembering which nodes lack
+/// `/ha-status`. Reusable by anything that needs "who is active right now"
+/// without ZooKeeper (discovery's probe loop, the TCP proxy).
+pub struct Prober {
+    client: ProbeClient,
+    probe_path: String,
+    timeout: Duration,
+    /// Nodes without `/ha-status`, and when to try it again.
+    no_ha_status: Mutex<HashMap<Origin, Instant>>,
+}
+
+impl Prober {
+    /// A prober asking `probe_path` where `/ha-status` is missing, each
+    /// request bounded by `timeout`.
+    pub fn new(probe_path: &str, timeout: Duration) -> Self {
+        Prober {
+            client: probe_client(timeout),
+            probe_path: probe_path.to_string(),
+            timeout,
+            no_ha_status: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn should_try_ha_status(&self, origin: &Origin) -> bool {
+        match self.no_ha_status.lock() {
+            Ok(map) => map.get(origin).is_none_or(|until| Instant::now() >= *until),
+            Err(_) => true,
+        }
+    }
+
+    fn remember(&self, origin: &Origin, has_ha_status: Option<bool>) {
+        let Ok(mut map) = self.no_ha_status.lock() else {
+            return;
+        };
+        match has_ha_status {
+            Some(true) => {
+                map.remove(origin);
+            }
+            Some(false) => {
+                map.insert(origin.clone(), Instant::now() + HA_STATUS_RECHECK);
+            }
+            None => {}
+        }
+    }
+
+    /// Probes one node (see the module docs for the rules).
+    pub async fn probe(&self, node: &LivyNode) -> Role {
+        let try_ha = self.should_try_ha_status(&node.origin);
+        let (role, has_ha_status) =
+            probe_node(&self.client, node, &self.probe_path, self.timeout, try_ha).await;
+        self.remember(&node.origin, has_ha_status);
+        role
+    }
+
+    /// One round: every node probed concurrently, results in the order of
+    /// `nodes`.
+    pub async fn probe_once(&self, nodes: &[LivyNode]) -> Vec<(LivyNode, Role)> {
+        let probes = nodes
+            .iter()
+            .map(|n| async move { (n.clone(), self.probe(n).await) });
+        futures_util::future::join_all(probes).await
     }
 }
 
-/// One round: every node probed concurrently, results in configuration order.
-pub async fn probe_once(
-    client: &ProbeClient,
-    nodes: &[LivyNode],
-    probe_path: &str,
-    timeout: Duration,
-) -> Vec<(LivyNode, Role)> {
-    let probes = nodes.iter().map(|n| async move {
-        let role = probe_node(client, n, probe_path, timeout).await;
-        (n.clone(), role)
-    });
-    futures_util::future::join_all(probes).await
-}
-
 /// The leader after a round: the current one if still active, else the
-/// first active node; `Err` with a summary when none is active.
+/// first active node; `Err` with every node's state when none is active.
 pub fn choose(
     current: Option<&LivyNode>,
     results: &[(LivyNode, Role)],
@@ -131,12 +259,12 @@ pub fn choose(
         .map(|(n, _)| n)
         .collect();
     if active.len() > 1 {
-        tracing::warn!(active = ?active.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), "more than one Livy server says it is active");
+        tracing::debug!(active = ?active.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), "more than one Livy server says it is active");
     }
     if let Some(cur) = current
-        && active.iter().any(|n| n.origin == cur.origin)
+        && let Some(same) = active.iter().find(|n| n.origin == cur.origin)
     {
-        return Ok(cur.clone());
+        return Ok((*same).clone());
     }
     if let Some(first) = active.first() {
         return Ok((*first).clone());
@@ -156,23 +284,41 @@ pub fn choose(
     ))
 }
 
+/// A role without its reason, to log changes of role and not of wording.
+fn kind(role: &Role) -> &'static str {
+    match role {
+        Role::Active => "active",
+        Role::Passive => "passive",
+        Role::Down(_) => "down",
+    }
+}
+
 /// Probes the static list every `probe_interval` until `shutdown`,
-/// publishing the leader it finds.
+/// publishing the leader it finds (see the module docs).
 pub async fn run(config: DiscoveryConfig, publisher: Publisher, shutdown: CancellationToken) {
-    let client = probe_client(config.probe_timeout);
+    let prober = Prober::new(&config.probe_path, config.probe_timeout);
+    let mut last: HashMap<Origin, &'static str> = HashMap::new();
     tracing::info!(nodes = config.nodes.len(), interval = ?config.probe_interval, "probing the static node list");
     loop {
         let results = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = probe_once(&client, &config.nodes, &config.probe_path, config.probe_timeout) => r,
+            r = prober.probe_once(&config.nodes) => r,
         };
+        for (node, role) in &results {
+            let now = kind(role);
+            if last.insert(node.origin.clone(), now) != Some(now) {
+                match role {
+                    Role::Down(why) => {
+                        tracing::info!(node = %node, role = now, reason = %why, "probe: node role")
+                    }
+                    _ => tracing::info!(node = %node, role = now, "probe: node role"),
+                }
+            }
+        }
         let current = publisher.current().leader.map(|l| l.node);
         match choose(current.as_ref(), &results) {
             Ok(node) => publisher.set_leader(Some(node), Source::Probe, None),
-            Err(problem) => {
-                tracing::debug!(%problem, "probe round found no active server");
-                publisher.set_leader(None, Source::Probe, Some(problem));
-            }
+            Err(problem) => publisher.set_leader(None, Source::Probe, Some(problem)),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -196,18 +342,153 @@ mod tests {
         let results = vec![(a.clone(), Role::Active), (b.clone(), Role::Active)];
         assert_eq!(choose(Some(&b), &results).unwrap().id, "b");
         assert_eq!(choose(None, &results).unwrap().id, "a");
+        // The current leader went passive: the first active one wins.
+        let results = vec![(a.clone(), Role::Active), (b.clone(), Role::Passive)];
+        assert_eq!(choose(Some(&b), &results).unwrap().id, "a");
     }
 
     #[test]
     fn no_active_node_is_an_error_with_a_summary() {
         let results = vec![
             (n("a=http://h1:1"), Role::Passive),
-            (n("b=http://h2:1"), Role::Down("refused".into())),
+            (
+                n("b=http://h2:1"),
+                Role::Down(ProbeError::Request("refused".into())),
+            ),
         ];
         let e = choose(None, &results).unwrap_err();
         assert!(
-            e.contains("a: passive") && e.contains("b: down (refused)"),
+            e.contains("no active Livy server among 2 probed")
+                && e.contains("a: passive")
+                && e.contains("b: down (refused)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn nobody_answering_is_no_leader_even_with_a_current_one() {
+        let a = n("a=http://h1:1");
+        let results = vec![(
+            a.clone(),
+            Role::Down(ProbeError::Timeout(Duration::from_secs(1))),
+        )];
+        assert!(choose(Some(&a), &results).is_err());
+    }
+}
+
+#[cfg(test)]
+mod server_tests {
+    //! `probe_node` and `Prober` against a tiny HTTP/1.1 server whose
+    //! answers are a fixed path -> status table, recording what was asked.
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::node::AddressDefaults;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    async fn server(routes: &[(&'static str, u16)]) -> (LivyNode, Log) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes: Arc<Vec<(&'static str, u16)>> = Arc::new(routes.to_vec());
+        let log: Log = Arc::default();
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (routes, log) = (routes.clone(), log2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                            let status = routes
+                                .iter()
+                                .find(|(p, _)| *p == path)
+                                .map_or(404, |(_, s)| *s);
+                            log.lock().unwrap().push(path);
+                            let resp =
+                                format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                            if sock.write_all(resp.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let node =
+            LivyNode::parse(&format!("n=http://{addr}"), AddressDefaults::default()).unwrap();
+        (node, log)
+    }
+
+    fn asked(log: &Log) -> Vec<String> {
+        std::mem::take(&mut *log.lock().unwrap())
+    }
+
+    const T: Duration = Duration::from_secs(2);
+
+    #[tokio::test]
+    async fn ha_status_decides_when_it_exists() {
+        let (leader, log) = server(&[("/ha-status", 200), ("/version", 307)]).await;
+        let prober = Prober::new("/version", T);
+        assert_eq!(prober.probe(&leader).await, Role::Active);
+        assert_eq!(asked(&log), ["/ha-status"]);
+        let (follower, _) = server(&[("/ha-status", 503), ("/version", 200)]).await;
+        assert_eq!(prober.probe(&follower).await, Role::Passive);
+    }
+
+    #[tokio::test]
+    async fn without_ha_status_the_probe_path_decides_and_is_remembered() {
+        let (active, log) = server(&[("/version", 200)]).await;
+        let prober = Prober::new("/version", T);
+        assert_eq!(prober.probe(&active).await, Role::Active);
+        assert_eq!(asked(&log), ["/ha-status", "/version"]);
+        assert_eq!(prober.probe(&active).await, Role::Active);
+        assert_eq!(asked(&log), ["/version"], "/ha-status is not asked again");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_means_passive_and_auth_means_active() {
+        // Livy's passive filter redirects /ha-status like everything else.
+        let (passive, log) = server(&[("/ha-status", 307), ("/version", 307)]).await;
+        let prober = Prober::new("/version", T);
+        assert_eq!(prober.probe(&passive).await, Role::Passive);
+        assert_eq!(asked(&log), ["/ha-status", "/version"]);
+        let (authenticating, _) = server(&[("/version", 401)]).await;
+        assert_eq!(prober.probe(&authenticating).await, Role::Active);
+        let (broken, _) = server(&[("/version", 500)]).await;
+        assert!(matches!(
+            prober.probe(&broken).await,
+            Role::Down(ProbeError::Status { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_down_and_a_round_keeps_order() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let dead =
+            LivyNode::parse(&format!("dead=http://{closed}"), AddressDefaults::default()).unwrap();
+        let (active, _) = server(&[("/version", 200)]).await;
+        let prober = Prober::new("/version", T);
+        let round = prober.probe_once(&[dead.clone(), active.clone()]).await;
+        assert!(matches!(round[0], (ref n, Role::Down(ProbeError::Request(_))) if *n == dead));
+        assert_eq!(round[1], (active.clone(), Role::Active));
+        assert_eq!(choose(None, &round).unwrap(), active);
     }
 }

@@ -37,6 +37,13 @@ enum End {
     SessionLost(String),
 }
 
+/// First wait before reconnecting; doubled per failed attempt up to
+/// [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Longest wait between two attempts to reach ZooKeeper.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// Watches the latch until `shutdown`; see the module docs.
 pub async fn run(
     connect: String,
@@ -45,12 +52,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut ever_connected = false;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_BACKOFF;
     let mut fallback: Option<(CancellationToken, JoinHandle<()>)> = None;
+    tracing::info!(zookeeper = %connect, path = %config.leader_path, "connecting to ZooKeeper");
     loop {
+        // `fail_eagerly`: give up after one pass over the hosts instead of
+        // cycling until the session timeout, so an unreachable ensemble is
+        // reported (and probing started) at once; this loop does the
+        // retrying, with backoff. Once a session exists the client cycles
+        // the hosts on its own again. The chroot in the connect string
+        // (`host:port/chroot`) is applied by the crate.
         let connector = zk::Client::connector()
             .with_session_timeout(config.zk_session_timeout)
-            .with_connection_timeout(config.zk_session_timeout.min(Duration::from_secs(5)));
+            .with_connection_timeout(config.zk_session_timeout.min(MAX_BACKOFF))
+            .with_fail_eagerly();
         let connected = tokio::select! {
             _ = shutdown.cancelled() => break,
             c = connector.connect(&connect) => c,
@@ -68,6 +83,8 @@ pub async fn run(
                             token.clone(),
                         ));
                         fallback = Some((token, task));
+                    } else {
+                        tracing::debug!(%problem, "ZooKeeper still unreachable; probing");
                     }
                 } else {
                     publisher.mark_stale(problem);
@@ -76,7 +93,7 @@ pub async fn run(
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Ok(client) => {
                 if let Some((token, task)) = fallback.take() {
@@ -85,20 +102,33 @@ pub async fn run(
                     tracing::info!("ZooKeeper answered: stopped probing the node list");
                 }
                 ever_connected = true;
-                backoff = Duration::from_millis(200);
                 tracing::info!(
-                    session = ?client.session_id(),
+                    session = %client.session_id(),
                     timeout = ?client.session_timeout(),
                     path = %config.leader_path,
                     "ZooKeeper session established"
                 );
-                match follow(&client, &config, &publisher, &shutdown).await {
+                let started = tokio::time::Instant::now();
+                let end = follow(&client, &config, &publisher, &shutdown).await;
+                drop(client);
+                match end {
                     End::Shutdown => break,
                     End::SessionLost(why) => {
                         tracing::warn!(reason = %why, "ZooKeeper session ended: opening a new one");
                         publisher.mark_stale(format!("ZooKeeper session ended: {why}"));
                     }
                 }
+                // A session that lived a while gets a quick new one; one
+                // lost right after it was made (auth trouble, a flapping
+                // server) must not turn this loop into a busy one.
+                if started.elapsed() >= config.zk_session_timeout {
+                    backoff = MIN_BACKOFF;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
