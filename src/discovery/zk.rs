@@ -12,7 +12,9 @@
 //! when a session reconnects (its `resend_watches` drops them), the same
 //! class of bug as HIVE-24713. A one-shot watch is re-armed at every step
 //! anyway, and the latch is read again after every reconnect, since changes
-//! made while disconnected may never fire.
+//! made while disconnected may never fire. The test
+//! `zookeeper_restart_then_leader_change_is_seen` in `tests/discovery.rs`
+//! guards this: with a persistent watch on the latch it fails (checked).
 //!
 //! Faults: a lost connection marks the view stale but keeps the last leader;
 //! an expired session is replaced by a new one with everything re-armed; an
