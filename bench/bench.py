@@ -164,6 +164,8 @@ def start_haproxy(upstream, mode="http"):
     cfg.write_text(f"""
 global
   nbthread 1
+  # HAProxy reserves two descriptors per connection: with this machine's
+  # hard limit of 20,000 open files, 9,900 is as far as it goes.
   maxconn 9900
 defaults
   mode {mode}
@@ -359,7 +361,11 @@ def bench_memory(n):
                 w.close()
             return kib
 
-        busy = asyncio.run(loaded())
+        try:
+            busy = asyncio.run(asyncio.wait_for(loaded(), 120))
+        except asyncio.TimeoutError:
+            print(f"  mem  {name:14} could not hold {n} connections within 120 s", flush=True)
+            busy = 0
         out[name] = {"idle_mib": idle / 1024, "with_10k_mib": busy / 1024}
         print(f"  mem  {name:14} idle {idle/1024:.1f} MiB, with {n} keep-alive connections {busy/1024:.1f} MiB", flush=True)
         stop(p)
@@ -569,7 +575,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--parts", default="http,tcp,memory,failover")
     ap.add_argument("--conns", default="1,16,128")
-    ap.add_argument("--idle-connections", type=int, default=10000)
+    # 10,000 in the issue; HAProxy cannot hold that many under a 20,000
+    # open-files hard limit (it reserves two per connection), so both are
+    # measured at 9,000 here unless the limit allows more.
+    ap.add_argument("--idle-connections", type=int,
+                    default=10000 if resource.getrlimit(resource.RLIMIT_NOFILE)[1] >= 21000 else 9000)
     ap.add_argument("--failover-rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     a = ap.parse_args()

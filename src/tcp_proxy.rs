@@ -231,12 +231,17 @@ impl TcpProxy {
             if Instant::now() >= deadline {
                 continue; // reports `last` at the top
             }
-            // A new election may be under way: give it a moment.
-            rx.borrow_and_update();
+            // A new election may be under way: give it a moment. A view
+            // newer than the one this attempt used counts, even if it was
+            // published while the connect was failing.
             let until = (Instant::now() + backoff).min(deadline);
-            let changed = tokio::time::timeout_at(until.into(), rx.changed()).await;
+            let newer = rx.wait_for(|v: &LeaderView| v.generation != generation);
+            let changed = matches!(
+                tokio::time::timeout_at(until.into(), newer).await,
+                Ok(Ok(_))
+            );
             backoff = (backoff * 2).min(Duration::from_millis(500));
-            if matches!(changed, Ok(Ok(()))) {
+            if changed {
                 continue;
             }
             // The view did not move: passives refuse Thrift, so any other

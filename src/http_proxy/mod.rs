@@ -115,6 +115,9 @@ impl HttpProxy {
         connector.set_keepalive(Some(Duration::from_secs(60)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            // A burst of clients opens many upstream connections; keep
+            // enough for Livy's concurrency, not one per past client.
+            .pool_max_idle_per_host(256)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
@@ -243,10 +246,16 @@ impl HttpProxy {
         let mut last_connect_error: Option<(LivyNode, String)> = None;
 
         loop {
+            // The view generation this attempt is made under: a retry waits
+            // for a newer one (or a backoff), never for a change it missed.
+            let mut generation = leader_rx.borrow().generation;
             let node = match redirected_to.clone() {
                 Some(n) => n,
                 None => match wait_for_leader(&mut leader_rx, deadline).await {
-                    Some(n) => n,
+                    Some((n, g)) => {
+                        generation = g;
+                        n
+                    }
                     None => {
                         return Err(match last_connect_error {
                             Some((node, reason)) => ProxyError::LeaderUnreachable {
@@ -302,7 +311,8 @@ impl HttpProxy {
                     tracing::debug!(node = %node, error = %reason, "connect failed; retrying within the hold time");
                     redirected_to = None;
                     if !body.is_replayable()
-                        || !wait_change_or_backoff(&mut leader_rx, backoff, deadline).await
+                        || !wait_change_or_backoff(&mut leader_rx, generation, backoff, deadline)
+                            .await
                     {
                         return Err(ProxyError::LeaderUnreachable {
                             node: node.to_string(),
@@ -321,7 +331,9 @@ impl HttpProxy {
                     if idempotent && body.is_replayable() && Instant::now() < deadline {
                         tracing::info!(node = %node, error = %reason, method = %template.method, "upstream failed; retrying idempotent request");
                         redirected_to = None;
-                        if !wait_change_or_backoff(&mut leader_rx, backoff, deadline).await {
+                        if !wait_change_or_backoff(&mut leader_rx, generation, backoff, deadline)
+                            .await
+                        {
                             return Err(ProxyError::UpstreamFailed {
                                 node: node.to_string(),
                                 reason,
@@ -454,11 +466,15 @@ impl Template {
     }
 }
 
-/// Waits until discovery names a leader or `deadline` passes.
-async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<LivyNode> {
+/// Waits until discovery names a leader or `deadline` passes; returns it
+/// with the generation of the view that named it.
+async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<(LivyNode, u64)> {
     let wait = rx.wait_for(|v: &LeaderView| v.leader.is_some());
     match tokio::time::timeout_at(deadline.into(), wait).await {
-        Ok(Ok(view)) => view.leader.as_ref().map(|l| l.node.clone()),
+        Ok(Ok(view)) => view
+            .leader
+            .as_ref()
+            .map(|l| (l.node.clone(), view.generation)),
         _ => None,
     }
 }
@@ -466,14 +482,21 @@ async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<LivyNod
 /// After a failed attempt: returns as soon as the leader changes or
 /// `backoff` passes (a just-elected Livy restarts its server and refuses
 /// connections briefly), false if the hold deadline has passed.
-async fn wait_change_or_backoff(rx: &mut LeaderRx, backoff: Duration, deadline: Instant) -> bool {
+/// A change is a view newer than `seen`, even one published while the
+/// failed attempt was still under way.
+async fn wait_change_or_backoff(
+    rx: &mut LeaderRx,
+    seen: u64,
+    backoff: Duration,
+    deadline: Instant,
+) -> bool {
     let now = Instant::now();
     if now >= deadline {
         return false;
     }
-    rx.borrow_and_update();
     let until = (now + backoff).min(deadline);
-    let _ = tokio::time::timeout_at(until.into(), rx.changed()).await;
+    let newer = rx.wait_for(|v: &LeaderView| v.generation != seen);
+    let _ = tokio::time::timeout_at(until.into(), newer).await;
     Instant::now() < deadline
 }
 
