@@ -435,7 +435,7 @@ def failover_once(kind, zk_cp, latch_cp):
         time.sleep(0.3)
     pport = free_port()
     proxy = start(f"proxy-{zk_port}", [str(REL / "livy-proxy"), "--listen", f"127.0.0.1:{pport}", "--zookeeper", f"127.0.0.1:{zk_port}",
-                                       "--hold-timeout", "30s", "--log-level", "warn",
+                                       "--hold-timeout", "30s", "--log-level", os.environ.get("BENCH_PROXY_LOG", "warn"),
                                        *sum((["--node", f"livy-{i+1}=http://{ip}:{port}"] for i, ip in enumerate(ips)), [])])
     wait_port(pport)
 
@@ -493,6 +493,12 @@ def failover_once(kind, zk_cp, latch_cp):
     failed = sum(1 for a in answers if a[1] != 200)
     for p in sims + [proxy, zk]:
         stop(p, signal.SIGKILL)
+    if os.environ.get("BENCH_KEEP_LOGS"):
+        keep = Path(os.environ["BENCH_KEEP_LOGS"])
+        keep.mkdir(parents=True, exist_ok=True)
+        for f in WORK.glob(f"*{zk_port}*.log"):
+            shutil.copy(f, keep / f"{kind}-{f.name}")
+        print(f"  kept logs; learned at {learned:.3f}, first new answer at {first_new[0]:.3f}, exit at {t_exit:.3f}")
     return {"election_ms": (learned - t_exit) * 1000, "first_answer_ms": (first_new[0] - t_exit) * 1000,
             "added_ms": (first_new[0] - learned) * 1000, "failed": failed, "requests": len(answers)}
 

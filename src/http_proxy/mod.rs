@@ -242,7 +242,7 @@ impl HttpProxy {
         // A node named by a redirect overrides discovery for this request.
         let mut redirected_to: Option<LivyNode> = None;
         let mut hops = 0usize;
-        let mut backoff = Duration::from_millis(25);
+        let mut backoff = Backoff::default();
         let mut last_connect_error: Option<(LivyNode, String)> = None;
 
         loop {
@@ -310,8 +310,9 @@ impl HttpProxy {
                     let reason = error_chain(&e);
                     tracing::debug!(node = %node, error = %reason, "connect failed; retrying within the hold time");
                     redirected_to = None;
+                    let pause = backoff.next(generation);
                     if !body.is_replayable()
-                        || !wait_change_or_backoff(&mut leader_rx, generation, backoff, deadline)
+                        || !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
                             .await
                     {
                         return Err(ProxyError::LeaderUnreachable {
@@ -320,7 +321,6 @@ impl HttpProxy {
                         });
                     }
                     last_connect_error = Some((node, reason));
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => {
                     let reason = error_chain(&e);
@@ -331,7 +331,8 @@ impl HttpProxy {
                     if idempotent && body.is_replayable() && Instant::now() < deadline {
                         tracing::info!(node = %node, error = %reason, method = %template.method, "upstream failed; retrying idempotent request");
                         redirected_to = None;
-                        if !wait_change_or_backoff(&mut leader_rx, generation, backoff, deadline)
+                        let pause = backoff.next(generation);
+                        if !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
                             .await
                         {
                             return Err(ProxyError::UpstreamFailed {
@@ -339,7 +340,6 @@ impl HttpProxy {
                                 reason,
                             });
                         }
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
                         continue;
                     }
                     return Err(ProxyError::UpstreamFailed {
@@ -466,6 +466,40 @@ impl Template {
     }
 }
 
+/// Pauses between retries: 10 ms doubling to 500 ms, starting over with
+/// every new view. A new leader is retried at once and then often: it may
+/// still be restarting its server, or (seen under SIGKILL failover) still
+/// redirecting to the dead leader for the few milliseconds before its own
+/// latch tells it that it leads.
+struct Backoff {
+    next: Duration,
+    generation: Option<u64>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Self::MIN,
+            generation: None,
+        }
+    }
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_millis(500);
+
+    fn next(&mut self, generation: u64) -> Duration {
+        if self.generation != Some(generation) {
+            self.generation = Some(generation);
+            self.next = Self::MIN;
+        }
+        let pause = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        pause
+    }
+}
+
 /// Waits until discovery names a leader or `deadline` passes; returns it
 /// with the generation of the view that named it.
 async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<(LivyNode, u64)> {
@@ -511,4 +545,21 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_restarts_with_each_new_view() {
+        let mut b = Backoff::default();
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            [1, 1, 1, 1, 1, 1].map(|g| ms(b.next(g))),
+            [10, 20, 40, 80, 160, 320]
+        );
+        assert_eq!(ms(b.next(2)), 10, "a new leader is retried soon");
+        assert_eq!(ms(b.next(2)), 20);
+    }
 }
