@@ -366,7 +366,7 @@ def bench_memory(n):
         except asyncio.TimeoutError:
             print(f"  mem  {name:14} could not hold {n} connections within 120 s", flush=True)
             busy = 0
-        out[name] = {"idle_mib": idle / 1024, "with_10k_mib": busy / 1024}
+        out[name] = {"idle_mib": idle / 1024, "with_idle_connections_mib": busy / 1024, "idle_connections": n}
         print(f"  mem  {name:14} idle {idle/1024:.1f} MiB, with {n} keep-alive connections {busy/1024:.1f} MiB", flush=True)
         stop(p)
     return out
