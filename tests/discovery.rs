@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,20 +113,6 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Whether the ZooKeeper server on `port` is in a quorum (`srvr`).
-fn serving(port: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(format!("127.0.0.1:{port}")) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"srvr").is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.contains("Mode: ")
 }
 
 fn join(zk: &str, id: &str) -> LatchMember {
@@ -299,7 +283,9 @@ async fn ensemble_member_down_keeps_working() {
         );
         ensemble.start_member(i);
         assert!(
-            common::wait_until(Duration::from_secs(90), || serving(port)),
+            common::wait_until(Duration::from_secs(90), || common::serving(
+                port.parse().unwrap_or(0)
+            )),
             "member {i} rejoined"
         );
     }

@@ -23,8 +23,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Jars of Debian's ZooKeeper server (and what it loads).
-const ZK_JARS: &[&str] = &[
+/// What a ZooKeeper client or server loads from Debian's jars.
+const ZK_CLIENT_JARS: &[&str] = &[
     "zookeeper",
     "zookeeper-jute",
     "slf4j-api",
@@ -37,32 +37,23 @@ const ZK_JARS: &[&str] = &[
     "netty-codec",
     "netty-transport-native-epoll",
     "netty-transport-native-unix-common",
-    "metrics-core",
-    "commons-io",
 ];
 
-/// Jars of Debian's Curator (libcurator-*-java) and the ZooKeeper client.
-const CURATOR_JARS: &[&str] = &[
+/// Jars of Debian's ZooKeeper server: the client's plus these.
+const ZK_SERVER_EXTRA_JARS: &[&str] = &["metrics-core", "commons-io"];
+
+/// Jars of Debian's Curator (libcurator-*-java): the client's plus these.
+const CURATOR_EXTRA_JARS: &[&str] = &[
     "curator-recipes",
     "curator-framework",
     "curator-client",
     "guava",
-    "zookeeper",
-    "zookeeper-jute",
-    "slf4j-api",
-    "slf4j-nop",
-    "netty-handler",
-    "netty-transport",
-    "netty-common",
-    "netty-buffer",
-    "netty-resolver",
-    "netty-codec",
-    "netty-transport-native-epoll",
-    "netty-transport-native-unix-common",
 ];
 
-fn classpath(jars: &[&str]) -> String {
-    jars.iter()
+fn classpath(extra: &[&str]) -> String {
+    extra
+        .iter()
+        .chain(ZK_CLIENT_JARS)
         .map(|j| {
             let p = format!("/usr/share/java/{j}.jar");
             assert!(
@@ -205,18 +196,24 @@ fn ready(addr: SocketAddr, deadline: Duration) -> bool {
     })
 }
 
-/// Asks a ZooKeeper server `ruok`.
-fn zk_ok(port: u16) -> bool {
+/// Sends a ZooKeeper four-letter word to the server on `port` and returns
+/// its answer (empty if it does not answer).
+pub fn four_letter_word(port: u16, word: &str) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
+        return String::new();
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"ruok").is_err() {
-        return false;
+    if s.write_all(word.as_bytes()).is_err() {
+        return String::new();
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out == "imok"
+    out
+}
+
+/// Whether the server on `port` answers `ruok`.
+fn zk_ok(port: u16) -> bool {
+    four_letter_word(port, "ruok") == "imok"
 }
 
 /// A standalone ZooKeeper server (Debian's) on a free loopback port.
@@ -260,7 +257,7 @@ impl ZooKeeper {
         let log = std::fs::File::create(self.dir.path().join("zk.log")).expect("log file");
         let mut cmd = Command::new("java");
         cmd.arg("-cp")
-            .arg(classpath(ZK_JARS))
+            .arg(classpath(ZK_SERVER_EXTRA_JARS))
             .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
             .arg(self.dir.path().join("zoo.cfg"))
             .stdin(Stdio::null())
@@ -376,7 +373,7 @@ impl Ensemble {
         let log = std::fs::File::create(d.join("zk.log")).expect("log");
         let mut cmd = Command::new("java");
         cmd.arg("-cp")
-            .arg(classpath(ZK_JARS))
+            .arg(classpath(ZK_SERVER_EXTRA_JARS))
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
             .arg(d.join("zoo.cfg"))
             .stdin(Stdio::null())
@@ -386,18 +383,9 @@ impl Ensemble {
     }
 }
 
-/// Whether a server's `srvr` says it serves (is in a quorum).
-fn serving(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"srvr").is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.contains("Mode: ")
+/// Whether the server on `port` serves clients (standalone, or in a quorum).
+pub fn serving(port: u16) -> bool {
+    four_letter_word(port, "srvr").contains("Mode: ")
 }
 
 /// Compiles LatchMember.java once per source version (cached under
@@ -423,7 +411,7 @@ pub fn latch_classpath() -> String {
             .arg("-d")
             .arg(&tmp)
             .arg("-cp")
-            .arg(classpath(CURATOR_JARS))
+            .arg(classpath(CURATOR_EXTRA_JARS))
             .arg(&source)
             .status()
             .expect("javac runs (install a JDK: ./scripts/test does)");
@@ -433,7 +421,7 @@ pub fn latch_classpath() -> String {
             let _ = std::fs::remove_dir_all(&tmp);
         }
     }
-    let cp = format!("{}:{}", out.display(), classpath(CURATOR_JARS));
+    let cp = format!("{}:{}", out.display(), classpath(CURATOR_EXTRA_JARS));
     *cached = Some(cp.clone());
     cp
 }
