@@ -134,7 +134,11 @@ impl HttpProxy {
     /// Accepts connections on `listener` until `shutdown`, then lets
     /// in-flight requests finish (hyper's graceful shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client gets 30 s to send a request's headers (hyper's default
+        // once it has a timer): a slow or stuck client cannot pin a
+        // connection forever.
+        builder.http1().timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
