@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// The tests in this file run one at a time: the descriptor-leak test
+/// counts the whole process's open files, which other tests would change.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A Thrift stand-in: echoes every byte, and counts connections.
 struct Echo {
     node: LivyNode,
@@ -151,6 +155,7 @@ async fn closed_by_proxy(c: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn stream_reaches_the_leader_only() {
+    let _serial = SERIAL.lock().await;
     let a = Echo::start("livy-1", "127.0.0.31").await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let s = setup(
@@ -166,6 +171,7 @@ async fn stream_reaches_the_leader_only() {
 
 #[tokio::test]
 async fn large_transfer_both_ways_is_byte_identical() {
+    let _serial = SERIAL.lock().await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let s = setup(
         vec![b.node.clone()],
@@ -213,6 +219,7 @@ async fn large_transfer_both_ways_is_byte_identical() {
 
 #[tokio::test]
 async fn half_close_keeps_the_other_direction_open() {
+    let _serial = SERIAL.lock().await;
     // A server that reads until the client's FIN, then answers: only works
     // if the proxy forwards the FIN and keeps the way back open.
     let listener = TcpListener::bind("127.0.0.33:0").await.unwrap();
@@ -242,6 +249,7 @@ async fn half_close_keeps_the_other_direction_open() {
 
 #[tokio::test]
 async fn failover_closes_old_connections_and_new_ones_reach_the_new_leader() {
+    let _serial = SERIAL.lock().await;
     let a = Echo::start("livy-1", "127.0.0.31").await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let s = setup(
@@ -265,6 +273,7 @@ async fn failover_closes_old_connections_and_new_ones_reach_the_new_leader() {
 
 #[tokio::test]
 async fn keep_policy_leaves_old_connections_open() {
+    let _serial = SERIAL.lock().await;
     let a = Echo::start("livy-1", "127.0.0.31").await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let mut st = settings(Duration::from_secs(5));
@@ -283,6 +292,7 @@ async fn keep_policy_leaves_old_connections_open() {
 
 #[tokio::test]
 async fn refused_leader_falls_back_to_the_node_that_accepts() {
+    let _serial = SERIAL.lock().await;
     let dead = node("livy-1", dead_addr("127.0.0.34"));
     let b = Echo::start("livy-2", "127.0.0.32").await;
     // Discovery keeps naming the dead node (its session has not expired).
@@ -298,6 +308,7 @@ async fn refused_leader_falls_back_to_the_node_that_accepts() {
 
 #[tokio::test]
 async fn no_leader_closes_the_connection_after_the_hold_time() {
+    let _serial = SERIAL.lock().await;
     let s = setup(vec![], None, settings(Duration::from_millis(300))).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     assert!(closed_by_proxy(&mut c).await);
@@ -305,6 +316,7 @@ async fn no_leader_closes_the_connection_after_the_hold_time() {
 
 #[tokio::test]
 async fn idle_timeout_closes_quiet_connections() {
+    let _serial = SERIAL.lock().await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let mut st = settings(Duration::from_secs(5));
     st.idle_timeout = Some(Duration::from_millis(300));
@@ -318,6 +330,7 @@ async fn idle_timeout_closes_quiet_connections() {
 
 #[tokio::test]
 async fn connection_limit_closes_extra_connections() {
+    let _serial = SERIAL.lock().await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let mut st = settings(Duration::from_secs(5));
     st.max_connections = 2;
@@ -356,6 +369,7 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_leak_no_descriptors() {
+    let _serial = SERIAL.lock().await;
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let s = setup(
@@ -379,7 +393,9 @@ async fn thousands_of_connections_leak_no_descriptors() {
     for t in tasks {
         assert!(t.await.unwrap());
     }
-    assert_eq!(b.accepted.load(Ordering::SeqCst), rounds + 1);
+    // At least one upstream connection each (a connect that outlives
+    // connect-timeout under this burst is retried, so more is possible).
+    assert!(b.accepted.load(Ordering::SeqCst) > rounds);
     // Closing is asynchronous on the proxy side: wait (bounded) for it.
     let mut after = open_fds();
     for _ in 0..200 {
@@ -397,6 +413,7 @@ async fn thousands_of_connections_leak_no_descriptors() {
 
 #[tokio::test]
 async fn unreachable_leader_and_no_other_node_closes_after_the_hold_time() {
+    let _serial = SERIAL.lock().await;
     let dead = node("livy-1", dead_addr("127.0.0.34"));
     let s = setup(
         vec![dead.clone()],
