@@ -1,5 +1,6 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
-# tests and the demo run for real (ZooKeeper, Curator, a JDK, curl) when it
+# tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
+# venv) when it
 # is missing. Safe to run again: it installs nothing that is already there.
 
 need_pkgs=()
@@ -8,6 +9,13 @@ for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurato
   have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 command -v javac >/dev/null 2>&1 || need_pkgs+=(default-jdk-headless)
+# The JDBC test makes a Python venv (pyhive from PyPI); Debian's python3
+# needs python3-venv for that, a pyenv or upstream build has it built in.
+if ! command -v python3 >/dev/null 2>&1; then
+  need_pkgs+=(python3 python3-venv)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_pkgs+=(python3-venv)
+fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "installing from Debian: ${need_pkgs[*]}" >&2
   SUDO=""
