@@ -1,7 +1,7 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
-# venv) when it
-# is missing. Safe to run again: it installs nothing that is already there.
+# venv) when it is missing. Safe to run again: it installs nothing that is
+# already there.
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
