@@ -30,6 +30,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -230,8 +231,8 @@ impl HttpProxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         let mut body = PreparedBody::prepare(incoming, s.settings.max_replay_body)
             .await
@@ -436,7 +437,7 @@ impl tower::Service<ClientRequest> for HttpProxy {
 /// What is resent on every attempt: the request minus its body.
 struct Template {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
 }
 
@@ -446,15 +447,21 @@ impl Template {
         node: &LivyNode,
         body: UpstreamBody,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
-        let authority = node.origin.authority();
-        let uri: Uri = format!(
-            "{}://{}{}",
-            node.origin.scheme.as_str(),
-            authority,
-            self.path_and_query
-        )
-        .parse()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        // One allocation for the authority, shared (not copied) by the URI
+        // and the Host header; the path is shared with the client's request.
+        let authority = Bytes::from(node.origin.authority());
+        let bad = |e: &dyn std::fmt::Display| {
+            ProxyError::BadRequest(format!("cannot build the upstream URI: {e}"))
+        };
+        let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| bad(&e))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(match node.origin.scheme {
+            crate::node::Scheme::Http => http::uri::Scheme::HTTP,
+            crate::node::Scheme::Https => http::uri::Scheme::HTTPS,
+        });
+        uri.authority = Some(Authority::from_maybe_shared(authority).map_err(|e| bad(&e))?);
+        uri.path_and_query = Some(self.path_and_query.clone());
+        let uri = Uri::from_parts(uri).map_err(|e| bad(&e))?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -462,9 +469,7 @@ impl Template {
         let mut headers = self.headers.clone();
         // Livy's passive filter builds its redirect from the Host it sees:
         // it must be the Livy server's own, as with nginx's `proxy_pass`.
-        if let Ok(host) = HeaderValue::from_str(&authority) {
-            headers.insert(header::HOST, host);
-        }
+        headers.insert(header::HOST, host);
         *req.headers_mut() = headers;
         Ok(req)
     }
