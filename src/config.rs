@@ -327,13 +327,13 @@ impl Config {
             None => Scheme::Http,
             Some(s) => match s.to_ascii_lowercase().as_str() {
                 "http" => Scheme::Http,
-                "https" => Scheme::Https,
-                _ => {
+                "https" => {
                     return Err(invalid(
                         "default-scheme",
-                        format!("{s:?} is not http or https"),
+                        "https is not supported yet (no TLS in this build)",
                     ));
                 }
+                _ => return Err(invalid("default-scheme", format!("{s:?} is not http"))),
             },
         };
         let defaults = AddressDefaults {
@@ -406,6 +406,15 @@ impl Config {
             }
         }
         check_unique(&nodes)?;
+        if let Some(n) = nodes.iter().find(|n| n.origin.scheme != Scheme::Http) {
+            return Err(invalid(
+                "node",
+                format!(
+                    "{}: HTTPS to Livy is not supported yet (no TLS in this build)",
+                    n.origin
+                ),
+            ));
+        }
         if zookeeper.is_none() && nodes.is_empty() {
             return Err(invalid(
                 "zookeeper",

@@ -20,6 +20,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,12 +31,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -47,12 +46,13 @@ use crate::discovery::{LeaderRx, LeaderView};
 use crate::node::LivyNode;
 use body::{PreparedBody, UpstreamBody};
 use error::ProxyError;
+use upstream::{PooledBody, Upstream};
 
 /// How many redirects between Livy servers one request may follow.
 pub const MAX_REDIRECT_HOPS: usize = 3;
 
 /// The body of a response to the client: Livy's, streamed, or the proxy's own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// The settings the HTTP proxy reads on every request.
 #[derive(Clone, Debug)]
@@ -87,7 +87,7 @@ impl From<&Config> for HttpSettings {
 struct Shared {
     leader: LeaderRx,
     nodes: Arc<Vec<LivyNode>>,
-    client: Client<HttpConnector, UpstreamBody>,
+    upstream: Arc<Upstream>,
     settings: HttpSettings,
 }
 
@@ -107,26 +107,17 @@ pub struct ClientRequest {
 }
 
 impl HttpProxy {
-    /// Builds the proxy: a pooled keep-alive HTTP/1.1 client to Livy and a
+    /// Builds the proxy: a pool of keep-alive HTTP/1.1 connections to Livy and a
     /// receiver of discovery's leader channel.
     pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            // A burst of clients opens many upstream connections; keep
-            // enough for Livy's concurrency, not one per past client.
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        // Enough idle connections for Livy's concurrency, not one per
+        // client of a past burst.
+        let upstream = Upstream::new(settings.connect_timeout, Duration::from_secs(60), 256);
         HttpProxy {
             shared: Arc::new(Shared {
                 leader,
                 nodes,
-                client,
+                upstream,
                 settings,
             }),
         }
@@ -282,10 +273,12 @@ impl HttpProxy {
                     reason: "the request body was already sent and is too large to resend".into(),
                 });
             };
-            let upstream_req = template.build(&node, attempt_body)?;
-            let sent =
-                tokio::time::timeout(s.settings.upstream_timeout, s.client.request(upstream_req))
-                    .await;
+            let (upstream_req, authority) = template.build(&node, attempt_body)?;
+            let sent = tokio::time::timeout(
+                s.settings.upstream_timeout,
+                s.upstream.send(&authority, upstream_req),
+            )
+            .await;
             let result = match sent {
                 Ok(r) => r,
                 Err(_) => {
@@ -310,7 +303,7 @@ impl HttpProxy {
                     }
                     return Ok(self.relay_response(resp, client_host.as_ref()));
                 }
-                Err(e) if e.is_connect() => {
+                Err(e) if e.nothing_sent() => {
                     // Nothing reached Livy: safe to retry with any method.
                     let reason = error_chain(&e);
                     tracing::debug!(node = %node, error = %reason, "connect failed; retrying within the hold time");
@@ -358,7 +351,7 @@ impl HttpProxy {
 
     /// The known Livy node a redirect from `from` points at, if it is one:
     /// the sign of a passive server naming the active one.
-    fn redirect_target(&self, resp: &Response<Incoming>, from: &LivyNode) -> Option<LivyNode> {
+    fn redirect_target<B>(&self, resp: &Response<B>, from: &LivyNode) -> Option<LivyNode> {
         if !matches!(
             resp.status(),
             StatusCode::TEMPORARY_REDIRECT
@@ -385,7 +378,7 @@ impl HttpProxy {
     /// `Location` that names a Livy server turned into the proxy's address.
     fn relay_response(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<PooledBody>,
         client_host: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
@@ -446,22 +439,25 @@ impl Template {
         &self,
         node: &LivyNode,
         body: UpstreamBody,
-    ) -> Result<Request<UpstreamBody>, ProxyError> {
-        // One allocation for the authority, shared (not copied) by the URI
-        // and the Host header; the path is shared with the client's request.
+    ) -> Result<(Request<UpstreamBody>, Bytes), ProxyError> {
+        if node.origin.scheme != crate::node::Scheme::Http {
+            return Err(ProxyError::UpstreamFailed {
+                node: node.to_string(),
+                reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
+            });
+        }
+        // One allocation for the authority, shared (not copied) by the pool
+        // key and the Host header; the path is shared with the client's
+        // request.
         let authority = Bytes::from(node.origin.authority());
         let bad = |e: &dyn std::fmt::Display| {
             ProxyError::BadRequest(format!("cannot build the upstream URI: {e}"))
         };
+        let key = authority.clone();
         let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| bad(&e))?;
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(match node.origin.scheme {
-            crate::node::Scheme::Http => http::uri::Scheme::HTTP,
-            crate::node::Scheme::Https => http::uri::Scheme::HTTPS,
-        });
-        uri.authority = Some(Authority::from_maybe_shared(authority).map_err(|e| bad(&e))?);
-        uri.path_and_query = Some(self.path_and_query.clone());
-        let uri = Uri::from_parts(uri).map_err(|e| bad(&e))?;
+        // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
+        // the authority travels in Host.
+        let uri = Uri::from(self.path_and_query.clone());
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
@@ -471,7 +467,7 @@ impl Template {
         // it must be the Livy server's own, as with nginx's `proxy_pass`.
         headers.insert(header::HOST, host);
         *req.headers_mut() = headers;
-        Ok(req)
+        Ok((req, key))
     }
 }
 
