@@ -581,3 +581,84 @@ async fn malformed_request_gets_400_and_connect_gets_405() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 405"));
 }
+
+#[tokio::test]
+async fn pooled_connection_closed_by_livy_is_replaced_and_post_sent_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that answers one request per connection with keep-alive
+    // headers, then closes the connection shortly after (as an idle timeout
+    // would): the proxy's pooled connection is dead when the POST comes.
+    let listener = TcpListener::bind("127.0.0.26:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                seen.lock().unwrap().push(
+                    String::from_utf8_lossy(&got)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                );
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(s);
+            });
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-5=http://{addr}"), AddressDefaults::default()).unwrap();
+    let s = setup(vec![node.clone()], Some(&node), Duration::from_secs(5)).await;
+    let (status, _, _) = send(
+        "GET",
+        format!("http://{}/version", s.proxy),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = requests.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with("POST")).count(),
+        1,
+        "{seen:?}"
+    );
+}
