@@ -11,10 +11,12 @@
 //! - [`discovery`]: the only code that talks to ZooKeeper or probes servers;
 //!   it publishes a [`discovery::LeaderView`] on a `watch` channel;
 //! - [`http_proxy`]: the HTTP/1.1 and h2c reverse proxy reading that channel;
-//! - [`tcp_proxy`]: the JDBC (Livy Thrift server) TCP proxy reading it too.
+//! - [`tcp_proxy`]: the JDBC (Livy Thrift server) TCP proxy reading it too;
+//! - [`listener`]: the accept loop both proxies share.
 
 pub mod config;
 pub mod discovery;
 pub mod http_proxy;
+pub mod listener;
 pub mod node;
 pub mod tcp_proxy;

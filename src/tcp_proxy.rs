@@ -124,16 +124,9 @@ impl TcpProxy {
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         loop {
-            let (client, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "JDBC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((client, peer)) = crate::listener::accept(&listener, &shutdown, "JDBC").await
+            else {
+                break;
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = self.settings.max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use livy_proxy::discovery::{Leader, LeaderView, Source};
+use livy_proxy::discovery::LeaderView;
 use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
 use livy_proxy::node::{AddressDefaults, LivyNode};
 use tokio::net::TcpListener;
@@ -142,16 +142,7 @@ impl Drop for Setup {
 }
 
 fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
-    LeaderView {
-        leader: node.map(|n| Leader {
-            node: n.clone(),
-            since: SystemTime::now(),
-        }),
-        stale: false,
-        source: Source::ZooKeeper,
-        problem: node.is_none().then(|| "nobody holds the latch".to_string()),
-        generation,
-    }
+    LeaderView::fixed(node.cloned(), generation)
 }
 
 async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) -> Setup {

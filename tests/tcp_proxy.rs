@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use livy_proxy::discovery::{Leader, LeaderView, Source};
+use livy_proxy::discovery::LeaderView;
 use livy_proxy::node::{AddressDefaults, LivyNode};
 use livy_proxy::tcp_proxy::{TcpProxy, TcpSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,16 +82,7 @@ fn dead_addr(ip: &str) -> SocketAddr {
 }
 
 fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
-    LeaderView {
-        leader: node.map(|n| Leader {
-            node: n.clone(),
-            since: SystemTime::now(),
-        }),
-        stale: false,
-        source: Source::ZooKeeper,
-        problem: None,
-        generation,
-    }
+    LeaderView::fixed(node.cloned(), generation)
 }
 
 struct Setup {

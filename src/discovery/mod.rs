@@ -75,6 +75,22 @@ impl LeaderView {
             generation: 0,
         }
     }
+
+    /// A view naming `node` (or nobody) that no discovery source produced:
+    /// for tests and embedders that drive the proxies with a leader they
+    /// choose themselves.
+    pub fn fixed(node: Option<LivyNode>, generation: u64) -> Self {
+        LeaderView {
+            problem: node.is_none().then(|| "no leader given".to_string()),
+            leader: node.map(|node| Leader {
+                node,
+                since: SystemTime::now(),
+            }),
+            stale: false,
+            source: Source::None,
+            generation,
+        }
+    }
 }
 
 /// The receiving end every proxy holds.

@@ -133,17 +133,9 @@ impl HttpProxy {
         builder.http1().timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
         loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
+            else {
+                break;
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
