@@ -14,6 +14,9 @@
 //! - [`tcp_proxy`]: the JDBC (Livy Thrift server) TCP proxy reading it too;
 //! - [`listener`]: the accept loop both proxies share.
 
+// Every public item says why it exists (house rule), checked by the compiler.
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod discovery;
 pub mod http_proxy;
