@@ -147,6 +147,11 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
 
+    /// Most HTTP connections open to Livy at once; further requests wait for
+    /// a free one (within upstream-timeout) [default: 512].
+    #[arg(long, env = "LIVY_PROXY_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
+    pub max_upstream_connections: Option<usize>,
+
     /// Address of the JDBC (Livy Thrift server, binary transport) TCP
     /// listener; unset: no JDBC listener.
     #[arg(long, env = "LIVY_PROXY_THRIFT_LISTEN", value_name = "ADDR")]
@@ -241,6 +246,7 @@ struct FileConfig {
     tcp_keepalive: Option<String>,
     tcp_idle_timeout: Option<String>,
     max_tcp_connections: Option<usize>,
+    max_upstream_connections: Option<usize>,
 }
 
 /// The resolved configuration the proxy runs with.
@@ -296,6 +302,8 @@ pub struct Config {
     pub tcp_idle_timeout: Option<Duration>,
     /// Connection limit of the JDBC listener.
     pub max_tcp_connections: usize,
+    /// Most HTTP connections to Livy at once.
+    pub max_upstream_connections: usize,
 }
 
 impl Config {
@@ -549,7 +557,14 @@ impl Config {
                 .max_tcp_connections
                 .or(file.max_tcp_connections)
                 .unwrap_or(10_000),
+            max_upstream_connections: cli
+                .max_upstream_connections
+                .or(file.max_upstream_connections)
+                .unwrap_or(512),
         };
+        if config.max_upstream_connections == 0 {
+            return Err(invalid("max-upstream-connections", "must be at least 1"));
+        }
         if config.max_tcp_connections == 0 {
             return Err(invalid("max-tcp-connections", "must be at least 1"));
         }

@@ -146,6 +146,15 @@ fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
 }
 
 async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) -> Setup {
+    setup_with(nodes, leader, hold, 512).await
+}
+
+async fn setup_with(
+    nodes: Vec<LivyNode>,
+    leader: Option<&LivyNode>,
+    hold: Duration,
+    max_upstream_connections: usize,
+) -> Setup {
     let (tx, rx) = watch::channel(view(leader, 1));
     let settings = HttpSettings {
         hold_timeout: hold,
@@ -154,6 +163,7 @@ async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) 
         max_replay_body: 1024,
         trust_forwarded: false,
         retry_after: Duration::from_secs(5),
+        max_upstream_connections,
     };
     let proxy = HttpProxy::new(settings, Arc::new(nodes), rx);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -651,5 +661,59 @@ async fn pooled_connection_closed_by_livy_is_replaced_and_post_sent_once() {
         seen.iter().filter(|l| l.starts_with("POST")).count(),
         1,
         "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_capped_and_extra_requests_wait() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A slow Livy that counts its connections and requests in flight.
+    let listener = TcpListener::bind("127.0.0.27:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (c, f, m) = (connections.clone(), in_flight.clone(), most.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let (f, m) = (f.clone(), m.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let (f, m) = (f.clone(), m.clone());
+                    async move {
+                        let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                        m.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        f.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-6=http://{addr}"), AddressDefaults::default()).unwrap();
+    let s = setup_with(vec![node.clone()], Some(&node), Duration::from_secs(5), 2).await;
+    let requests = (0..8).map(|_| {
+        let url = format!("http://{}/sessions", s.proxy);
+        tokio::spawn(async move { send("GET", url, &[], Bytes::new()).await.0 })
+    });
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap(), 200, "every request is served");
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "two connections, reused"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "never more than two in flight"
     );
 }

@@ -69,6 +69,8 @@ pub struct HttpSettings {
     pub trust_forwarded: bool,
     /// `Retry-After` on 502/503.
     pub retry_after: Duration,
+    /// Most connections open to Livy at once; more requests wait.
+    pub max_upstream_connections: usize,
 }
 
 impl From<&Config> for HttpSettings {
@@ -80,6 +82,7 @@ impl From<&Config> for HttpSettings {
             max_replay_body: c.max_replay_body,
             trust_forwarded: c.trust_forwarded,
             retry_after: c.retry_after,
+            max_upstream_connections: c.max_upstream_connections,
         }
     }
 }
@@ -112,7 +115,12 @@ impl HttpProxy {
     pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
-        let upstream = Upstream::new(settings.connect_timeout, Duration::from_secs(60), 256);
+        let upstream = Upstream::new(
+            settings.connect_timeout,
+            Duration::from_secs(60),
+            256.min(settings.max_upstream_connections),
+            settings.max_upstream_connections,
+        );
         HttpProxy {
             shared: Arc::new(Shared {
                 leader,

@@ -13,12 +13,19 @@
 //! A connection goes back to the pool when its response body has been read
 //! to the end ([`PooledBody`]); one whose response is dropped half-read is
 //! closed with it.
+//!
+//! At most `max_connections` connections exist at once (idle or busy), like
+//! HAProxy's per-server `maxconn`: a burst of clients waits for a free
+//! connection instead of opening thousands against Livy's thread pool (and
+//! holding their buffers in the proxy).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -74,16 +81,28 @@ struct Idle {
 /// The pool of connections to Livy servers.
 pub struct Upstream {
     idle: Mutex<Vec<Idle>>,
+    /// One permit per open connection, held by its connection task.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection is put back idle.
+    returned: Notify,
     connect_timeout: Duration,
     keepalive: Duration,
     max_idle: usize,
 }
 
 impl Upstream {
-    /// A pool keeping at most `max_idle` idle connections.
-    pub fn new(connect_timeout: Duration, keepalive: Duration, max_idle: usize) -> Arc<Self> {
+    /// A pool of at most `max_connections` connections, `max_idle` of them
+    /// kept idle.
+    pub fn new(
+        connect_timeout: Duration,
+        keepalive: Duration,
+        max_idle: usize,
+        max_connections: usize,
+    ) -> Arc<Self> {
         Arc::new(Upstream {
             idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            returned: Notify::new(),
             connect_timeout,
             keepalive,
             max_idle,
@@ -97,19 +116,36 @@ impl Upstream {
         authority: &Bytes,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        while let Some(mut sender) = self.checkout(authority) {
-            if sender.ready().await.is_err() {
-                continue; // closed while idle
+        let permit = loop {
+            while let Some(mut sender) = self.checkout(authority) {
+                if sender.ready().await.is_err() {
+                    continue; // closed while idle
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.attach(authority, sender, resp)),
+                    Err(mut e) => match e.take_message() {
+                        // The server had closed it: the request never left.
+                        Some(back) => req = back,
+                        None => return Err(UpstreamError::Failed(e.into_error())),
+                    },
+                }
             }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.attach(authority, sender, resp)),
-                Err(mut e) => match e.take_message() {
-                    // The server had closed it: the request never left.
-                    Some(back) => req = back,
-                    None => return Err(UpstreamError::Failed(e.into_error())),
-                },
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                break permit;
             }
-        }
+            // At the limit: an idle connection to another server (an old
+            // leader) gives its slot up; then whichever comes first, a
+            // connection put back idle or a slot freed.
+            self.evict_other(authority);
+            tokio::select! {
+                _ = self.returned.notified() => {}
+                permit = self.slots.clone().acquire_owned() => {
+                    if let Ok(permit) = permit {
+                        break permit;
+                    }
+                }
+            }
+        };
         let name = String::from_utf8_lossy(authority).into_owned();
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*name)).await {
@@ -138,6 +174,7 @@ impl Upstream {
                 source,
             })?;
         tokio::spawn(async move {
+            let _slot = permit; // freed when the connection ends
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "Livy connection ended with an error");
             }
@@ -181,6 +218,16 @@ impl Upstream {
             idle.remove(0);
         }
         idle.push(Idle { authority, sender });
+        drop(idle);
+        self.returned.notify_one();
+    }
+
+    /// Closes one idle connection to a server other than `authority`.
+    fn evict_other(&self, authority: &Bytes) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = idle.iter().position(|i| i.authority != *authority) {
+            idle.remove(pos);
+        }
     }
 
     fn attach(
