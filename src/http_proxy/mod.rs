@@ -23,11 +23,8 @@ pub mod headers;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -94,8 +91,7 @@ struct Shared {
     settings: HttpSettings,
 }
 
-/// The proxy as a `tower::Service`: cheap to clone (one `Arc`), one clone
-/// per connection, so layers (timeouts, metrics, request ids) can wrap it.
+/// The proxy: cheap to clone (one `Arc`), one clone per connection.
 #[derive(Clone)]
 pub struct HttpProxy {
     shared: Arc<Shared>,
@@ -409,21 +405,6 @@ impl HttpProxy {
             }
         }
         Response::from_parts(parts, Either::Left(body))
-    }
-}
-
-impl tower::Service<ClientRequest> for HttpProxy {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: ClientRequest) -> Self::Future {
-        let proxy = self.clone();
-        Box::pin(async move { Ok(proxy.forward(req).await) })
     }
 }
 
