@@ -192,7 +192,7 @@ impl TcpProxy {
                 Ok(Ok(view)) => view
                     .leader
                     .as_ref()
-                    .map(|l| (l.node.clone(), view.generation)),
+                    .map(|l| (LivyNode::clone(&l.node), view.generation)),
                 _ => None,
             };
             let out_of_time = Instant::now() >= deadline && last.is_some();

@@ -37,8 +37,9 @@ pub enum Source {
 /// The active Livy server as discovery last saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Leader {
-    /// The node traffic goes to (resolved from the latch participant id).
-    pub node: LivyNode,
+    /// The node traffic goes to (resolved from the latch participant id);
+    /// shared, so every request can hold it without copying its strings.
+    pub node: Arc<LivyNode>,
     /// When this node became the leader in our view.
     pub since: SystemTime,
 }
@@ -83,7 +84,7 @@ impl LeaderView {
         LeaderView {
             problem: node.is_none().then(|| "no leader given".to_string()),
             leader: node.map(|node| Leader {
-                node,
+                node: Arc::new(node),
                 since: SystemTime::now(),
             }),
             stale: false,
@@ -158,8 +159,8 @@ impl Publisher {
     /// `since` and `generation` move only when the leader actually changes.
     pub fn set_leader(&self, node: Option<LivyNode>, source: Source, problem: Option<String>) {
         self.tx.send_if_modified(|view| {
-            let old_id = view.leader.as_ref().map(|l| l.node.clone());
-            let changed = old_id != node;
+            let old_id = view.leader.as_ref().map(|l| &*l.node);
+            let changed = old_id != node.as_ref();
             if changed {
                 view.generation += 1;
                 let old = old_id.map_or_else(|| "none".to_string(), |n| n.to_string());
@@ -168,7 +169,7 @@ impl Publisher {
                     .map_or_else(|| "none".to_string(), |n| n.to_string());
                 tracing::info!(old = %old, new = %new, source = ?source, "leader changed");
                 view.leader = node.map(|node| Leader {
-                    node,
+                    node: Arc::new(node),
                     since: SystemTime::now(),
                 });
             }

@@ -316,7 +316,7 @@ pub async fn run(config: DiscoveryConfig, publisher: Publisher, shutdown: Cancel
             }
         }
         let current = publisher.current().leader.map(|l| l.node);
-        match choose(current.as_ref(), &results) {
+        match choose(current.as_deref(), &results) {
             Ok(node) => publisher.set_leader(Some(node), Source::Probe, None),
             Err(problem) => publisher.set_leader(None, Source::Probe, Some(problem)),
         }

@@ -14,9 +14,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::node::{LivyNode, Origin};
 
-/// Headers that never cross a proxy, besides those named by `Connection`.
+/// Headers that never cross a proxy, besides those named by `Connection`
+/// (which must stay first: [`strip_hop_by_hop`] reads it by index).
 /// `Proxy-*` is handled by prefix in [`strip_hop_by_hop`].
-const HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
@@ -32,22 +33,41 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes hop-by-hop headers: the fixed list, anything `Connection` names,
 /// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only).
+///
+/// Runs twice per request, so it first scans the names once (no hashing,
+/// no allocation) and then removes only what it found: the common
+/// `Connection: keep-alive` costs one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Collect the names listed in Connection first: removing Connection
-    // itself would lose them.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut found = [false; 6];
+    let mut proxy_prefixed = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found[i] = true;
+        } else if name.as_str().starts_with("proxy-") {
+            proxy_prefixed = true;
+        }
+    }
+    if found[0] {
+        // Names listed in Connection, read before Connection itself goes.
+        // `keep-alive` is in the fixed list and `close` names no header:
+        // skipping them keeps the usual case free of allocation.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
         headers.remove(name);
     }
-    // Only scan for Proxy-* when one is plausibly there: the common case
-    // costs nothing.
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+    if proxy_prefixed {
         let proxies: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
@@ -62,8 +82,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the proxy knows about the client side of a request, for the
 /// `X-Forwarded-*` headers.
 pub struct ClientSide<'a> {
-    /// The peer address of the client connection.
-    pub client_ip: std::net::IpAddr,
+    /// The peer address of the client connection, as a header value
+    /// (formatted once per connection, not per request).
+    pub client_ip: &'a HeaderValue,
     /// `http` or `https`, as the client reached the proxy.
     pub proto: &'static str,
     /// The authority the client addressed (its `Host`), if any.
@@ -76,18 +97,16 @@ pub struct ClientSide<'a> {
 /// Sets `X-Forwarded-For/-Proto/-Host`. Untrusted incoming values are
 /// dropped, so a client cannot forge its address in Livy's logs.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    let ip = client.client_ip.to_string();
-    let chain = match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) if client.trust_forwarded => existing
-            .to_str()
-            .ok()
-            .map(|prior| format!("{prior}, {ip}"))
-            .unwrap_or(ip),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    let prior = headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|_| client.trust_forwarded)
+        .and_then(|v| v.to_str().ok())
+        .zip(client.client_ip.to_str().ok())
+        .and_then(|(prior, ip)| HeaderValue::from_str(&format!("{prior}, {ip}")).ok());
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        prior.unwrap_or_else(|| client.client_ip.clone()),
+    );
     let keep_prior =
         |h: &HeaderMap, name: &HeaderName| client.trust_forwarded && h.contains_key(name);
     if !keep_prior(headers, &X_FORWARDED_PROTO) {
@@ -115,12 +134,22 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
         http::Version::HTTP_10 => "1.0 livy-proxy",
         _ => "1.1 livy-proxy",
     };
-    let value = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {hop}")).ok(),
-        None => Some(HeaderValue::from_static(hop)),
-    };
-    if let Some(v) = value {
-        headers.insert(header::VIA, v);
+    // One hash lookup: the entry is either empty (the usual case) or
+    // extended.
+    match headers.entry(header::VIA) {
+        header::Entry::Vacant(slot) => {
+            slot.insert(HeaderValue::from_static(hop));
+        }
+        header::Entry::Occupied(mut slot) => {
+            let extended = slot
+                .get()
+                .to_str()
+                .ok()
+                .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {hop}")).ok());
+            if let Some(v) = extended {
+                slot.insert(v);
+            }
+        }
     }
 }
 
@@ -194,9 +223,11 @@ mod tests {
         assert!(h.contains_key(header::COOKIE));
     }
 
+    static CLIENT_IP: HeaderValue = HeaderValue::from_static("10.0.0.9");
+
     fn client(trust: bool, host: Option<&HeaderValue>) -> ClientSide<'_> {
         ClientSide {
-            client_ip: "10.0.0.9".parse().unwrap(),
+            client_ip: &CLIENT_IP,
             proto: "http",
             host,
             trust_forwarded: trust,

@@ -86,6 +86,7 @@ impl From<&Config> for HttpSettings {
 
 struct Shared {
     leader: LeaderRx,
+    authority: AuthorityCache,
     nodes: Arc<Vec<LivyNode>>,
     upstream: Arc<Upstream>,
     settings: HttpSettings,
@@ -103,6 +104,26 @@ pub struct ClientRequest {
     pub request: Request<Incoming>,
     /// The client connection's peer address.
     pub peer: SocketAddr,
+    /// The peer's IP as an `X-Forwarded-For` value, formatted once per
+    /// connection.
+    pub peer_ip: HeaderValue,
+}
+
+impl ClientRequest {
+    /// A request from the client at `peer`.
+    pub fn new(request: Request<Incoming>, peer: SocketAddr) -> Self {
+        ClientRequest {
+            request,
+            peer,
+            peer_ip: peer_ip_header(peer),
+        }
+    }
+}
+
+/// The client's IP as a header value (an IP literal is always a valid one).
+fn peer_ip_header(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 impl HttpProxy {
@@ -120,6 +141,7 @@ impl HttpProxy {
         HttpProxy {
             shared: Arc::new(Shared {
                 leader,
+                authority: AuthorityCache::default(),
                 nodes,
                 upstream,
                 settings,
@@ -143,9 +165,15 @@ impl HttpProxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
+            let peer_ip = peer_ip_header(peer);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.forward(ClientRequest { request, peer }).await) }
+                let req = ClientRequest {
+                    request,
+                    peer,
+                    peer_ip: peer_ip.clone(),
+                };
+                async move { Ok::<_, Infallible>(proxy.forward(req).await) }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -201,14 +229,15 @@ impl HttpProxy {
 
         let mut template_headers = parts.headers;
         headers::strip_hop_by_hop(&mut template_headers);
-        template_headers.remove(header::HOST);
+        // The client's Host stays in the template: every attempt replaces
+        // it with the Livy server's own (Template::build).
         // The proxy already holds the body (or streams it): Livy must not
         // wait for a 100-continue exchange the client started with us.
         template_headers.remove(header::EXPECT);
         headers::add_forwarded(
             &mut template_headers,
             &headers::ClientSide {
-                client_ip: req.peer.ip(),
+                client_ip: &req.peer_ip,
                 proto: "http",
                 host: client_host.as_ref(),
                 trust_forwarded: s.settings.trust_forwarded,
@@ -232,10 +261,10 @@ impl HttpProxy {
         };
         let mut leader_rx = s.leader.clone();
         // A node named by a redirect overrides discovery for this request.
-        let mut redirected_to: Option<LivyNode> = None;
+        let mut redirected_to: Option<Arc<LivyNode>> = None;
         let mut hops = 0usize;
         let mut backoff = Backoff::default();
-        let mut last_connect_error: Option<(LivyNode, String)> = None;
+        let mut last_connect_error: Option<(Arc<LivyNode>, String)> = None;
 
         loop {
             // The view generation this attempt is made under: a retry waits
@@ -269,7 +298,8 @@ impl HttpProxy {
                     reason: "the request body was already sent and is too large to resend".into(),
                 });
             };
-            let (upstream_req, authority) = template.build(&node, attempt_body)?;
+            let authority = s.authority.of(&node);
+            let upstream_req = template.build(&node, &authority, attempt_body)?;
             let sent = tokio::time::timeout(
                 s.settings.upstream_timeout,
                 s.upstream.send(&authority, upstream_req),
@@ -347,7 +377,7 @@ impl HttpProxy {
 
     /// The known Livy node a redirect from `from` points at, if it is one:
     /// the sign of a passive server naming the active one.
-    fn redirect_target<B>(&self, resp: &Response<B>, from: &LivyNode) -> Option<LivyNode> {
+    fn redirect_target<B>(&self, resp: &Response<B>, from: &LivyNode) -> Option<Arc<LivyNode>> {
         if !matches!(
             resp.status(),
             StatusCode::TEMPORARY_REDIRECT
@@ -364,13 +394,13 @@ impl HttpProxy {
             .shared
             .nodes
             .iter()
-            .chain(current.as_ref().map(|l| &l.node));
+            .chain(current.as_ref().map(|l| &*l.node));
         let (node, _) = headers::known_node(location, candidates)?;
         // A redirect to itself (the UI's `/` -> `/ui`) is an ordinary one.
-        (node.origin != from.origin).then(|| node.clone())
+        (node.origin != from.origin).then(|| Arc::new(node.clone()))
     }
 
-    /// Livy's response, with hop-by-hop headers removed, `Via` added and a
+    /// Livy's response, with hop-by-hop headers removed and a
     /// `Location` that names a Livy server turned into the proxy's address.
     fn relay_response(
         &self,
@@ -379,7 +409,9 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        headers::add_via(&mut parts.headers, Version::HTTP_11);
+        // No `Via` on responses: RFC 9110 §7.6.3 requires it of a gateway
+        // only on requests (Livy gets it); like HAProxy and nginx, the
+        // proxy stays out of what clients see.
         if let (Some(host), Some(location)) = (
             client_host.and_then(|h| h.to_str().ok()),
             parts
@@ -393,7 +425,7 @@ impl HttpProxy {
                 self.shared
                     .nodes
                     .iter()
-                    .chain(current.as_ref().map(|l| &l.node)),
+                    .chain(current.as_ref().map(|l| &*l.node)),
             )
             .is_some();
             if known
@@ -419,36 +451,55 @@ impl Template {
     fn build(
         &self,
         node: &LivyNode,
+        authority: &Bytes,
         body: UpstreamBody,
-    ) -> Result<(Request<UpstreamBody>, Bytes), ProxyError> {
+    ) -> Result<Request<UpstreamBody>, ProxyError> {
         if node.origin.scheme != crate::node::Scheme::Http {
             return Err(ProxyError::UpstreamFailed {
                 node: node.to_string(),
                 reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
             });
         }
-        // One allocation for the authority, shared (not copied) by the pool
-        // key and the Host header; the path is shared with the client's
-        // request.
-        let authority = Bytes::from(node.origin.authority());
-        let bad = |e: &dyn std::fmt::Display| {
-            ProxyError::BadRequest(format!("cannot build the upstream URI: {e}"))
-        };
-        let key = authority.clone();
-        let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| bad(&e))?;
+        let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| {
+            ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
+        })?;
         // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
-        // the authority travels in Host.
-        let uri = Uri::from(self.path_and_query.clone());
+        // the authority travels in Host. The path is shared with the
+        // client's request, not copied.
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = Uri::from(self.path_and_query.clone());
         *req.version_mut() = Version::HTTP_11;
         let mut headers = self.headers.clone();
         // Livy's passive filter builds its redirect from the Host it sees:
         // it must be the Livy server's own, as with nginx's `proxy_pass`.
+        // `insert` replaces every value the client sent.
         headers.insert(header::HOST, host);
         *req.headers_mut() = headers;
-        Ok((req, key))
+        Ok(req)
+    }
+}
+
+/// The leader's `host:port`, formatted once per leader rather than once per
+/// request: it is both the pool key and the upstream `Host`. Keyed by the
+/// identity of the `Arc` discovery published (kept alive here, so the
+/// pointer cannot be reused by another node).
+#[derive(Default)]
+struct AuthorityCache {
+    last: arc_swap::ArcSwapOption<(Arc<LivyNode>, Bytes)>,
+}
+
+impl AuthorityCache {
+    fn of(&self, node: &Arc<LivyNode>) -> Bytes {
+        if let Some(hit) = self.last.load().as_deref()
+            && Arc::ptr_eq(&hit.0, node)
+        {
+            return hit.1.clone();
+        }
+        let authority = Bytes::from(node.origin.authority());
+        self.last
+            .store(Some(Arc::new((node.clone(), authority.clone()))));
+        authority
     }
 }
 
@@ -488,7 +539,7 @@ impl Backoff {
 
 /// Waits until discovery names a leader or `deadline` passes; returns it
 /// with the generation of the view that named it.
-async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<(LivyNode, u64)> {
+async fn wait_for_leader(rx: &mut LeaderRx, deadline: Instant) -> Option<(Arc<LivyNode>, u64)> {
     let wait = rx.wait_for(|v: &LeaderView| v.leader.is_some());
     match tokio::time::timeout_at(deadline.into(), wait).await {
         Ok(Ok(view)) => view
