@@ -40,24 +40,27 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut found = [false; 6];
     let mut proxy_prefixed = false;
-    for name in headers.keys() {
+    // Whether `Connection` names a header beyond `keep-alive` (in the fixed
+    // list) and `close` (names none): the usual values cost nothing more.
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             found[i] = true;
+            if i == 0 {
+                names_others |= connection_tokens(value).any(|t| {
+                    !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close")
+                });
+            }
         } else if name.as_str().starts_with("proxy-") {
             proxy_prefixed = true;
         }
     }
-    if found[0] {
-        // Names listed in Connection, read before Connection itself goes.
-        // `keep-alive` is in the fixed list and `close` names no header:
-        // skipping them keeps the usual case free of allocation.
+    if names_others {
+        // Read before Connection itself goes.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .flat_map(connection_tokens)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
@@ -77,6 +80,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// The comma-separated tokens of one `Connection` header value.
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// What the proxy knows about the client side of a request, for the
@@ -221,6 +234,28 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key(header::AUTHORIZATION));
         assert!(h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn usual_connection_values_remove_only_the_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-Trace"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert(header::SERVER, HeaderValue::from_static("jetty"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.len(),
+            1,
+            "a header named in a second Connection line goes too: {h:?}"
+        );
     }
 
     static CLIENT_IP: HeaderValue = HeaderValue::from_static("10.0.0.9");

@@ -166,7 +166,10 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
+        // One write(2) per request rather than writev(2), as on the client
+        // side (docs/benchmarks.md).
         let (mut sender, conn) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::NotSent {
