@@ -106,6 +106,30 @@ def pid_of(p):
     return p.pid
 
 
+TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us(pid):
+    """User and system CPU time (us) of a process and its direct children
+    (nginx's worker under its master), from /proc: what a request costs the
+    proxy itself, whatever the load generator and upstream spend."""
+    user = system = 0.0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) * TICK_US
+        system += int(fields[12]) * TICK_US
+    return user, system
+
+
 def rss_kib(pid):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -224,7 +248,7 @@ end
 """
 
 
-def wrk(port, conns, seconds):
+def wrk(port, conns, seconds, pid=None):
     lua = WORK / "report.lua"
     lua.write_text(WRK_LUA)
     threads = 1 if conns == 1 else 2 if conns < 64 else 2
@@ -234,11 +258,17 @@ def wrk(port, conns, seconds):
         cmd = ["taskset", "-c", "1"] + cmd
     # Warm-up, then the measured run.
     subprocess.run(cmd[:-4] + ["-d1s", f"http://127.0.0.1:{port}/sessions"], capture_output=True)
+    before = cpu_us(pid) if pid else None
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    after = cpu_us(pid) if pid else None
     m = re.search(r"^JSON (.*)$", out, re.M)
     if not m:
         raise SystemExit(f"wrk failed:\n{out}")
-    return json.loads(m.group(1))
+    r = json.loads(m.group(1))
+    if before and r["requests"]:
+        r["user_us_per_req"] = (after[0] - before[0]) / r["requests"]
+        r["sys_us_per_req"] = (after[1] - before[1]) / r["requests"]
+    return r
 
 
 def bench_http(seconds, conns_list):
@@ -253,9 +283,12 @@ def bench_http(seconds, conns_list):
     for name, port in targets.items():
         results[name] = {}
         for c in conns_list:
-            r = wrk(port, c, seconds)
+            proc = procs.get(name)
+            r = wrk(port, c, seconds, pid=pid_of(proc) if proc else None)
             results[name][str(c)] = r
-            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}", flush=True)
+            cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
+                   if "user_us_per_req" in r else "")
+            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}{cpu}", flush=True)
     for p in procs.values():
         stop(p)
     return results
@@ -565,8 +598,13 @@ def table(results):
             direct = http["direct"][c]["rps"]
             for name, by_conns in http.items():
                 r = by_conns[c]
+                cpu = ""
+                if "user_us_per_req" in r and "user_us_per_req" in http["haproxy"][c]:
+                    mine = r["user_us_per_req"] + r["sys_us_per_req"]
+                    h = http["haproxy"][c]
+                    cpu = f"   cpu {mine:5.2f} us/req (x{mine / (h['user_us_per_req'] + h['sys_us_per_req']):4.2f} HAProxy)"
                 print(f"  c={c:<4} {name:14} {r['rps']:>9.0f}  x{r['rps']/hap:5.2f} HAProxy  x{r['rps']/direct:5.2f} direct"
-                      f"   {r['p50']:>6}/{r['p99']:>6}/{r['p999']:>6}")
+                      f"   {r['p50']:>6}/{r['p99']:>6}/{r['p999']:>6}{cpu}")
     tcp = results.get("tcp")
     if tcp:
         print("\nTCP (JDBC path)")
