@@ -212,30 +212,37 @@ async fn large_transfer_both_ways_is_byte_identical() {
 async fn half_close_keeps_the_other_direction_open() {
     let _serial = SERIAL.lock().await;
     // A server that reads until the client's FIN, then answers: only works
-    // if the proxy forwards the FIN and keeps the way back open.
+    // if the proxy forwards the FIN and keeps the way back open. One small
+    // message (one read) and one of many chunks.
     let listener = TcpListener::bind("127.0.0.33:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.write_all(format!("got {} bytes", all.len()).as_bytes())
-            .await
-            .unwrap();
-        s.shutdown().await.unwrap();
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.write_all(format!("got {} bytes", all.len()).as_bytes())
+                    .await
+                    .unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
     });
     let n = node("livy-3", addr);
     let s = setup(vec![n.clone()], Some(&n), settings(Duration::from_secs(5))).await;
-    let mut c = TcpStream::connect(s.addr).await.unwrap();
-    c.write_all(&[7u8; 1000]).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(20), c.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(answer, "got 1000 bytes");
+    for size in [1000, 5 * 1024 * 1024 + 7] {
+        let mut c = TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(&vec![7u8; size]).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, format!("got {size} bytes"));
+    }
 }
 
 #[tokio::test]
@@ -310,12 +317,17 @@ async fn idle_timeout_closes_quiet_connections() {
     let _serial = SERIAL.lock().await;
     let b = Echo::start("livy-2", "127.0.0.32").await;
     let mut st = settings(Duration::from_secs(5));
-    st.idle_timeout = Some(Duration::from_millis(300));
+    st.idle_timeout = Some(Duration::from_secs(1));
     let s = setup(vec![b.node.clone()], Some(&b.node), st).await;
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    c.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    c.read_exact(&mut one).await.unwrap();
+    // Bytes every 200 ms keep it open well past the timeout...
+    for _ in 0..15 {
+        c.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        c.read_exact(&mut one).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...and silence closes it.
     assert!(closed_by_proxy(&mut c).await);
 }
 

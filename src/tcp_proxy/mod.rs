@@ -20,15 +20,14 @@
 //! once and reconnects (through us, to the new leader) instead of hanging
 //! on a server that no longer serves it.
 
+mod relay;
+
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::node::LivyNode;
-
-/// Size of each direction's copy buffer: large enough that a bulk JDBC
-/// fetch moves in few syscalls, small enough for thousands of connections.
-const COPY_BUFFER: usize = 64 * 1024;
+use relay::Traffic;
 
 /// The settings of the JDBC listener.
 #[derive(Clone, Debug)]
@@ -280,7 +276,7 @@ impl TcpProxy {
         }
     }
 
-    /// Copies both ways until both sides are done, the leader moves (with
+    /// Relays both ways until both sides are done, the leader moves (with
     /// `close`), the connection idles out, or shutdown. Returns why it ended
     /// and the bytes sent up and down.
     async fn pipe(
@@ -291,10 +287,7 @@ impl TcpProxy {
         generation: u64,
         shutdown: CancellationToken,
     ) -> (&'static str, u64, u64) {
-        let activity = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let mut client = Tracked::new(client, activity.clone(), epoch);
-        let mut upstream = Tracked::new(upstream, activity.clone(), epoch);
+        let traffic = Traffic::new();
         let mut rx = self.leader.clone();
         let close_on_failover = self.settings.close_on_failover;
         let leader_moved = async {
@@ -308,16 +301,10 @@ impl TcpProxy {
                 })
                 .await;
         };
-        let idle = idle_watch(self.settings.idle_timeout, &activity, epoch);
-        let copy = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            COPY_BUFFER,
-            COPY_BUFFER,
-        );
+        let idle = idle_watch(self.settings.idle_timeout, &traffic);
         let end = tokio::select! {
-            r = copy => match r {
-                Ok(_) => "closed",
+            r = relay::relay(&client, &upstream, &traffic) => match r {
+                Ok(()) => "closed",
                 Err(_) => "error",
             },
             _ = leader_moved => {
@@ -327,76 +314,24 @@ impl TcpProxy {
             _ = idle => "idle_timeout",
             _ = shutdown.cancelled() => "shutdown",
         };
-        (end, client.read_bytes, upstream.read_bytes)
+        (
+            end,
+            traffic.up.load(Ordering::Relaxed),
+            traffic.down.load(Ordering::Relaxed),
+        )
     }
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).
-async fn idle_watch(timeout: Option<Duration>, activity: &AtomicU64, epoch: Instant) {
+async fn idle_watch(timeout: Option<Duration>, traffic: &Traffic) {
     let Some(timeout) = timeout else {
         return std::future::pending().await;
     };
     loop {
-        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-        let idle_for = epoch.elapsed().saturating_sub(last);
-        if idle_for >= timeout {
+        let quiet_until = traffic.last_active() + timeout;
+        if Instant::now() >= quiet_until {
             return;
         }
-        tokio::time::sleep(timeout - idle_for).await;
-    }
-}
-
-/// A stream that records when it last read bytes (for the idle timeout) and
-/// how many (for the log). One relaxed store per read: nothing on the hot path.
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<AtomicU64>,
-    epoch: Instant,
-    read_bytes: u64,
-}
-
-impl<S> Tracked<S> {
-    fn new(inner: S, activity: Arc<AtomicU64>, epoch: Instant) -> Self {
-        Tracked {
-            inner,
-            activity,
-            epoch,
-            read_bytes: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.read_bytes += n as u64;
-            this.activity
-                .store(this.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        tokio::time::sleep_until(quiet_until.into()).await;
     }
 }
