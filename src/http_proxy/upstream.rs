@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -146,6 +146,19 @@ impl Upstream {
                 }
             }
         };
+        // Boxed: the connect and handshake states are large, and every
+        // request's future (held per client connection) would carry them.
+        Box::pin(self.open_and_send(authority, permit, req)).await
+    }
+
+    /// Opens a new connection (taking `permit` for its life) and sends `req`
+    /// as its first request.
+    async fn open_and_send(
+        self: &Arc<Self>,
+        authority: &Bytes,
+        permit: OwnedSemaphorePermit,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
         let name = String::from_utf8_lossy(authority).into_owned();
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*name)).await {
