@@ -118,6 +118,12 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_UPSTREAM_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Option<Duration>,
 
+    /// How long a client may take to send a request's headers, counted from
+    /// the end of its previous response on a kept-alive connection; then the
+    /// connection is closed [default: 30s].
+    #[arg(long, env = "LIVY_PROXY_CLIENT_HEADER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub client_header_timeout: Option<Duration>,
+
     /// Largest request body kept for replay after a stale 307 [default: 1MiB].
     #[arg(long, env = "LIVY_PROXY_MAX_REPLAY_BODY", value_name = "SIZE")]
     pub max_replay_body: Option<ByteSize>,
@@ -231,6 +237,7 @@ struct FileConfig {
     probe_path: Option<String>,
     connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
+    client_header_timeout: Option<String>,
     max_replay_body: Option<String>,
     trust_forwarded: Option<bool>,
     default_scheme: Option<String>,
@@ -274,6 +281,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Upstream response timeout.
     pub upstream_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    pub client_header_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
     /// Whether an incoming X-Forwarded-For chain is kept and appended to.
@@ -488,6 +497,12 @@ impl Config {
                 &file.upstream_timeout,
                 "600s",
             )?,
+            client_header_timeout: dur(
+                "client-header-timeout",
+                cli.client_header_timeout,
+                &file.client_header_timeout,
+                "30s",
+            )?,
             max_replay_body,
             trust_forwarded: cli
                 .trust_forwarded
@@ -576,6 +591,7 @@ impl Config {
             ("probe-timeout", config.probe_timeout),
             ("connect-timeout", config.connect_timeout),
             ("upstream-timeout", config.upstream_timeout),
+            ("client-header-timeout", config.client_header_timeout),
             ("zk-session-timeout", config.zk_session_timeout),
         ] {
             if d.is_zero() {
@@ -759,6 +775,7 @@ mod tests {
         assert_eq!(c.nodes[1].thrift.as_deref(), Some("h2:10091"));
         assert_eq!(c.max_replay_body, 1024 * 1024);
         assert_eq!(c.upstream_timeout, Duration::from_secs(600));
+        assert_eq!(c.client_header_timeout, Duration::from_secs(30));
     }
 
     #[test]

@@ -146,25 +146,28 @@ fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
 }
 
 async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) -> Setup {
-    setup_with(nodes, leader, hold, 512).await
+    setup_with(nodes, leader, settings(hold)).await
+}
+
+fn settings(hold: Duration) -> HttpSettings {
+    HttpSettings {
+        hold_timeout: hold,
+        upstream_timeout: Duration::from_secs(30),
+        client_header_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(2),
+        max_replay_body: 1024,
+        trust_forwarded: false,
+        retry_after: Duration::from_secs(5),
+        max_upstream_connections: 512,
+    }
 }
 
 async fn setup_with(
     nodes: Vec<LivyNode>,
     leader: Option<&LivyNode>,
-    hold: Duration,
-    max_upstream_connections: usize,
+    settings: HttpSettings,
 ) -> Setup {
     let (tx, rx) = watch::channel(view(leader, 1));
-    let settings = HttpSettings {
-        hold_timeout: hold,
-        upstream_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(2),
-        max_replay_body: 1024,
-        trust_forwarded: false,
-        retry_after: Duration::from_secs(5),
-        max_upstream_connections,
-    };
     let proxy = HttpProxy::new(settings, Arc::new(nodes), rx);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -702,7 +705,9 @@ async fn upstream_connections_are_capped_and_extra_requests_wait() {
     });
     let node =
         LivyNode::parse(&format!("livy-6=http://{addr}"), AddressDefaults::default()).unwrap();
-    let s = setup_with(vec![node.clone()], Some(&node), Duration::from_secs(5), 2).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.max_upstream_connections = 2;
+    let s = setup_with(vec![node.clone()], Some(&node), st).await;
     let requests = (0..8).map(|_| {
         let url = format!("http://{}/sessions", s.proxy);
         tokio::spawn(async move { send("GET", url, &[], Bytes::new()).await.0 })
@@ -719,5 +724,96 @@ async fn upstream_connections_are_capped_and_extra_requests_wait() {
         most.load(Ordering::SeqCst),
         2,
         "never more than two in flight"
+    );
+}
+
+#[tokio::test]
+async fn livy_silent_past_upstream_timeout_gives_504_each_time_on_one_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A Livy that reads requests and never answers.
+    let listener = TcpListener::bind("127.0.0.27:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-6=http://{addr}"), AddressDefaults::default()).unwrap();
+    let mut st = settings(Duration::from_secs(5));
+    st.upstream_timeout = Duration::from_millis(500);
+    let s = setup_with(vec![node.clone()], Some(&node), st).await;
+    // Two requests on one kept-alive client connection: each gets its 504
+    // and the connection stays usable.
+    let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    for _ in 0..2 {
+        c.write_all(b"GET /sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let n = c.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed instead of a 504");
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if text.contains("\r\n\r\n") && text.ends_with('}') {
+                    return text;
+                }
+            }
+        })
+        .await
+        .expect("an answer within 20 s");
+        assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+        assert!(head.contains("did not answer within"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn client_slow_with_its_headers_is_disconnected_after_client_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.client_header_timeout = Duration::from_millis(500);
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    let closed = |mut c: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    };
+    // Half a request head, then silence.
+    let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    c.write_all(b"GET /sessions HTTP/1.1\r\nHo").await.unwrap();
+    assert!(closed(c).await, "a half-sent head must be cut off");
+    // A kept-alive connection after two full exchanges, then silence: the
+    // same timeout closes it (it is also the keep-alive idle timeout).
+    let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    for _ in 0..2 {
+        c.write_all(b"GET /sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    assert!(
+        closed(c).await,
+        "an idle kept-alive connection must be closed"
     );
 }

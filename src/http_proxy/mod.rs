@@ -58,6 +58,8 @@ pub struct HttpSettings {
     pub hold_timeout: Duration,
     /// How long Livy may take to send response headers.
     pub upstream_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub client_header_timeout: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Largest body kept for replay.
@@ -75,6 +77,7 @@ impl From<&Config> for HttpSettings {
         HttpSettings {
             hold_timeout: c.hold_timeout,
             upstream_timeout: c.upstream_timeout,
+            client_header_timeout: c.client_header_timeout,
             connect_timeout: c.connect_timeout,
             max_replay_body: c.max_replay_body,
             trust_forwarded: c.trust_forwarded,
@@ -153,13 +156,16 @@ impl HttpProxy {
     /// in-flight requests finish (hyper's graceful shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // A client gets 30 s to send a request's headers (hyper's default
-        // once it has a timer): a slow or stuck client cannot pin a
-        // connection forever.
+        // A client has `client-header-timeout` to send a request's headers:
+        // a slow or stuck client cannot pin a connection forever.
         // Head and body copied into one buffer and sent with one write(2):
         // for Livy's small JSON answers cheaper in the kernel than writev(2)
         // (measured: docs/benchmarks.md).
-        builder.http1().timer(TokioTimer::new()).writev(false);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.shared.settings.client_header_timeout)
+            .writev(false);
         let graceful = GracefulShutdown::new();
         loop {
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
