@@ -146,8 +146,9 @@ impl Upstream {
                 }
             }
         };
-        // Boxed: the connect and handshake states are large, and every
-        // request's future (held per client connection) would carry them.
+        // Boxed: only a request that opens a connection needs the connect
+        // and handshake states; the others' futures (kept per client
+        // connection by hyper) stay smaller without them.
         Box::pin(self.open_and_send(authority, permit, req)).await
     }
 

@@ -12,10 +12,10 @@
 //! handling (`readable`, then `try_read` until `WouldBlock`) is tokio's
 //! documented way to drive its sockets directly.
 //!
-//! The buffer size was measured (docs/benchmarks.md, "TCP"): 32 KiB moved
-//! the most on loopback; 64 KiB, the old size, half as much. `splice(2)`
-//! through a pipe was measured too and moved less than copying 32 KiB, so it
-//! is not used.
+//! The buffer size was measured (docs/benchmarks.md, "What changed"): 32 KiB
+//! is the smallest size within noise of the best on loopback; 64 KiB, the
+//! old size, moved about 40% less. `splice(2)` through a pipe was measured
+//! too and moved less than copying 32 KiB, so it is not used.
 //!
 //! Half-close is kept: when one side ends its sending (FIN), the other side's
 //! writing half is shut down and the opposite direction carries on.
