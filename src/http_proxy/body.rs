@@ -8,11 +8,16 @@
 //! the client. Nothing is ever buffered beyond the limit.
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Either, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming};
 
-/// The body type sent to Livy: a replayable buffer or a one-shot stream.
-pub type UpstreamBody = Either<Full<Bytes>, BoxBody<Bytes, hyper::Error>>;
+/// The body of one attempt to Livy: a replayable buffer or a one-shot stream.
+pub enum UpstreamBody {
+    /// All of it, in memory: sent with a `Content-Length`.
+    Buffered(Bytes),
+    /// Larger than the replay limit: sent as it arrives from the client.
+    Streaming(BoxBody<Bytes, hyper::Error>),
+}
 
 /// A client's request body, prepared for forwarding.
 pub enum PreparedBody {
@@ -60,8 +65,8 @@ impl PreparedBody {
     /// (once; `None` after it was taken).
     pub fn take(&mut self) -> Option<UpstreamBody> {
         match self {
-            PreparedBody::Replayable(b) => Some(Either::Left(Full::new(b.clone()))),
-            PreparedBody::Streaming(s) => s.take().map(Either::Right),
+            PreparedBody::Replayable(b) => Some(UpstreamBody::Buffered(b.clone())),
+            PreparedBody::Streaming(s) => s.take().map(UpstreamBody::Streaming),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Connections to Livy: a small pool of keep-alive HTTP/1.1 connections.
 //!
-//! Written on hyper's connection API rather than hyper-util's legacy
-//! `Client` for two reasons:
-//! - retry safety: `SendRequest::try_send_request` hands back a request that
-//!   never left (its pooled connection had been closed by the server), so
-//!   "nothing was sent" is known exactly, not inferred from an error kind;
-//! - cost: the proxy talks to one leader at a time, so a short list of idle
-//!   connections is all the pool needs (the legacy client's per-request
-//!   keyed checkout and lazily built connect future showed in the profile,
-//!   docs/benchmarks.md).
+//! The pool is a short list of idle connections: the proxy talks to one
+//! leader at a time, so it needs no per-host keyed checkout (hyper-util's
+//! legacy client's showed in the profile, docs/benchmarks.md). The
+//! exchange on a connection is [`conn`]'s, driven by the client request's
+//! own task.
+//!
+//! Retry safety: a request comes back unsent, exactly, when an idle
+//! connection turns out to have been closed by Livy before any byte was
+//! written; it is then sent on another one. "Nothing was sent" is known, not
+//! inferred from an error kind.
 //!
 //! A connection goes back to the pool when its response body has been read
 //! to the end ([`PooledBody`]); one whose response is dropped half-read is
@@ -19,22 +20,22 @@
 //! connection instead of opening thousands against Livy's thread pool (and
 //! holding their buffers in the proxy).
 
+mod conn;
+
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::body::UpstreamBody;
+use conn::{Conn, Framing, Head};
 
 /// Why a request could not be exchanged with a Livy server.
 #[derive(Debug, thiserror::Error)]
@@ -47,18 +48,18 @@ pub enum UpstreamError {
         /// The socket error (or a timeout).
         source: io::Error,
     },
-    /// A fresh connection failed before the request was written: nothing
-    /// was sent.
+    /// A fresh connection failed before any byte of the request was
+    /// written: nothing was sent.
     #[error("connection to {authority} failed before the request was sent: {source}")]
     NotSent {
         /// `host:port` of the server.
         authority: String,
-        /// What hyper said.
-        source: hyper::Error,
+        /// The socket error.
+        source: io::Error,
     },
     /// The exchange failed after the request may have reached the server.
     #[error("{0}")]
-    Failed(hyper::Error),
+    Failed(io::Error),
 }
 
 impl UpstreamError {
@@ -75,13 +76,13 @@ impl UpstreamError {
 /// An idle connection, ready for its next request.
 struct Idle {
     authority: Bytes,
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
 }
 
 /// The pool of connections to Livy servers.
 pub struct Upstream {
     idle: Mutex<Vec<Idle>>,
-    /// One permit per open connection, held by its connection task.
+    /// One permit per open connection, held by the connection.
     slots: Arc<Semaphore>,
     /// Signalled when a connection is put back idle.
     returned: Notify,
@@ -117,17 +118,12 @@ impl Upstream {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let permit = loop {
-            while let Some(mut sender) = self.checkout(authority) {
-                if sender.ready().await.is_err() {
-                    continue; // closed while idle
-                }
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.attach(authority, sender, resp)),
-                    Err(mut e) => match e.take_message() {
-                        // The server had closed it: the request never left.
-                        Some(back) => req = back,
-                        None => return Err(UpstreamError::Failed(e.into_error())),
-                    },
+            while let Some(mut conn) = self.checkout(authority) {
+                match conn.exchange(&mut req).await {
+                    Ok(head) => return Ok(self.attach(authority, conn, head)),
+                    // Closed by Livy while idle: the request never left.
+                    Err(e) if !e.sent => continue,
+                    Err(e) => return Err(UpstreamError::Failed(e.error)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -147,8 +143,8 @@ impl Upstream {
             }
         };
         // Boxed: only a request that opens a connection needs the connect
-        // and handshake states; the others' futures (kept per client
-        // connection by hyper) stay smaller without them.
+        // states; the others' futures (kept per client connection by hyper)
+        // stay without them.
         Box::pin(self.open_and_send(authority, permit, req)).await
     }
 
@@ -158,7 +154,7 @@ impl Upstream {
         self: &Arc<Self>,
         authority: &Bytes,
         permit: OwnedSemaphorePermit,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let name = String::from_utf8_lossy(authority).into_owned();
         let stream =
@@ -180,61 +176,38 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
-        // One write(2) per request rather than writev(2), as on the client
-        // side (docs/benchmarks.md).
-        let (mut sender, conn) = http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::NotSent {
-                authority: name.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            let _slot = permit; // freed when the connection ends
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Livy connection ended with an error");
-            }
-        });
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.attach(authority, sender, resp)),
-            Err(mut e) => {
-                let sent = e.take_message().is_none();
-                let source = e.into_error();
-                Err(if sent {
-                    UpstreamError::Failed(source)
-                } else {
-                    UpstreamError::NotSent {
-                        authority: name,
-                        source,
-                    }
-                })
-            }
+        let mut conn = Conn::new(stream, permit);
+        match conn.exchange(&mut req).await {
+            Ok(head) => Ok(self.attach(authority, conn, head)),
+            Err(e) if !e.sent => Err(UpstreamError::NotSent {
+                authority: name,
+                source: e.error,
+            }),
+            Err(e) => Err(UpstreamError::Failed(e.error)),
         }
     }
 
     /// The most recently used idle connection to `authority`, dropping any
     /// found closed on the way.
-    fn checkout(&self, authority: &Bytes) -> Option<SendRequest<UpstreamBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(pos) = idle.iter().rposition(|i| i.authority == *authority) {
-            let found = idle.swap_remove(pos);
-            if !found.sender.is_closed() {
-                return Some(found.sender);
+    fn checkout(&self, authority: &Bytes) -> Option<Conn> {
+        loop {
+            let mut found = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                let pos = idle.iter().rposition(|i| i.authority == *authority)?;
+                idle.swap_remove(pos)
+            };
+            if found.conn.still_open() {
+                return Some(found.conn);
             }
         }
-        None
     }
 
-    fn checkin(&self, authority: Bytes, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn checkin(&self, authority: Bytes, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { authority, sender });
+        idle.push(Idle { authority, conn });
         drop(idle);
         self.returned.notify_one();
     }
@@ -247,56 +220,116 @@ impl Upstream {
         }
     }
 
+    /// The response, its body either complete already (and the connection
+    /// back in the pool) or to be read from the connection.
     fn attach(
         self: &Arc<Self>,
         authority: &Bytes,
-        sender: SendRequest<UpstreamBody>,
-        resp: Response<Incoming>,
+        mut conn: Conn,
+        head: Head,
     ) -> Response<PooledBody> {
-        let done = resp.body().is_end_stream();
-        let slot = if done {
-            self.checkin(authority.clone(), sender);
-            None
-        } else {
-            Some((self.clone(), authority.clone(), sender))
+        let state = match conn.take_complete_body(&head.framing) {
+            Some(body) => {
+                if head.reusable {
+                    self.checkin(authority.clone(), conn);
+                }
+                BodyState::Complete(Some(body).filter(|b| !b.is_empty()))
+            }
+            None => BodyState::Reading(Box::new(Reading {
+                conn,
+                framing: head.framing,
+                reusable: head.reusable,
+                pool: self.clone(),
+                authority: authority.clone(),
+            })),
         };
-        resp.map(|inner| PooledBody { inner, slot })
+        let mut resp = Response::new(PooledBody { state });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 }
 
-/// A Livy response body that returns its connection to the pool once read
-/// to the end.
+/// A Livy response body: complete, or read from its connection as the
+/// client takes it, which then goes back to the pool once read to the end.
 pub struct PooledBody {
-    inner: Incoming,
-    slot: Option<(Arc<Upstream>, Bytes, SendRequest<UpstreamBody>)>,
+    state: BodyState,
+}
+
+impl PooledBody {
+    /// Lets go of the connection: back to the pool when the body was read
+    /// to the end and Livy allows reuse, closed otherwise.
+    fn finish(&mut self, read_to_end: bool) {
+        if let BodyState::Reading(r) = std::mem::replace(&mut self.state, BodyState::Done)
+            && read_to_end
+            && r.reusable
+        {
+            r.pool.checkin(r.authority, r.conn);
+        }
+    }
+}
+
+enum BodyState {
+    /// Arrived with the head; `None` once handed over (or when empty).
+    Complete(Option<Bytes>),
+    /// Still on the wire. Boxed: most bodies are complete, and hyper keeps
+    /// a response's body in each client connection's state.
+    Reading(Box<Reading>),
+    /// Read to the end, or failed.
+    Done,
+}
+
+struct Reading {
+    conn: Conn,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<Upstream>,
+    authority: Bytes,
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        let finished = match &frame {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
-        };
-        if finished && let Some((pool, authority, sender)) = this.slot.take() {
-            pool.checkin(authority, sender);
+        match &mut this.state {
+            BodyState::Complete(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            BodyState::Done => Poll::Ready(None),
+            BodyState::Reading(r) => {
+                let piece = std::task::ready!(r.conn.poll_body(cx, &mut r.framing));
+                let read_to_end = r.framing == Framing::Done;
+                if read_to_end || matches!(piece, Some(Err(_))) {
+                    this.finish(read_to_end);
+                }
+                Poll::Ready(piece.map(|p| p.map(Frame::data)))
+            }
         }
-        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.state {
+            BodyState::Complete(data) => data.is_none(),
+            BodyState::Reading(r) => r.framing == Framing::Done,
+            BodyState::Done => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.state {
+            BodyState::Complete(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            BodyState::Reading(r) => match r.framing {
+                Framing::Length(n) => SizeHint::with_exact(n),
+                Framing::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+            BodyState::Done => SizeHint::with_exact(0),
+        }
     }
 }

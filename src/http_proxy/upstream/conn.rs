@@ -1,0 +1,597 @@
+//! One keep-alive HTTP/1.1 connection to a Livy server: the request written
+//! and the answer read by the task of the client request that uses it.
+//!
+//! Written by hand on `httparse` (the parser hyper itself uses) rather than
+//! on hyper's client, because hyper's client drives every connection from a
+//! task of its own: each request crossed tasks three times (request in,
+//! response head out, body out) through channels, and that machinery was
+//! the largest share of the proxy's CPU per request (docs/benchmarks.md).
+//! The proxy sends one request at a time per connection, so here the
+//! client request's own task writes the request and reads the head, and the
+//! response body reads from the socket when hyper's server side asks for it.
+//!
+//! What is spoken (RFC 9112):
+//! - requests: HTTP/1.1, the body with the client's `Content-Length`, our own
+//!   for a buffered body, or chunked for a streamed one without a length;
+//! - responses: framed by `Content-Length`, chunked (trailers dropped), or
+//!   the connection's end (§6.3); no body for HEAD, 1xx, 204 and 304;
+//!   interim 1xx responses are skipped; 101 is refused (the proxy strips
+//!   `Upgrade`, so Livy has no reason to send one);
+//! - a request body is written whole before the answer is read: a Livy that
+//!   answers early and closes (say a 413) is reported as a failed exchange.
+//!
+//! The retry rules rest on [`SendError::sent`]: false only when not one byte
+//! of the request reached the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::super::body::UpstreamBody;
+
+/// Most header fields a response head may have (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Read buffer growth step; a small answer (Livy's usual) fits many times.
+const READ_CHUNK: usize = 16 * 1024;
+/// A buffered body up to this size is copied behind the head so both go out
+/// in one `write(2)`; a larger one is written from its own buffer.
+const COALESCE_BODY: usize = 16 * 1024;
+
+/// An open connection to one Livy server.
+pub(super) struct Conn {
+    stream: TcpStream,
+    /// Bytes read from Livy and not yet consumed.
+    buf: BytesMut,
+    /// The request head being written; kept to reuse its allocation.
+    out: Vec<u8>,
+    /// The pool's slot, held for the connection's life.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// An exchange that failed, and whether the request may have reached Livy.
+#[derive(Debug)]
+pub(super) struct SendError {
+    /// False only when nothing at all was written: safe to send elsewhere.
+    pub sent: bool,
+    /// What went wrong.
+    pub error: io::Error,
+}
+
+impl SendError {
+    fn sent(error: io::Error) -> Self {
+        SendError { sent: true, error }
+    }
+}
+
+/// A response head from Livy, and how its body is delimited.
+pub(super) struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection can carry another request after this body.
+    pub reusable: bool,
+}
+
+/// How much of a response body is left, by its framing.
+#[derive(Debug, PartialEq)]
+pub(super) enum Framing {
+    /// `Content-Length`: this many bytes left.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, at this point of the chunk grammar.
+    Chunked(Chunk),
+    /// No length: the body ends when Livy closes the connection.
+    UntilClose,
+    /// Read to the end.
+    Done,
+}
+
+/// Where a chunked body's reader is.
+#[derive(Debug, PartialEq)]
+pub(super) enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data: this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: expecting trailer fields and an empty line.
+    Trailers,
+}
+
+fn invalid(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn early_eof(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("Livy closed the connection {what}"),
+    )
+}
+
+impl Conn {
+    /// Wraps a fresh connection, which holds `slot` until it is dropped.
+    pub(super) fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> Self {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            _slot: slot,
+        }
+    }
+
+    /// Whether an idle connection still looks usable: Livy has not closed it
+    /// (nor sent anything unasked). Costs a system call only when the
+    /// runtime has seen the socket become readable.
+    pub(super) fn still_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        self.buf.is_empty()
+            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head. The request is only
+    /// borrowed: after an error with `sent == false` it can go elsewhere.
+    pub(super) async fn exchange(
+        &mut self,
+        req: &mut Request<UpstreamBody>,
+    ) -> Result<Head, SendError> {
+        self.write_request(req).await?;
+        self.read_head(req.method()).await.map_err(SendError::sent)
+    }
+
+    async fn write_request(&mut self, req: &mut Request<UpstreamBody>) -> Result<(), SendError> {
+        let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in req.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        // The framing header, unless the client's Content-Length (which the
+        // body was checked against by hyper's server side) already says it.
+        let chunked = match req.body() {
+            UpstreamBody::Buffered(b) if !has_length && !b.is_empty() => {
+                out.extend_from_slice(format!("content-length: {}\r\n", b.len()).as_bytes());
+                false
+            }
+            UpstreamBody::Buffered(_) => false,
+            UpstreamBody::Streaming(_) if has_length => false,
+            UpstreamBody::Streaming(_) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                true
+            }
+        };
+        out.extend_from_slice(b"\r\n");
+        let small_body = match req.body() {
+            UpstreamBody::Buffered(b) if b.len() <= COALESCE_BODY => {
+                out.extend_from_slice(b);
+                true
+            }
+            _ => false,
+        };
+        // The first write decides "sent": an error before any byte is
+        // accepted leaves the request unsent.
+        let mut written = 0;
+        while written < self.out.len() {
+            match self.stream.write(&self.out[written..]).await {
+                Ok(0) => {
+                    return Err(SendError {
+                        sent: written > 0,
+                        error: io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                Ok(n) => written += n,
+                Err(error) => {
+                    return Err(SendError {
+                        sent: written > 0,
+                        error,
+                    });
+                }
+            }
+        }
+        match req.body_mut() {
+            UpstreamBody::Buffered(b) if !small_body => {
+                self.stream.write_all(b).await.map_err(SendError::sent)?;
+            }
+            UpstreamBody::Buffered(_) => {}
+            UpstreamBody::Streaming(body) => {
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
+                    // Request trailers are dropped, as before (body.rs).
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        let size = format!("{:x}\r\n", data.len());
+                        self.stream
+                            .write_all(size.as_bytes())
+                            .await
+                            .map_err(SendError::sent)?;
+                    }
+                    self.stream
+                        .write_all(&data)
+                        .await
+                        .map_err(SendError::sent)?;
+                    if chunked {
+                        self.stream
+                            .write_all(b"\r\n")
+                            .await
+                            .map_err(SendError::sent)?;
+                    }
+                }
+                if chunked {
+                    self.stream
+                        .write_all(b"0\r\n\r\n")
+                        .await
+                        .map_err(SendError::sent)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until a final (non-1xx) response head is complete.
+    async fn read_head(&mut self, method: &Method) -> io::Result<Head> {
+        loop {
+            if let Some(head) = self.parse_head(method)? {
+                if head.status.is_informational() {
+                    continue; // 100 Continue and the like: the answer follows
+                }
+                return Ok(head);
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(invalid(format!(
+                    "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(early_eof(if self.buf.is_empty() {
+                    "before answering"
+                } else {
+                    "in the middle of the response head"
+                }));
+            }
+        }
+    }
+
+    /// Parses one response head from the buffer, if it is all there, and
+    /// consumes it.
+    fn parse_head(&mut self, method: &Method) -> io::Result<Option<Head>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(&self.buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(invalid(format!("Livy sent a malformed response head: {e}"))),
+        };
+        let status = parsed
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| invalid("Livy sent an invalid status code"))?;
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Where each name and value lies, so that the values can share the
+        // head's buffer instead of being copied (as hyper does).
+        let base = self.buf.as_ptr() as usize;
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let head = self.buf.split_to(len).freeze();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid(
+                "Livy switched protocols, which livy-proxy does not relay",
+            ));
+        }
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(n0, n1, v0, v1) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[n0..n1])
+                .map_err(|_| invalid("Livy sent an invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+                .map_err(|_| invalid("Livy sent an invalid header value"))?;
+            headers.append(name, value);
+        }
+        let (framing, mut reusable) = framing_of(method, status, &headers)?;
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length,
+            // which must not reach the client beside a re-framed body.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        reusable &= version == Version::HTTP_11 && !says_close(&headers);
+        Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            reusable,
+        }))
+    }
+
+    /// Takes the whole body from the buffer when it has already arrived with
+    /// the head (Livy's answers usually do), so the connection can go back to
+    /// the pool before the client has it.
+    pub(super) fn take_complete_body(&mut self, framing: &Framing) -> Option<Bytes> {
+        match *framing {
+            Framing::Done => Some(Bytes::new()),
+            Framing::Length(n) if n <= self.buf.len() as u64 => {
+                Some(self.buf.split_to(n as usize).freeze())
+            }
+            _ => None,
+        }
+    }
+
+    /// The next piece of the response body: `None` at its end.
+    pub(super) fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        framing: &mut Framing,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if let Some(data) = self.take_data(left) {
+                        if *left == 0 {
+                            *framing = Framing::Done;
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        return Poll::Ready(Some(Err(early_eof("in the middle of the body"))));
+                    }
+                }
+                Framing::UntilClose => {
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(self.buf.split().freeze())));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        *framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                }
+                Framing::Chunked(chunk) => match chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            self.buf.advance(used);
+                            *chunk = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            ready!(self.poll_more(cx, "in a chunk-size line"))?;
+                        }
+                        Err(_) => return Poll::Ready(Some(Err(invalid("bad chunk-size line")))),
+                    },
+                    Chunk::Data(left) => {
+                        if let Some(data) = self.take_data(left) {
+                            if *left == 0 {
+                                *chunk = Chunk::DataEnd;
+                            }
+                            return Poll::Ready(Some(Ok(data)));
+                        }
+                        ready!(self.poll_more(cx, "in the middle of a chunk"))?;
+                    }
+                    Chunk::DataEnd => {
+                        if self.buf.len() >= 2 {
+                            if &self.buf[..2] != b"\r\n" {
+                                return Poll::Ready(Some(Err(invalid("chunk data too long"))));
+                            }
+                            self.buf.advance(2);
+                            *chunk = Chunk::Size;
+                        } else {
+                            ready!(self.poll_more(cx, "after a chunk"))?;
+                        }
+                    }
+                    Chunk::Trailers => {
+                        let mut slots = [httparse::EMPTY_HEADER; 32];
+                        match httparse::parse_headers(&self.buf, &mut slots) {
+                            Ok(httparse::Status::Complete((used, _))) => {
+                                self.buf.advance(used);
+                                *framing = Framing::Done;
+                                return Poll::Ready(None);
+                            }
+                            Ok(httparse::Status::Partial) => {
+                                ready!(self.poll_more(cx, "in the trailers"))?;
+                            }
+                            Err(_) => return Poll::Ready(Some(Err(invalid("bad trailer fields")))),
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Up to `left` body bytes from the buffer, if it holds any.
+    fn take_data(&mut self, left: &mut u64) -> Option<Bytes> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let n = (*left).min(self.buf.len() as u64);
+        *left -= n;
+        Some(self.buf.split_to(n as usize).freeze())
+    }
+
+    /// Reads more of a chunked body; its end here is an error.
+    fn poll_more(&mut self, cx: &mut Context<'_>, where_: &str) -> Poll<io::Result<()>> {
+        if self.buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Ready(Err(invalid(format!(
+                "chunk framing line too long {where_}"
+            ))));
+        }
+        match ready!(self.poll_fill(cx)) {
+            Ok(0) => Poll::Ready(Err(early_eof(where_))),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Reads whatever Livy has sent into the buffer; 0 at the end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3), and whether that
+/// framing lets the connection be reused.
+fn framing_of(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> io::Result<(Framing, bool)> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Done, true));
+    }
+    if let Some(last) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .rfind(|t| !t.is_empty())
+    {
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            (Framing::Chunked(Chunk::Size), true)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| invalid("Livy sent an invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("Livy sent conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Whether a `Connection` header asks for the connection to end.
+fn says_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        let ok = StatusCode::OK;
+        let get = &Method::GET;
+        let f = |m: &Method, s, h: &[(&'static str, &'static str)]| {
+            framing_of(m, s, &headers(h)).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            f(get, ok, &[("content-length", "5")]),
+            Ok((Framing::Length(5), true))
+        );
+        assert_eq!(
+            f(get, ok, &[("content-length", "0")]),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(&Method::HEAD, ok, &[("content-length", "5")]),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(get, StatusCode::NO_CONTENT, &[]),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(get, StatusCode::NOT_MODIFIED, &[]),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(
+                get,
+                ok,
+                &[
+                    ("transfer-encoding", "gzip, chunked"),
+                    ("content-length", "5")
+                ]
+            ),
+            Ok((Framing::Chunked(Chunk::Size), true))
+        );
+        assert_eq!(
+            f(get, ok, &[("transfer-encoding", "gzip")]),
+            Ok((Framing::UntilClose, false))
+        );
+        assert_eq!(f(get, ok, &[]), Ok((Framing::UntilClose, false)));
+        assert_eq!(
+            f(get, ok, &[("content-length", "5, 5")]),
+            Ok((Framing::Length(5), true))
+        );
+        assert!(f(get, ok, &[("content-length", "5, 6")]).is_err());
+        assert!(f(get, ok, &[("content-length", "-1")]).is_err());
+    }
+
+    #[test]
+    fn connection_close_is_found_among_other_tokens() {
+        assert!(says_close(&headers(&[("connection", "keep-alive, Close")])));
+        assert!(!says_close(&headers(&[("connection", "keep-alive")])));
+        assert!(!says_close(&headers(&[])));
+    }
+}
