@@ -24,6 +24,7 @@
 //! of the request reached the socket.
 
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -53,6 +54,9 @@ pub(super) struct Conn {
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
     out: Vec<u8>,
+    /// Where the header names and values of the head being parsed lie in
+    /// `buf`; kept to reuse its allocation.
+    spans: Vec<(Range<usize>, Range<usize>)>,
     /// The pool's slot, held for the connection's life.
     _slot: OwnedSemaphorePermit,
 }
@@ -126,6 +130,7 @@ impl Conn {
             stream,
             buf: BytesMut::new(),
             out: Vec::new(),
+            spans: Vec::new(),
             _slot: slot,
         }
     }
@@ -281,9 +286,16 @@ impl Conn {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(&self.buf) {
+        // Header slots left uninitialised: zeroing 100 of them for every
+        // answer was a tenth of the proxy's instructions.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            &self.buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(invalid(format!("Livy sent a malformed response head: {e}"))),
@@ -300,12 +312,12 @@ impl Conn {
         // Where each name and value lies, so that the values can share the
         // head's buffer instead of being copied (as hyper does).
         let base = self.buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+        self.spans.clear();
+        for h in parsed.headers.iter() {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+            self.spans
+                .push((name..name + h.name.len(), value..value + h.value.len()));
         }
         let head = self.buf.split_to(len).freeze();
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -313,11 +325,11 @@ impl Conn {
                 "Livy switched protocols, which livy-proxy does not relay",
             ));
         }
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(n0, n1, v0, v1) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[n0..n1])
+        let mut headers = HeaderMap::with_capacity(self.spans.len());
+        for (name, value) in self.spans.drain(..) {
+            let name = HeaderName::from_bytes(&head[name])
                 .map_err(|_| invalid("Livy sent an invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| invalid("Livy sent an invalid header value"))?;
             headers.append(name, value);
         }
@@ -419,7 +431,7 @@ impl Conn {
                         }
                     }
                     Chunk::Trailers => {
-                        let mut slots = [httparse::EMPTY_HEADER; 32];
+                        let mut slots = [httparse::EMPTY_HEADER; 16];
                         match httparse::parse_headers(&self.buf, &mut slots) {
                             Ok(httparse::Status::Complete((used, _))) => {
                                 self.buf.advance(used);
