@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -236,15 +236,15 @@ impl HttpProxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
 
-        let mut template_headers = parts.headers;
-        headers::strip_hop_by_hop(&mut template_headers);
-        // The client's Host stays in the template: every attempt replaces
-        // it with the Livy server's own (Template::build).
+        let mut upstream_headers = parts.headers;
+        headers::strip_hop_by_hop(&mut upstream_headers);
+        // The client's Host stays for now: every attempt replaces it with
+        // the Livy server's own (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
         // wait for a 100-continue exchange the client started with us.
-        template_headers.remove(header::EXPECT);
+        upstream_headers.remove(header::EXPECT);
         headers::add_forwarded(
-            &mut template_headers,
+            &mut upstream_headers,
             &headers::ClientSide {
                 client_ip: &req.peer_ip,
                 proto: "http",
@@ -252,7 +252,7 @@ impl HttpProxy {
                 trust_forwarded: s.settings.trust_forwarded,
             },
         );
-        headers::add_via(&mut template_headers, parts.version);
+        headers::add_via(&mut upstream_headers, parts.version);
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -263,11 +263,16 @@ impl HttpProxy {
             .await
             .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?;
 
-        let template = Template {
-            method: parts.method,
-            path_and_query,
-            headers: template_headers,
-        };
+        // Built once and reused by every attempt: the exchange with Livy
+        // only borrows it, so a redirect or a retry changes the Host and the
+        // body and nothing is copied.
+        let mut upstream_req = Request::new(UpstreamBody::Buffered(Bytes::new()));
+        *upstream_req.method_mut() = parts.method;
+        // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
+        // the authority travels in Host. The path is shared with the
+        // client's request, not copied.
+        *upstream_req.uri_mut() = Uri::from(path_and_query);
+        *upstream_req.headers_mut() = upstream_headers;
         let mut leader_rx = s.leader.clone();
         // A node named by a redirect overrides discovery for this request.
         let mut redirected_to: Option<Arc<LivyNode>> = None;
@@ -308,10 +313,11 @@ impl HttpProxy {
                 });
             };
             let authority = s.authority.of(&node);
-            let upstream_req = template.build(&node, &authority, attempt_body)?;
+            aim_at(&mut upstream_req, &node, &authority)?;
+            *upstream_req.body_mut() = attempt_body;
             let sent = tokio::time::timeout(
                 s.settings.upstream_timeout,
-                s.upstream.send(&authority, upstream_req),
+                s.upstream.send(&authority, &mut upstream_req),
             )
             .await;
             let result = match sent {
@@ -358,11 +364,11 @@ impl HttpProxy {
                 Err(e) => {
                     let reason = error_chain(&e);
                     let idempotent = matches!(
-                        template.method,
+                        *upstream_req.method(),
                         Method::GET | Method::HEAD | Method::OPTIONS
                     );
                     if idempotent && body.is_replayable() && Instant::now() < deadline {
-                        tracing::info!(node = %node, error = %reason, method = %template.method, "upstream failed; retrying idempotent request");
+                        tracing::info!(node = %node, error = %reason, method = %upstream_req.method(), "upstream failed; retrying idempotent request");
                         redirected_to = None;
                         let pause = backoff.next(generation);
                         if !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
@@ -449,44 +455,26 @@ impl HttpProxy {
     }
 }
 
-/// What is resent on every attempt: the request minus its body.
-struct Template {
-    method: Method,
-    path_and_query: PathAndQuery,
-    headers: HeaderMap,
-}
-
-impl Template {
-    fn build(
-        &self,
-        node: &LivyNode,
-        authority: &Bytes,
-        body: UpstreamBody,
-    ) -> Result<Request<UpstreamBody>, ProxyError> {
-        if node.origin.scheme != crate::node::Scheme::Http {
-            return Err(ProxyError::UpstreamFailed {
-                node: node.to_string(),
-                reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
-            });
-        }
-        let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| {
-            ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
-        })?;
-        // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
-        // the authority travels in Host. The path is shared with the
-        // client's request, not copied.
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = Uri::from(self.path_and_query.clone());
-        *req.version_mut() = Version::HTTP_11;
-        let mut headers = self.headers.clone();
-        // Livy's passive filter builds its redirect from the Host it sees:
-        // it must be the Livy server's own, as with nginx's `proxy_pass`.
-        // `insert` replaces every value the client sent.
-        headers.insert(header::HOST, host);
-        *req.headers_mut() = headers;
-        Ok(req)
+/// Points the upstream request at `node`: its `Host` becomes the Livy
+/// server's own, since Livy's passive filter builds its redirect from the
+/// Host it sees (as with nginx's `proxy_pass`). `insert` replaces every
+/// value the client sent.
+fn aim_at(
+    req: &mut Request<UpstreamBody>,
+    node: &LivyNode,
+    authority: &Bytes,
+) -> Result<(), ProxyError> {
+    if node.origin.scheme != crate::node::Scheme::Http {
+        return Err(ProxyError::UpstreamFailed {
+            node: node.to_string(),
+            reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
+        });
     }
+    let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| {
+        ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
+    })?;
+    req.headers_mut().insert(header::HOST, host);
+    Ok(())
 }
 
 /// The leader's `host:port`, formatted once per leader rather than once per

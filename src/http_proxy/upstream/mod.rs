@@ -111,15 +111,16 @@ impl Upstream {
     }
 
     /// Sends `req` to the server at `authority` (`host:port`) over a pooled
-    /// connection, or a new one.
+    /// connection, or a new one. The request is only borrowed: the caller
+    /// can send it again (a streamed body, once consumed, cannot).
     pub async fn send(
         self: &Arc<Self>,
         authority: &Bytes,
-        mut req: Request<UpstreamBody>,
+        req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let permit = loop {
             while let Some(mut conn) = self.checkout(authority) {
-                match conn.exchange(&mut req).await {
+                match conn.exchange(req).await {
                     Ok(head) => return Ok(self.attach(authority, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
@@ -154,7 +155,7 @@ impl Upstream {
         self: &Arc<Self>,
         authority: &Bytes,
         permit: OwnedSemaphorePermit,
-        mut req: Request<UpstreamBody>,
+        req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let name = String::from_utf8_lossy(authority).into_owned();
         let stream =
@@ -177,7 +178,7 @@ impl Upstream {
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
         let mut conn = Conn::new(stream, permit);
-        match conn.exchange(&mut req).await {
+        match conn.exchange(req).await {
             Ok(head) => Ok(self.attach(authority, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
                 authority: name,
