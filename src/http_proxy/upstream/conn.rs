@@ -226,23 +226,17 @@ impl Conn {
                     if data.is_empty() {
                         continue;
                     }
-                    if chunked {
-                        let size = format!("{:x}\r\n", data.len());
-                        self.stream
-                            .write_all(size.as_bytes())
-                            .await
-                            .map_err(SendError::sent)?;
-                    }
+                    // Size line, data and CRLF in one vectored write.
+                    let size = if chunked {
+                        Bytes::from(format!("{:x}\r\n", data.len()))
+                    } else {
+                        Bytes::new()
+                    };
+                    let end: &[u8] = if chunked { b"\r\n" } else { b"" };
                     self.stream
-                        .write_all(&data)
+                        .write_all_buf(&mut size.chain(data).chain(end))
                         .await
                         .map_err(SendError::sent)?;
-                    if chunked {
-                        self.stream
-                            .write_all(b"\r\n")
-                            .await
-                            .map_err(SendError::sent)?;
-                    }
                 }
                 if chunked {
                     self.stream
@@ -269,7 +263,7 @@ impl Conn {
                     "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
                 )));
             }
-            self.buf.reserve(READ_CHUNK);
+            self.make_room();
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(early_eof(if self.buf.is_empty() {
                     "before answering"
@@ -382,9 +376,7 @@ impl Conn {
                         }
                         return Poll::Ready(Some(Ok(data)));
                     }
-                    if ready!(self.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(early_eof("in the middle of the body"))));
-                    }
+                    ready!(self.poll_more(cx, "in the middle of the body"))?;
                 }
                 Framing::UntilClose => {
                     if !self.buf.is_empty() {
@@ -459,11 +451,12 @@ impl Conn {
         Some(self.buf.split_to(n as usize).freeze())
     }
 
-    /// Reads more of a chunked body; its end here is an error.
+    /// Reads more of a body whose end is not due yet: the connection ending
+    /// here is an error, and so is framing that never ends.
     fn poll_more(&mut self, cx: &mut Context<'_>, where_: &str) -> Poll<io::Result<()>> {
         if self.buf.len() >= MAX_HEAD_BYTES {
             return Poll::Ready(Err(invalid(format!(
-                "chunk framing line too long {where_}"
+                "more than {MAX_HEAD_BYTES} bytes without a complete chunk-size line or trailer {where_}"
             ))));
         }
         match ready!(self.poll_fill(cx)) {
@@ -473,11 +466,17 @@ impl Conn {
         }
     }
 
-    /// Reads whatever Livy has sent into the buffer; 0 at the end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Room for the next read, for heads and bodies alike: the buffer grows
+    /// only when less than a quarter of a read chunk is left.
+    fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
+    }
+
+    /// Reads whatever Livy has sent into the buffer; 0 at the end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.make_room();
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 }
