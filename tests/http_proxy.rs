@@ -418,6 +418,7 @@ async fn no_leader_gives_503_json_after_the_hold_time() {
         v["msg"].as_str().unwrap().contains("no active Livy server"),
         "{body}"
     );
+    assert_eq!(v["kind"], "no_leader", "{body}");
 }
 
 #[tokio::test]

@@ -385,6 +385,7 @@ async fn broken_answers_give_502_and_their_connection_is_dropped() {
         assert!(headers.contains_key("retry-after"));
         let v: serde_json::Value = serde_json::from_slice(&got.unwrap()).unwrap();
         assert!(v["msg"].as_str().unwrap().contains("Livy"), "{v}");
+        assert_eq!(v["kind"], "upstream_failed", "{v}");
     }
     // A body cut short after its head: the client's response is cut short
     // too (before or after its head went out), never completed.

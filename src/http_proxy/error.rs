@@ -1,7 +1,8 @@
 //! Every way a proxied request can fail, and the response the client gets.
 //!
 //! Clients of Livy parse `{"msg": "..."}` error bodies, so the proxy answers
-//! in the same shape. Failures that go away by themselves (no leader yet, a
+//! in the same shape, plus a `kind` (the label logs and metrics use) that a
+//! client or a runbook can match on without parsing prose. Failures that go away by themselves (no leader yet, a
 //! leader that cannot be reached, a redirect loop during an election) are
 //! 503 with `Retry-After`; a Livy server that failed after it may have
 //! received the request is 502 (also with `Retry-After`), never retried for
@@ -99,11 +100,11 @@ impl ProxyError {
         }
     }
 
-    /// The response: Livy's `{"msg": ...}` JSON, with `Retry-After` on
+    /// The response: Livy's `{"msg": ...}` JSON (with `kind`), with `Retry-After` on
     /// 502/503 so clients and load balancers back off instead of hammering.
     pub fn into_response(self, retry_after: Duration) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = serde_json::json!({ "msg": self.to_string() }).to_string();
+        let body = serde_json::json!({ "msg": self.to_string(), "kind": self.kind() }).to_string();
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -150,5 +151,6 @@ mod tests {
                 .unwrap()
                 .contains("nobody holds the latch")
         );
+        assert_eq!(v["kind"], "no_leader");
     }
 }
