@@ -795,6 +795,13 @@ async fn client_slow_with_its_headers_is_disconnected_after_client_header_timeou
         .await
         .is_ok()
     };
+    // A connection that never says anything.
+    let c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    assert!(closed(c).await, "a silent connection must be cut off");
+    // The first letters of h2c's preface, then silence.
+    let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    c.write_all(b"PRI * HTTP/2").await.unwrap();
+    assert!(closed(c).await, "a half-sent preface must be cut off");
     // Half a request head, then silence.
     let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
     c.write_all(b"GET /sessions HTTP/1.1\r\nHo").await.unwrap();

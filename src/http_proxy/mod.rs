@@ -20,10 +20,12 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+mod sniff;
 pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,7 @@ use crate::discovery::{LeaderRx, LeaderView};
 use crate::node::LivyNode;
 use body::{PreparedBody, UpstreamBody};
 use error::ProxyError;
+use sniff::ClientProtocol;
 use upstream::{PooledBody, Upstream};
 
 /// How many redirects between Livy servers one request may follow.
@@ -155,17 +158,18 @@ impl HttpProxy {
     /// Accepts connections on `listener` until `shutdown`, then lets
     /// in-flight requests finish (hyper's graceful shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
         // A client has `client-header-timeout` to send a request's headers:
         // a slow or stuck client cannot pin a connection forever.
         // Head and body copied into one buffer and sent with one write(2):
         // for Livy's small JSON answers cheaper in the kernel than writev(2)
         // (measured: docs/benchmarks.md).
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(self.shared.settings.client_header_timeout)
             .writev(false);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
         loop {
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
@@ -182,14 +186,37 @@ impl HttpProxy {
                     peer,
                     peer_ip: peer_ip.clone(),
                 };
-                async move { Ok::<_, Infallible>(proxy.forward(req).await) }
+                // Boxed: hyper keeps room for the service's future in every
+                // connection for its whole life. Boxed here, an idle
+                // connection holds a pointer and the request's state (some
+                // KiB) exists only while a request is in flight, taken from
+                // and given back to the allocator's hot free list.
+                Box::pin(async move { Ok::<_, Infallible>(proxy.forward(req).await) })
+                    as Pin<Box<dyn Future<Output = _> + Send>>
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let (http1, http2) = (http1.clone(), http2.clone());
+            let watcher = graceful.watcher();
+            let shutdown = shutdown.clone();
+            let header_timeout = self.shared.settings.client_header_timeout;
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                // HTTP/1.1 or h2c, told apart without taking a byte from the
+                // socket (`sniff`); a connection that says nothing before
+                // the header timeout, or before shutdown, is dropped.
+                let protocol = tokio::select! {
+                    p = sniff::client_protocol(&stream, header_timeout) => p,
+                    _ = shutdown.cancelled() => None,
+                };
+                let io = TokioIo::new(stream);
+                let ended = match protocol {
+                    Some(ClientProtocol::Http1) => {
+                        watcher.watch(http1.serve_connection(io, service)).await
+                    }
+                    Some(ClientProtocol::H2c) => {
+                        watcher.watch(http2.serve_connection(io, service)).await
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             });
