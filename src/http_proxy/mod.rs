@@ -170,6 +170,8 @@ impl HttpProxy {
             .writev(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
+        // Shared by every connection's task; a connection uses one of them.
+        let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
         loop {
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
@@ -194,7 +196,7 @@ impl HttpProxy {
                 Box::pin(async move { Ok::<_, Infallible>(proxy.forward(req).await) })
                     as Pin<Box<dyn Future<Output = _> + Send>>
             });
-            let (http1, http2) = (http1.clone(), http2.clone());
+            let builders = builders.clone();
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
             let header_timeout = self.shared.settings.client_header_timeout;
@@ -207,6 +209,7 @@ impl HttpProxy {
                     _ = shutdown.cancelled() => None,
                 };
                 let io = TokioIo::new(stream);
+                let (http1, http2) = &*builders;
                 let ended = match protocol {
                     Some(ClientProtocol::Http1) => {
                         watcher.watch(http1.serve_connection(io, service)).await
