@@ -8,7 +8,8 @@ Parts:
   http      wrk through: direct, livy-proxy (1 worker, and default), HAProxy
             (mode http, nbthread 1), nginx (proxy_pass + upstream keepalive,
             1 worker); connections 1, 16, 128. Rounds interleave the
-            targets (--rounds, default 3); each one's median round is kept.
+            targets (--rounds, default 3); each statistic is the median of
+            its rounds.
   tcp       iperf3 throughput (with how busy each CPU was) and a
             connection-rate test through livy-proxy's JDBC listener, HAProxy
             mode tcp, and direct; interleaved rounds, medians.
@@ -17,6 +18,10 @@ Parts:
             leader's exit to the proxy's first answer from the new leader, set
             against when the new leader learned it leads; failed requests
             under steady load.
+  ab        (only when asked: --parts ab --ab-binary OTHER) this build against
+            another livy-proxy binary and HAProxy, one worker each, in
+            interleaved rounds (--rounds, e.g. 10): for a change to the hot
+            path, paired rounds take the VM's drift out of the comparison.
 Writes bench/results/latest.json and docs/benchmarks-*.png, prints a table.
 """
 import argparse
@@ -171,9 +176,9 @@ http {{
     return port
 
 
-def start_livy_proxy(name, upstream, threads=None, extra=()):
+def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-proxy"):
     port = free_port()
-    cmd = [str(REL / "livy-proxy"), "--listen", f"127.0.0.1:{port}",
+    cmd = [str(binary), "--listen", f"127.0.0.1:{port}",
            "--node", f"up=http://127.0.0.1:{upstream}", "--probe-path", "/sessions",
            "--log-level", "warn", *extra]
     if threads:
@@ -283,6 +288,20 @@ def wrk(port, conns, seconds, pid=None):
     return r
 
 
+def interleaved_rounds(targets, procs, conns, seconds, rounds):
+    """wrk against every target in turn, `rounds` times, after a warm-up of
+    each: a slow minute on this VM then falls on all of them alike. The
+    wrk results per target name, one per round."""
+    for port in targets.values():
+        warm_up(port, conns)
+    runs = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, port in targets.items():
+            proc = procs.get(name)
+            runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None))
+    return runs
+
+
 def bench_http(seconds, conns_list, rounds):
     up = start_upstream()
     targets = {"direct": up}
@@ -293,18 +312,11 @@ def bench_http(seconds, conns_list, rounds):
     targets["nginx"], procs["nginx"] = start_nginx_proxy(up)
     results = {name: {} for name in targets}
     for c in conns_list:
-        for port in targets.values():
-            warm_up(port, c)
-        # Rounds interleave the targets, so a slow minute on this VM falls on
-        # all of them alike. Each statistic is the median of its rounds: a
-        # p99 taken from one round (the one with the median req/s, as
-        # before) moved by more than the gaps between proxies at 128
-        # connections. Every round is kept in the JSON.
-        runs = {name: [] for name in targets}
-        for _ in range(rounds):
-            for name, port in targets.items():
-                proc = procs.get(name)
-                runs[name].append(wrk(port, c, seconds, pid=pid_of(proc) if proc else None))
+        # Each statistic is the median of its rounds: a p99 taken from one
+        # round (the one with the median req/s, as before) moved by more
+        # than the gaps between proxies at 128 connections. Every round is
+        # kept in the JSON.
+        runs = interleaved_rounds(targets, procs, c, seconds, rounds)
         for name, rs in runs.items():
             r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
             r["errors"] = sum(x["errors"] for x in rs)
@@ -314,6 +326,41 @@ def bench_http(seconds, conns_list, rounds):
             cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
                    if "user_us_per_req" in r else "")
             print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}{cpu}  rounds {r['rounds_rps']} p99 {[x['p99'] for x in r['rounds']]}", flush=True)
+    for p in procs.values():
+        stop(p)
+    return results
+
+
+def bench_ab(seconds, conns_list, rounds, other):
+    """This build ("this") against another livy-proxy binary ("other") and
+    HAProxy, one worker each, in interleaved rounds. Besides each one's
+    medians it reports the paired comparison of this and other round by
+    round: in how many rounds this build's p99 was lower, and the median of
+    the ratios (this / other) of p99, req/s and CPU per request."""
+    up = start_upstream()
+    targets, procs = {}, {}
+    targets["this"], procs["this"] = start_livy_proxy("ab-this", up, threads=1)
+    targets["other"], procs["other"] = start_livy_proxy("ab-other", up, threads=1, binary=Path(other))
+    targets["haproxy"], procs["haproxy"] = start_haproxy(up)
+    results = {}
+    for c in conns_list:
+        runs = interleaved_rounds(targets, procs, c, seconds, rounds)
+        cpu = {n: [x["user_us_per_req"] + x["sys_us_per_req"] for x in rs] for n, rs in runs.items()}
+        paired = list(zip(runs["this"], runs["other"], cpu["this"], cpu["other"]))
+        r = {
+            "rounds": {n: [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs] for n, rs in runs.items()},
+            "p99_lower_than_other": sum(a["p99"] < b["p99"] for a, b, _, _ in paired),
+            "p99_ratio": median([a["p99"] / b["p99"] for a, b, _, _ in paired]),
+            "rps_ratio": median([a["rps"] / b["rps"] for a, b, _, _ in paired]),
+            "cpu_ratio": median([ca / cb for _, _, ca, cb in paired]),
+        }
+        results[str(c)] = r
+        for n, rs in runs.items():
+            print(f"  ab   {n:8} c={c:<4} {median([x['rps'] for x in rs]):>9.0f} req/s  p50 {median([x['p50'] for x in rs]):>6} us"
+                  f"  p99 {median([x['p99'] for x in rs]):>6} us  p99.9 {median([x['p999'] for x in rs]):>6} us"
+                  f"  cpu {median(cpu[n]):5.2f} us/req", flush=True)
+        print(f"  ab   this/other c={c}: p99 lower in {r['p99_lower_than_other']} of {rounds} rounds, median ratios"
+              f" p99 {r['p99_ratio']:.2f}, req/s {r['rps_ratio']:.3f}, cpu/req {r['cpu_ratio']:.3f}", flush=True)
     for p in procs.values():
         stop(p)
     return results
@@ -682,6 +729,7 @@ def main():
     ap.add_argument("--conns", default="1,16,128")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--failover-rounds", type=int, default=3)
+    ap.add_argument("--ab-binary", help="with --parts ab: the livy-proxy binary to compare this build with")
     ap.add_argument("--out", help="results JSON; default bench/results/latest.json for a full run, "
                     "target/bench/<parts>.json for a subset (so a subset never replaces the published run)")
     a = ap.parse_args()
@@ -705,6 +753,11 @@ def main():
         if "memory" in parts:
             print("Memory", flush=True)
             results["memory"] = bench_memory(a.idle_connections)
+        if "ab" in parts:
+            if not a.ab_binary:
+                raise SystemExit("--parts ab needs --ab-binary OTHER (a livy-proxy binary)")
+            print("A/B", flush=True)
+            results["ab"] = bench_ab(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds, a.ab_binary)
         if "failover" in parts:
             print("Failover", flush=True)
             results["failover"] = bench_failover(a.failover_rounds)
