@@ -1,12 +1,12 @@
 //! Every way a proxied request can fail, and the response the client gets.
 //!
 //! Clients of Livy parse `{"msg": "..."}` error bodies, so the proxy answers
-//! in the same shape, plus a `kind` (the label logs and metrics use) that a
-//! client or a runbook can match on without parsing prose. Failures that go away by themselves (no leader yet, a
-//! leader that cannot be reached, a redirect loop during an election) are
-//! 503 with `Retry-After`; a Livy server that failed after it may have
-//! received the request is 502 (also with `Retry-After`), never retried for
-//! non-idempotent methods.
+//! in the same shape, plus a `kind` (the label the log line uses) that a
+//! client or a runbook can match on without parsing prose. Failures that go
+//! away by themselves (no leader yet, a leader that cannot be reached, a
+//! redirect loop during an election) are 503 with `Retry-After`; a Livy
+//! server that failed after it may have received the request is 502 (also
+//! with `Retry-After`), never retried for non-idempotent methods.
 
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ impl ProxyError {
         }
     }
 
-    /// A short label for logs and metrics.
+    /// A short label for the log line and the error body's `kind`.
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoLeader { .. } => "no_leader",

@@ -23,7 +23,7 @@
 //! The retry rules rest on [`SendError::sent`]: false only when not one byte
 //! of the request reached the socket.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -226,15 +226,21 @@ impl Conn {
                     if data.is_empty() {
                         continue;
                     }
-                    // Size line, data and CRLF in one vectored write.
-                    let size = if chunked {
-                        Bytes::from(format!("{:x}\r\n", data.len()))
-                    } else {
-                        Bytes::new()
-                    };
+                    // Size line, data and CRLF in one vectored write; the
+                    // size line formatted on the stack, not allocated per
+                    // chunk.
+                    const SIZE_LINE: usize = 18; // up to 16 hex digits and CRLF
+                    let mut line = [0u8; SIZE_LINE];
+                    let mut size: &[u8] = &[];
+                    if chunked {
+                        let mut rest = &mut line[..];
+                        write!(rest, "{:x}\r\n", data.len()).map_err(SendError::sent)?;
+                        let n = SIZE_LINE - rest.len();
+                        size = &line[..n];
+                    }
                     let end: &[u8] = if chunked { b"\r\n" } else { b"" };
                     self.stream
-                        .write_all_buf(&mut size.chain(data).chain(end))
+                        .write_all_buf(&mut Buf::chain(size, data).chain(end))
                         .await
                         .map_err(SendError::sent)?;
                 }
