@@ -321,11 +321,10 @@ def bench_http(seconds, conns_list, rounds):
             r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
             r["errors"] = sum(x["errors"] for x in rs)
             r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
-            r["rounds_rps"] = [round(x["rps"]) for x in rs]
             results[name][str(c)] = r
             cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
                    if "user_us_per_req" in r else "")
-            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}{cpu}  rounds {r['rounds_rps']} p99 {[x['p99'] for x in r['rounds']]}", flush=True)
+            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]} p99 {[x['p99'] for x in r['rounds']]}", flush=True)
     for p in procs.values():
         stop(p)
     return results
