@@ -111,11 +111,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
-    let leader = discovery::spawn(config.discovery(), shutdown.child_token());
-    let proxy = HttpProxy::new(
+    let discovery = discovery::start(config.discovery(), shutdown.child_token());
+    let leader = discovery.leader.clone();
+    let proxy = HttpProxy::with_hints(
         HttpSettings::from(&config),
         config.nodes.clone(),
         leader.clone(),
+        discovery.hints,
     );
     let http = tokio::spawn(proxy.serve(listener, shutdown.child_token()));
     let jdbc = thrift_listener.map(|l| {

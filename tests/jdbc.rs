@@ -95,41 +95,7 @@ fn byte_stream_reaches_the_active_thrift_port_and_failover_closes_it() {
 
 /// The Python environment with pyhive and thrift, made once under target/.
 fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/hs2-venv");
-    let py = venv.join("bin/python");
-    if py.exists() {
-        return py;
-    }
-    let tmp = root.join(format!("target/hs2-venv-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let status = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&tmp)
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "python3 -m venv failed (Debian: apt-get install python3-venv)"
-    );
-    let status = Command::new(tmp.join("bin/pip"))
-        .args([
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "PyHive==0.7.0",
-            "thrift==0.16.0",
-        ])
-        .status()
-        .expect("pip runs");
-    assert!(status.success(), "pip install PyHive thrift failed");
-    // A concurrent test binary may have finished first: either is good.
-    if std::fs::rename(&tmp, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    // The venv's scripts carry the path they were made at: use the
-    // interpreter directly (it finds its site-packages relative to itself).
-    py
+    common::python_venv("hs2-venv", &["PyHive==0.7.0", "thrift==0.16.0"])
 }
 
 fn support(file: &str) -> PathBuf {

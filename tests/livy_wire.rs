@@ -486,3 +486,95 @@ async fn streamed_request_bodies_arrive_intact_with_their_framing() {
         assert_eq!(text, format!("{framing} len={} sum={sum}", payload.len()));
     }
 }
+
+/// A Livy scripted at the TCP level for one streamed upload: it reads the
+/// request head, records it, then either answers at once without reading
+/// the body (`early`), or reads a `Content-Length` body without ever sending
+/// `100 Continue` and answers with its length.
+async fn upload_livy(ip: &str, early: Option<&'static str>) -> (LivyNode, Arc<Mutex<String>>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let head_seen = Arc::new(Mutex::new(String::new()));
+    let seen = head_seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                *seen.lock().unwrap() = head.clone();
+                if let Some(answer) = early {
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    return; // closes without reading the body
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut got = buf.len() - end;
+                while got < len {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let text = format!("len={got}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-u=http://{addr}"), AddressDefaults::default()).unwrap();
+    (node, head_seen)
+}
+
+async fn upload(proxy: &Proxy, len: usize) -> (StatusCode, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/sessions/0/statements", proxy.addr))
+        .body(Full::new(Bytes::from(pattern(len))))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+#[tokio::test]
+async fn a_streamed_body_asks_for_100_continue_and_goes_anyway_when_livy_never_answers_it() {
+    let (node, head) = upload_livy("127.0.0.48", None).await;
+    let proxy = proxy_to(&node).await;
+    let (status, body) = upload(&proxy, 200_000).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "len=200000");
+    assert!(head.lock().unwrap().contains("expect: 100-continue"));
+}
+
+#[tokio::test]
+async fn an_answer_before_the_streamed_body_is_sent_reaches_the_client_as_livy_gave_it() {
+    let early =
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big!";
+    let (node, _) = upload_livy("127.0.0.49", Some(early)).await;
+    let proxy = proxy_to(&node).await;
+    // Larger than the socket buffers: written whole first, it would fail.
+    let (status, body) = upload(&proxy, 8 << 20).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body, "too big!");
+}

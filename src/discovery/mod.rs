@@ -10,7 +10,13 @@
 //! - [`probe`]: polling a static list of servers (`/ha-status`, else a cheap
 //!   GET where 307 means passive), used without ZooKeeper and as the fallback
 //!   while ZooKeeper cannot be reached at start.
+//!
+//! One feedback path runs the other way ([`hint`]): a proxy that meets a
+//! passive's redirect from the node the view calls active reports it, and
+//! discovery checks at once (a probe, or a ZooKeeper `sync` and re-read)
+//! instead of at its next round. The proxy reports; discovery decides.
 
+pub mod hint;
 pub mod latch;
 pub mod probe;
 pub mod zk;
@@ -22,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{AddressDefaults, LivyNode};
+pub use hint::{Hint, HintListener, Hints};
 
 /// Where the current view comes from, for logs, readiness and status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,22 +126,37 @@ pub struct DiscoveryConfig {
     pub probe_path: String,
 }
 
-/// Starts discovery on the current runtime and returns the receiver proxies
-/// read. ZooKeeper is used when configured, with probing of the static list
-/// as the fallback while ZooKeeper cannot be reached at start; otherwise the
-/// static list is probed. Runs until `shutdown` is cancelled.
-pub fn spawn(config: DiscoveryConfig, shutdown: CancellationToken) -> LeaderRx {
+/// A running discovery: the view proxies read, and where they report what
+/// they saw.
+pub struct Discovery {
+    /// The leader channel every proxy holds a receiver of.
+    pub leader: LeaderRx,
+    /// Where the HTTP proxy reports a passive's redirect.
+    pub hints: Hints,
+}
+
+/// Starts discovery on the current runtime. ZooKeeper is used when
+/// configured, with probing of the static list as the fallback while
+/// ZooKeeper cannot be reached at start; otherwise the static list is
+/// probed. Runs until `shutdown` is cancelled.
+pub fn start(config: DiscoveryConfig, shutdown: CancellationToken) -> Discovery {
     let (tx, rx) = watch::channel(LeaderView::unknown());
     let publisher = Publisher::new(tx);
+    let (hints, listener) = Hints::channel();
     match config.zookeeper.clone() {
         Some(connect) => {
-            tokio::spawn(zk::run(connect, config, publisher, shutdown));
+            tokio::spawn(zk::run(connect, config, publisher, listener, shutdown));
         }
         None => {
-            tokio::spawn(probe::run(config, publisher, shutdown));
+            tokio::spawn(probe::run(config, publisher, listener, shutdown));
         }
     }
-    rx
+    Discovery { leader: rx, hints }
+}
+
+/// [`start`] for callers that only read the view (no proxy reports hints).
+pub fn spawn(config: DiscoveryConfig, shutdown: CancellationToken) -> LeaderRx {
+    start(config, shutdown).leader
 }
 
 /// The single writer of the [`LeaderView`]: keeps `generation` and `since`

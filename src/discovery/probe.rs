@@ -38,7 +38,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
-use super::{DiscoveryConfig, Publisher, Source};
+use super::{DiscoveryConfig, HintListener, Publisher, Source};
 use crate::node::{LivyNode, Origin};
 
 /// How long a node known to lack `/ha-status` is probed on the probe path
@@ -294,35 +294,92 @@ fn kind(role: &Role) -> &'static str {
 }
 
 /// Probes the static list every `probe_interval` until `shutdown`,
-/// publishing the leader it finds (see the module docs).
-pub async fn run(config: DiscoveryConfig, publisher: Publisher, shutdown: CancellationToken) {
+/// publishing the leader it finds (see the module docs). A hint from the
+/// proxy (the leader redirected to another known node) is checked at once:
+/// the named node is probed and published if it says it is active;
+/// otherwise every node is probed, as in a round. A node is never published
+/// on a redirect's word alone.
+pub async fn run(
+    config: DiscoveryConfig,
+    publisher: Publisher,
+    mut hints: HintListener,
+    shutdown: CancellationToken,
+) {
     let prober = Prober::new(&config.probe_path, config.probe_timeout);
-    let mut last: HashMap<Origin, &'static str> = HashMap::new();
+    let mut roles = RoleLog::default();
     tracing::info!(nodes = config.nodes.len(), interval = ?config.probe_interval, "probing the static node list");
+    let mut next_round = tokio::time::Instant::now();
     loop {
-        let results = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = prober.probe_once(&config.nodes) => r,
-        };
-        for (node, role) in &results {
-            let now = kind(role);
-            if last.insert(node.origin.clone(), now) != Some(now) {
-                match role {
-                    Role::Down(why) => {
-                        tracing::info!(node = %node, role = now, reason = %why, "probe: node role")
-                    }
-                    _ => tracing::info!(node = %node, role = now, "probe: node role"),
-                }
-            }
-        }
-        let current = publisher.current().leader.map(|l| l.node);
-        match choose(current.as_deref(), &results) {
-            Ok(node) => publisher.set_leader(Some(node), Source::Probe, None),
-            Err(problem) => publisher.set_leader(None, Source::Probe, Some(problem)),
-        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(config.probe_interval) => {}
+            _ = tokio::time::sleep_until(next_round) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = round(&prober, &config.nodes, &publisher, &mut roles) => {}
+                }
+                next_round = tokio::time::Instant::now() + config.probe_interval;
+            }
+            hint = hints.next() => {
+                if hint.concerns(&publisher.current()) {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = check_hint(&prober, &config.nodes, &publisher, &mut roles, &hint) => {}
+                    }
+                }
+                hints.answered(&hint);
+            }
+        }
+    }
+}
+
+/// Acts on a hint: the named node confirmed by a probe of its own, else a
+/// full round decides (which keeps the current leader if it still says it
+/// is active: the redirect was then a confused passive's, or a moment's).
+async fn check_hint(
+    prober: &Prober,
+    nodes: &[LivyNode],
+    publisher: &Publisher,
+    roles: &mut RoleLog,
+    hint: &super::Hint,
+) {
+    let role = prober.probe(&hint.named).await;
+    roles.note(&hint.named, &role);
+    if role == Role::Active {
+        tracing::info!(from = %hint.from, named = %hint.named, "the leader redirected to a node that confirms it is active");
+        publisher.set_leader(Some(hint.named.clone()), Source::Probe, None);
+        return;
+    }
+    tracing::info!(from = %hint.from, named = %hint.named, role = kind(&role), "the leader redirected to a node that is not active: probing every node");
+    round(prober, nodes, publisher, roles).await;
+}
+
+/// One round over every node, published.
+async fn round(prober: &Prober, nodes: &[LivyNode], publisher: &Publisher, roles: &mut RoleLog) {
+    let results = prober.probe_once(nodes).await;
+    for (node, role) in &results {
+        roles.note(node, role);
+    }
+    let current = publisher.current().leader.map(|l| l.node);
+    match choose(current.as_deref(), &results) {
+        Ok(node) => publisher.set_leader(Some(node), Source::Probe, None),
+        Err(problem) => publisher.set_leader(None, Source::Probe, Some(problem)),
+    }
+}
+
+/// Each node's last role, to log changes of role once.
+#[derive(Default)]
+struct RoleLog(HashMap<Origin, &'static str>);
+
+impl RoleLog {
+    fn note(&mut self, node: &LivyNode, role: &Role) {
+        let now = kind(role);
+        if self.0.insert(node.origin.clone(), now) != Some(now) {
+            match role {
+                Role::Down(why) => {
+                    tracing::info!(node = %node, role = now, reason = %why, "probe: node role")
+                }
+                _ => tracing::info!(node = %node, role = now, "probe: node role"),
+            }
         }
     }
 }

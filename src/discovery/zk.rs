@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client as zk;
 
-use super::{DiscoveryConfig, Publisher, Source, latch, probe};
+use super::{DiscoveryConfig, HintListener, Publisher, Source, latch, probe};
 
 /// How a session's loop ended.
 enum End {
@@ -51,6 +51,7 @@ pub async fn run(
     connect: String,
     config: DiscoveryConfig,
     publisher: Publisher,
+    mut hints: HintListener,
     shutdown: CancellationToken,
 ) {
     let mut ever_connected = false;
@@ -82,6 +83,7 @@ pub async fn run(
                         let task = tokio::spawn(probe::run(
                             config.clone(),
                             publisher.clone(),
+                            hints.clone(),
                             token.clone(),
                         ));
                         fallback = Some((token, task));
@@ -111,7 +113,7 @@ pub async fn run(
                     "ZooKeeper session established"
                 );
                 let started = tokio::time::Instant::now();
-                let end = follow(&client, &config, &publisher, &shutdown).await;
+                let end = follow(&client, &config, &publisher, &mut hints, &shutdown).await;
                 drop(client);
                 match end {
                     End::Shutdown => break,
@@ -150,17 +152,31 @@ fn is_terminal(e: &zk::Error) -> bool {
     )
 }
 
-/// Follows the latch for the life of one session.
+/// Follows the latch for the life of one session. A hint from the proxy (the
+/// leader redirected elsewhere) makes it `sync` and read the latch at once:
+/// ZooKeeper stays the authority, so the hint only hurries the read, and a
+/// latch that still names the same leader keeps it.
 async fn follow(
     client: &zk::Client,
     config: &DiscoveryConfig,
     publisher: &Publisher,
+    hints: &mut HintListener,
     shutdown: &CancellationToken,
 ) -> End {
     let mut state = client.state_watcher();
+    // The hint the coming read answers, if a hint caused it.
+    let mut checking: Option<super::Hint> = None;
     loop {
         let watcher = match read_latch(client, config, publisher).await {
-            Ok(w) => w,
+            Ok(w) => {
+                if let Some(hint) = checking.take() {
+                    if hint.concerns(&publisher.current()) {
+                        tracing::info!(leader = %hint.from, named = %hint.named, "ZooKeeper still names the same leader: the view stays (a redirect never overrides the latch)");
+                    }
+                    hints.answered(&hint);
+                }
+                w
+            }
             Err(e) if is_terminal(&e) => return End::SessionLost(e.to_string()),
             Err(e) => {
                 // Connection trouble: keep the last leader, wait for the
@@ -185,6 +201,20 @@ async fn follow(
                         return End::SessionLost(format!("{:?}", event.session_state));
                     }
                     break; // a child came or went: read again
+                }
+                hint = hints.next() => {
+                    if !hint.concerns(&publisher.current()) {
+                        hints.answered(&hint);
+                        continue;
+                    }
+                    tracing::info!(from = %hint.from, named = %hint.named, "the leader redirected to another node: syncing with ZooKeeper and reading the latch again");
+                    // `sync` makes the next read see everything the quorum
+                    // has committed, not just what this server has applied.
+                    if let Err(e) = client.sync(&config.leader_path).await {
+                        tracing::debug!(error = %e, "ZooKeeper sync failed; reading the latch anyway");
+                    }
+                    checking = Some(hint);
+                    break;
                 }
                 s = state.changed() => match s {
                     zk::SessionState::Disconnected => {

@@ -5,7 +5,9 @@
 //! names. That needs the body again, so small bodies (Livy's are small JSON)
 //! are read into memory first, up to `max-replay-body`. A larger body is
 //! streamed through untouched and cannot be replayed: its 307 goes back to
-//! the client. Nothing is ever buffered beyond the limit.
+//! the client, unless Livy answered before reading any of it (a passive's
+//! redirect filter does: the stream then goes, once, to the active server).
+//! Nothing is ever buffered beyond the limit.
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
@@ -59,6 +61,23 @@ impl PreparedBody {
     /// Whether [`PreparedBody::take`] can be called again after this.
     pub fn is_replayable(&self) -> bool {
         matches!(self, PreparedBody::Replayable(_))
+    }
+
+    /// Whether there is a body left to send: always for a buffered one, and
+    /// for a stream until it has been taken (or after it came back unsent).
+    pub fn can_send(&self) -> bool {
+        !matches!(self, PreparedBody::Streaming(None))
+    }
+
+    /// Gives back a stream that was taken but never read (Livy answered
+    /// before wanting it, or the connection failed before the first byte),
+    /// so it can be sent elsewhere. Anything else is left as it is.
+    pub fn put_back(&mut self, unsent: UpstreamBody) {
+        if let (PreparedBody::Streaming(slot @ None), UpstreamBody::Streaming(stream)) =
+            (self, unsent)
+        {
+            *slot = Some(stream);
+        }
     }
 
     /// The body for one attempt: a cheap clone of the buffer, or the stream

@@ -58,6 +58,17 @@ pub enum ProxyError {
         /// How many redirects were followed.
         hops: usize,
     },
+    /// A passive server redirected a request whose body was already sent to
+    /// it and is too large to resend, and discovery could not confirm
+    /// another active server within the hold time. A redirect back through
+    /// the proxy would only reach the same passive again.
+    #[error(
+        "Livy server {node} is no longer active and the request body (too large to resend) went to it; no new active server was confirmed in time"
+    )]
+    LeaderChanging {
+        /// The node that redirected, as `id=url`.
+        node: String,
+    },
     /// The client's request cannot be forwarded at all.
     #[error("{0}")]
     BadRequest(String),
@@ -79,7 +90,8 @@ impl ProxyError {
         match self {
             ProxyError::NoLeader { .. }
             | ProxyError::LeaderUnreachable { .. }
-            | ProxyError::RedirectLoop { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::RedirectLoop { .. }
+            | ProxyError::LeaderChanging { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -95,6 +107,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RedirectLoop { .. } => "redirect_loop",
+            ProxyError::LeaderChanging { .. } => "leader_changing",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
         }

@@ -8,9 +8,13 @@
 //!    change (or the just-elected one to finish restarting) and try again,
 //!    within the hold time, like pingora's `fail_to_connect`.
 //! 5. A 3xx whose `Location` names another known Livy node means "I am
-//!    passive, the active one is there": resend the original request to that
-//!    node (at most [`MAX_REDIRECT_HOPS`]); a redirect anywhere else goes to
-//!    the client untouched (never an open proxy).
+//!    passive, the active one is there": the proxy reports it to discovery
+//!    and waits (up to [`HINT_ANSWER_WAIT`]) for its check, then resends the
+//!    original request to the leader discovery confirmed, or else to the
+//!    node the redirect names (at most [`MAX_REDIRECT_HOPS`]); a redirect
+//!    anywhere else goes to the client untouched (never an open proxy). A
+//!    streamed body is held back from Livy until it says `100 Continue`, so
+//!    a passive's 307 leaves it unsent and it still goes to the leader.
 //! 6. A failure after the request may have reached Livy is retried only for
 //!    GET, HEAD and OPTIONS; anything else gets a 502 — never a POST twice.
 //!
@@ -41,15 +45,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::discovery::{LeaderRx, LeaderView};
+use crate::discovery::{Hints, LeaderRx, LeaderView};
 use crate::node::LivyNode;
 use body::{PreparedBody, UpstreamBody};
 use error::ProxyError;
 use sniff::ClientProtocol;
-use upstream::{PooledBody, Upstream};
+use upstream::{BodyNotSent, PooledBody, Upstream};
 
 /// How many redirects between Livy servers one request may follow.
 pub const MAX_REDIRECT_HOPS: usize = 3;
+
+/// Longest a redirected request waits for discovery to answer its hint (a
+/// probe of the named node and maybe a round, or a ZooKeeper sync and read:
+/// milliseconds when the servers answer, a probe timeout or two when not).
+/// Then it follows the redirect itself, to a known node, as without hints.
+pub const HINT_ANSWER_WAIT: Duration = Duration::from_secs(3);
 
 /// The body of a response to the client: Livy's, streamed, or the proxy's own.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -92,6 +102,7 @@ impl From<&Config> for HttpSettings {
 
 struct Shared {
     leader: LeaderRx,
+    hints: Hints,
     authority: AuthorityCache,
     nodes: Arc<Vec<LivyNode>>,
     upstream: Arc<Upstream>,
@@ -134,8 +145,20 @@ fn peer_ip_header(peer: SocketAddr) -> HeaderValue {
 
 impl HttpProxy {
     /// Builds the proxy: a pool of keep-alive HTTP/1.1 connections to Livy and a
-    /// receiver of discovery's leader channel.
+    /// receiver of discovery's leader channel, with nowhere to report hints
+    /// (for a view no discovery task owns).
     pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
+        Self::with_hints(settings, nodes, leader, Hints::none())
+    }
+
+    /// [`HttpProxy::new`], reporting passives' redirects to discovery
+    /// through `hints` so a stale view is corrected at once.
+    pub fn with_hints(
+        settings: HttpSettings,
+        nodes: Arc<Vec<LivyNode>>,
+        leader: LeaderRx,
+        hints: Hints,
+    ) -> Self {
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
         let upstream = Upstream::new(
@@ -147,6 +170,7 @@ impl HttpProxy {
         HttpProxy {
             shared: Arc::new(Shared {
                 leader,
+                hints,
                 authority: AuthorityCache::default(),
                 nodes,
                 upstream,
@@ -361,26 +385,66 @@ impl HttpProxy {
             };
             match result {
                 Ok(resp) => {
-                    if body.is_replayable()
-                        && let Some(target) = self.redirect_target(&resp, &node)
+                    if resp.extensions().get::<BodyNotSent>().is_some() {
+                        body.put_back(take_body(&mut upstream_req));
+                    }
+                    let Some(target) = self.redirect_target(&resp, &node) else {
+                        return Ok(self.relay_response(resp, client_host.as_ref()));
+                    };
+                    // Evidence that the view is out of date. Discovery checks
+                    // it at once; the request waits (briefly) for its answer,
+                    // so that it and the requests after it go to a confirmed
+                    // leader rather than to a node a passive merely named.
+                    let mut view_moved = false;
+                    if redirected_to.is_none()
+                        && let Some(seq) = s.hints.report(node.clone(), (*target).clone())
                     {
+                        let until = deadline.min(Instant::now() + HINT_ANSWER_WAIT);
+                        s.hints.answered(seq, until).await;
+                        view_moved = !still_names(&leader_rx, &node);
+                    }
+                    if body.can_send() {
                         hops += 1;
                         if hops > MAX_REDIRECT_HOPS {
                             return Err(ProxyError::RedirectLoop { hops: hops - 1 });
                         }
-                        tracing::info!(from = %node, to = %target, "Livy server redirected: following to the node it names");
-                        redirected_to = Some(target);
+                        if view_moved {
+                            tracing::info!(from = %node, named = %target, "Livy server redirected and discovery moved the view: resending to the leader it names");
+                            redirected_to = None;
+                        } else {
+                            tracing::info!(from = %node, to = %target, "Livy server redirected: following to the node it names");
+                            redirected_to = Some(target);
+                        }
                         continue;
                     }
+                    // The body went to a passive and cannot go again. The
+                    // client can resend it, but only a redirect that leads
+                    // somewhere else is worth giving it: once the view has
+                    // moved, the resent request reaches the new leader.
+                    let moved = view_moved
+                        || wait_moved_from(
+                            &mut leader_rx,
+                            &node,
+                            deadline.min(Instant::now() + HINT_ANSWER_WAIT),
+                        )
+                        .await;
+                    if !moved {
+                        return Err(ProxyError::LeaderChanging {
+                            node: node.to_string(),
+                        });
+                    }
+                    tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
                     return Ok(self.relay_response(resp, client_host.as_ref()));
                 }
                 Err(e) if e.nothing_sent() => {
-                    // Nothing reached Livy: safe to retry with any method.
+                    // Nothing reached Livy: safe to retry with any method,
+                    // and a streamed body was never read.
+                    body.put_back(take_body(&mut upstream_req));
                     let reason = error_chain(&e);
                     tracing::debug!(node = %node, error = %reason, "connect failed; retrying within the hold time");
                     redirected_to = None;
                     let pause = backoff.next(generation);
-                    if !body.is_replayable()
+                    if !body.can_send()
                         || !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
                             .await
                     {
@@ -562,6 +626,34 @@ impl Backoff {
         self.next = (self.next * 2).min(Self::MAX);
         pause
     }
+}
+
+/// Whether the view still names `node` as the leader.
+fn still_names(rx: &LeaderRx, node: &LivyNode) -> bool {
+    rx.borrow()
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.node.origin == node.origin)
+}
+
+/// The request's body, taken out so that an unsent stream can be given back
+/// to [`PreparedBody`]; what is left behind is never sent.
+fn take_body(req: &mut Request<UpstreamBody>) -> UpstreamBody {
+    std::mem::replace(req.body_mut(), UpstreamBody::Buffered(Bytes::new()))
+}
+
+/// Waits until discovery names a leader other than `from` (a node that just
+/// redirected), or `deadline` passes; true if it did.
+async fn wait_moved_from(rx: &mut LeaderRx, from: &LivyNode, deadline: Instant) -> bool {
+    let moved = rx.wait_for(|v: &LeaderView| {
+        v.leader
+            .as_ref()
+            .is_some_and(|l| l.node.origin != from.origin)
+    });
+    matches!(
+        tokio::time::timeout_at(deadline.into(), moved).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Waits until discovery names a leader or `deadline` passes; returns it

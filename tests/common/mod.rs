@@ -539,6 +539,33 @@ impl SimPlan {
 
     /// Starts the nodes against any connect string (an ensemble too).
     pub fn start_on(self, zk: &str) -> SimCluster {
+        let zk = zk.to_string();
+        self.spawn(move |_| {
+            vec![
+                "--zookeeper".to_string(),
+                zk.clone(),
+                "--latch-classpath".to_string(),
+                latch_classpath(),
+            ]
+        })
+    }
+
+    /// Starts the nodes without ZooKeeper, node `leader` active and the
+    /// others passive naming it; roles then change only through
+    /// [`SimCluster::set_role`].
+    pub fn start_static(self, leader: usize) -> SimCluster {
+        self.spawn(move |i| {
+            let role = if i == leader { "active" } else { "passive" };
+            vec![
+                "--static-role".to_string(),
+                role.to_string(),
+                "--static-leader".to_string(),
+                sim_ip(leader),
+            ]
+        })
+    }
+
+    fn spawn(self, role_args: impl Fn(usize) -> Vec<String>) -> SimCluster {
         let bin = env!("CARGO_BIN_EXE_livy-sim");
         let peers: Vec<String> = (0..self.n)
             .flat_map(|i| {
@@ -560,8 +587,8 @@ impl SimPlan {
                     "--thrift-listen",
                     &format!("{}:{}", sim_ip(i), self.thrift_port),
                 ])
-                .args(["--zookeeper", zk, "--leader-path", &self.leader_path])
-                .args(["--latch-classpath", &latch_classpath()])
+                .args(["--leader-path", &self.leader_path])
+                .args(role_args(i))
                 .args(["--session-timeout-ms", &self.session_timeout_ms.to_string()])
                 .args(&peers)
                 .args(&self.extra)
@@ -709,6 +736,18 @@ impl SimCluster {
             .unwrap_or_default()
     }
 
+    /// Sets node `i`'s role by hand (`POST /_sim/role`): it leads if
+    /// `leader` is its own index, else it is passive and redirects to
+    /// node `leader` (which need not be active: a confused passive).
+    pub fn set_role(&self, i: usize, leader: usize) {
+        let body = sim_get(
+            &self.addr(i),
+            "POST",
+            &format!("/_sim/role?leader=livy-{}", leader + 1),
+        );
+        assert!(body.is_some(), "livy-sim {} took no role change", i + 1);
+    }
+
     /// Forgets node `i`'s recorded requests.
     pub fn clear_requests(&self, i: usize) {
         let _ = sim_get(&self.addr(i), "DELETE", "/_sim/requests");
@@ -812,4 +851,43 @@ pub async fn http_request(
         parts.headers,
         String::from_utf8_lossy(&body).to_string(),
     )
+}
+
+/// A Python venv under target/`name` with `packages` from PyPI, made once
+/// (by whichever test binary gets there first); returns its interpreter.
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    // One at a time within a test binary: its tests share a process id, so
+    // they would share the temporary directory below.
+    static MAKING: Mutex<()> = Mutex::new(());
+    let _one = MAKING.lock().unwrap_or_else(|e| e.into_inner());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target").join(name);
+    let py = venv.join("bin/python");
+    if py.exists() {
+        return py;
+    }
+    let tmp = root.join(format!("target/{name}-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .expect("python3 runs");
+    assert!(
+        status.success(),
+        "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    );
+    let status = Command::new(tmp.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(packages)
+        .status()
+        .expect("pip runs");
+    assert!(status.success(), "pip install {packages:?} failed");
+    // A concurrent test binary may have finished first: either is good.
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    // The venv's scripts carry the path they were made at: use the
+    // interpreter directly (it finds its site-packages relative to itself).
+    py
 }

@@ -73,6 +73,11 @@ struct Args {
     /// Without ZooKeeper: the leader's host name, for a passive's redirects.
     #[arg(long)]
     static_leader: Option<String>,
+    /// A passive reads the request body before redirecting (as a server
+    /// that answers `Expect: 100-continue` eagerly would), instead of
+    /// redirecting with the body unread like Livy's filter.
+    #[arg(long)]
+    passive_reads_body: bool,
 }
 
 /// The election as this server sees it.
@@ -96,6 +101,10 @@ pub struct Sim {
     pub ha_status: bool,
     /// Current role.
     pub role: watch::Receiver<Role>,
+    /// Sets the role (`POST /_sim/role`), as the latch does.
+    pub set_role: Arc<watch::Sender<Role>>,
+    /// See `Args::passive_reads_body`.
+    pub passive_reads_body: bool,
     /// Every non-/_sim request seen.
     pub requests: Mutex<Vec<serde_json::Value>>,
     /// REST state.
@@ -116,6 +125,7 @@ async fn main() {
         })
         .collect();
     let (role_tx, role_rx) = watch::channel(Role::default());
+    let role_tx = Arc::new(role_tx);
     let mut latch = None;
     match (&args.zookeeper, &args.static_role) {
         (Some(zk), _) => {
@@ -129,7 +139,7 @@ async fn main() {
                 &args.leader_path,
                 &args.id,
                 args.session_timeout_ms,
-                role_tx,
+                role_tx.clone(),
             ));
         }
         (None, Some(role)) => {
@@ -141,7 +151,6 @@ async fn main() {
                     args.static_leader.clone()
                 },
             });
-            std::mem::forget(role_tx);
         }
         (None, None) => {
             eprintln!("livy-sim: give --zookeeper or --static-role");
@@ -158,6 +167,8 @@ async fn main() {
         peers,
         ha_status: args.ha_status,
         role: role_rx.clone(),
+        set_role: role_tx,
+        passive_reads_body: args.passive_reads_body,
         requests: Mutex::new(Vec::new()),
         store: Mutex::new(rest::Store::default()),
         thrift_connections: Default::default(),
@@ -191,7 +202,7 @@ fn start_latch(
     path: &str,
     id: &str,
     timeout_ms: u64,
-    role: watch::Sender<Role>,
+    role: Arc<watch::Sender<Role>>,
 ) -> (tokio::process::Child, tokio::process::ChildStdin) {
     let mut cmd = tokio::process::Command::new("java");
     cmd.args([

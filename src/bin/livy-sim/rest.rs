@@ -40,13 +40,23 @@ fn msg(status: StatusCode, text: &str) -> Resp {
 /// Handles one request in the current role.
 pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
     let path = parts.uri.path().to_string();
+    // Livy's redirect filter answers a passive's request without reading
+    // its body, so a client that sent `Expect: 100-continue` gets the 307
+    // and no 100 (Jetty's behaviour; hyper's too when the body is not read).
+    let role = sim.role.borrow().clone();
+    let redirects = !role.leader && !path.starts_with("/_sim/") && path != "/ha-status";
+    let body = if redirects && !sim.passive_reads_body {
+        drop(body);
+        Bytes::new()
+    } else {
+        match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => Bytes::new(),
+        }
+    };
     let mut resp = if let Some(rest) = path.strip_prefix("/_sim/") {
-        introspect(&sim, parts.method.as_str(), rest)
+        introspect(&sim, parts.method.as_str(), rest, parts.uri.query())
     } else {
         let headers: serde_json::Map<String, Value> = parts
             .headers
@@ -71,7 +81,6 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Resp, Infal
                 "body": String::from_utf8_lossy(&body),
             }));
         }
-        let role = sim.role.borrow().clone();
         if path == "/ha-status" && sim.ha_status {
             if role.leader {
                 json_resp(StatusCode::OK, json!({"status": "leader"}))
@@ -93,7 +102,7 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Resp, Infal
     Ok(resp)
 }
 
-fn introspect(sim: &Sim, method: &str, what: &str) -> Resp {
+fn introspect(sim: &Sim, method: &str, what: &str, query: Option<&str>) -> Resp {
     match (method, what) {
         ("GET", "state") => {
             let role = sim.role.borrow().clone();
@@ -106,6 +115,23 @@ fn introspect(sim: &Sim, method: &str, what: &str) -> Resp {
                     "thrift_connections": sim.thrift_connections.load(std::sync::atomic::Ordering::SeqCst),
                 }),
             )
+        }
+        ("POST", "role") => {
+            // A role chosen by the test (a step-down, or a confused passive
+            // naming anyone): `?leader=ID`, this server's own id to lead.
+            // A latch event later overrides it.
+            let Some(leader) = query.and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("leader="))
+                    .map(str::to_string)
+            }) else {
+                return msg(StatusCode::BAD_REQUEST, "give ?leader=ID");
+            };
+            sim.set_role.send_replace(crate::Role {
+                leader: leader == sim.id,
+                leader_id: Some(leader),
+            });
+            msg(StatusCode::OK, "role set")
         }
         ("GET", "requests") => {
             let list = sim.requests.lock().map(|l| l.clone()).unwrap_or_default();

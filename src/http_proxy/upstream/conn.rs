@@ -17,8 +17,17 @@
 //!   the connection's end (§6.3); no body for HEAD, 1xx, 204 and 304;
 //!   interim 1xx responses are skipped; 101 is refused (the proxy strips
 //!   `Upgrade`, so Livy has no reason to send one);
-//! - a request body is written whole before the answer is read: a Livy that
-//!   answers early and closes (say a 413) is reported as a failed exchange.
+//! - a streamed request body (one too large to keep for a resend) is sent
+//!   with `Expect: 100-continue` and held back until Livy says 100, or for
+//!   at most [`EXPECT_CONTINUE_WAIT`] (RFC 9110 10.1.1: a client must not
+//!   wait for ever). A passive Livy's redirect filter answers 307 without
+//!   reading the body, so that answer arrives with the body still unsent
+//!   and the proxy can send it, once, to the active server instead
+//!   ([`Head::body_unsent`]); such a connection is not reused, since Livy
+//!   still expects the body it announced;
+//! - a buffered body is written whole before the answer is read: a Livy
+//!   that answers early and closes (say a 413) is reported as a failed
+//!   exchange.
 //!
 //! The retry rules rest on [`SendError::sent`]: false only when not one byte
 //! of the request reached the socket.
@@ -43,6 +52,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read buffer growth step; a small answer (Livy's usual) fits many times.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a streamed body waits for Livy's `100 Continue` before it is
+/// sent anyway (curl waits as long).
+pub(super) const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// A buffered body up to this size is copied behind the head so both go out
 /// in one `write(2)`; a larger one is written from its own buffer.
 const COALESCE_BODY: usize = 16 * 1024;
@@ -84,6 +96,9 @@ pub(super) struct Head {
     pub framing: Framing,
     /// Whether the connection can carry another request after this body.
     pub reusable: bool,
+    /// Livy answered before the request body was sent (its answer to
+    /// `Expect: 100-continue`): the body is still in the request, unread.
+    pub body_unsent: bool,
 }
 
 /// How much of a response body is left, by its framing.
@@ -150,11 +165,20 @@ impl Conn {
         &mut self,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Head, SendError> {
-        self.write_request(req).await?;
+        if let Some(mut early) = self.write_request(req).await? {
+            early.body_unsent = true;
+            early.reusable = false;
+            return Ok(early);
+        }
         self.read_head(req.method()).await.map_err(SendError::sent)
     }
 
-    async fn write_request(&mut self, req: &mut Request<UpstreamBody>) -> Result<(), SendError> {
+    /// Writes the request; returns Livy's final answer instead when it came
+    /// before a streamed body was sent (see the module docs).
+    async fn write_request(
+        &mut self,
+        req: &mut Request<UpstreamBody>,
+    ) -> Result<Option<Head>, SendError> {
         let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
         let out = &mut self.out;
         out.clear();
@@ -177,9 +201,12 @@ impl Conn {
                 false
             }
             UpstreamBody::Buffered(_) => false,
-            UpstreamBody::Streaming(_) if has_length => false,
+            UpstreamBody::Streaming(_) if has_length => {
+                out.extend_from_slice(b"expect: 100-continue\r\n");
+                false
+            }
             UpstreamBody::Streaming(_) => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                out.extend_from_slice(b"expect: 100-continue\r\ntransfer-encoding: chunked\r\n");
                 true
             }
         };
@@ -211,12 +238,28 @@ impl Conn {
                 }
             }
         }
+        // Only a streamed body waits for an answer before it is sent.
+        let method = match req.body() {
+            UpstreamBody::Streaming(_) => req.method().clone(),
+            UpstreamBody::Buffered(_) => Method::GET,
+        };
         match req.body_mut() {
             UpstreamBody::Buffered(b) if !small_body => {
                 self.stream.write_all(b).await.map_err(SendError::sent)?;
             }
             UpstreamBody::Buffered(_) => {}
             UpstreamBody::Streaming(body) => {
+                let waited = tokio::time::timeout(
+                    EXPECT_CONTINUE_WAIT,
+                    self.read_continue_or_final(&method),
+                )
+                .await;
+                match waited {
+                    Ok(Ok(Some(head))) => return Ok(Some(head)),
+                    // 100 Continue, or no word in time: send it.
+                    Ok(Ok(None)) | Err(_) => {}
+                    Ok(Err(e)) => return Err(SendError::sent(e)),
+                }
                 while let Some(frame) = body.frame().await {
                     let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
                     // Request trailers are dropped, as before (body.rs).
@@ -252,17 +295,23 @@ impl Conn {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    /// Reads until a final (non-1xx) response head is complete.
-    async fn read_head(&mut self, method: &Method) -> io::Result<Head> {
+    /// After a head with `Expect: 100-continue`: `None` on `100 Continue`
+    /// (the body may go), the final answer if Livy gave one without
+    /// wanting the body. Cancel-safe (a partial head stays in the buffer),
+    /// so the caller can stop waiting at any moment.
+    async fn read_continue_or_final(&mut self, method: &Method) -> io::Result<Option<Head>> {
         loop {
             if let Some(head) = self.parse_head(method)? {
-                if head.status.is_informational() {
-                    continue; // 100 Continue and the like: the answer follows
+                if head.status == StatusCode::CONTINUE {
+                    return Ok(None);
                 }
-                return Ok(head);
+                if head.status.is_informational() {
+                    continue; // 102, 103: still waiting
+                }
+                return Ok(Some(head));
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
                 return Err(invalid(format!(
@@ -276,6 +325,16 @@ impl Conn {
                 } else {
                     "in the middle of the response head"
                 }));
+            }
+        }
+    }
+
+    /// Reads until a final (non-1xx) response head is complete.
+    async fn read_head(&mut self, method: &Method) -> io::Result<Head> {
+        loop {
+            // A 100 Continue nobody waited for: the answer follows.
+            if let Some(head) = self.read_continue_or_final(method).await? {
+                return Ok(head);
             }
         }
     }
@@ -346,6 +405,7 @@ impl Conn {
             headers,
             framing,
             reusable,
+            body_unsent: false,
         }))
     }
 

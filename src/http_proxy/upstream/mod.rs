@@ -73,6 +73,12 @@ impl UpstreamError {
     }
 }
 
+/// Marks a response Livy gave before the request's streamed body was sent
+/// (a passive's 307 to `Expect: 100-continue`): the stream is still in the
+/// request, unread, and can go to another server once.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyNotSent;
+
 /// Puts the calling task at the back of its worker's run queue once, so
 /// that the tasks already woken (other connections' reads) run before it
 /// continues. Written by hand: `tokio::task::yield_now` instead holds the
@@ -271,6 +277,9 @@ impl Upstream {
             })),
         };
         let mut resp = Response::new(PooledBody { state });
+        if head.body_unsent {
+            resp.extensions_mut().insert(BodyNotSent);
+        }
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
