@@ -578,3 +578,26 @@ async fn an_answer_before_the_streamed_body_is_sent_reaches_the_client_as_livy_g
     assert_eq!(status, 413, "{body}");
     assert_eq!(body, "too big!");
 }
+
+#[tokio::test]
+async fn a_get_that_fails_after_reaching_livy_is_retried_once_not_until_the_hold_time_ends() {
+    // Livy reads the request and closes without answering, every time.
+    let livy = ScriptedLivy::start(
+        "127.0.0.50",
+        Arc::new(|_: &str| Answer {
+            pieces: vec![],
+            close: true,
+        }),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    let (status, _, got) = request(&proxy, "GET", "/sessions").await;
+    assert_eq!(status, 502);
+    let v: serde_json::Value = serde_json::from_slice(&got.unwrap()).unwrap();
+    assert_eq!(v["kind"], "upstream_failed", "{v}");
+    assert_eq!(
+        livy.connections().len(),
+        2,
+        "the request and one retry on the same server (RFC 9110 9.2.2)"
+    );
+}

@@ -16,7 +16,9 @@
 //!    streamed body is held back from Livy until it says `100 Continue`, so
 //!    a passive's 307 leaves it unsent and it still goes to the leader.
 //! 6. A failure after the request may have reached Livy is retried only for
-//!    GET, HEAD and OPTIONS; anything else gets a 502 — never a POST twice.
+//!    GET, HEAD and OPTIONS, once per server (again only on a new leader),
+//!    and only while the proxy-wide retry budget allows ([`retry`]);
+//!    anything else gets a 502 — never a POST twice.
 //!
 //! Clients speak HTTP/1.1 (keep-alive, pipelining) or h2c with prior
 //! knowledge on the same port; Livy is spoken to in HTTP/1.1.
@@ -24,6 +26,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod retry;
 mod sniff;
 pub mod upstream;
 
@@ -103,6 +106,7 @@ impl From<&Config> for HttpSettings {
 struct Shared {
     leader: LeaderRx,
     hints: Hints,
+    retry_budget: retry::RetryBudget,
     authority: AuthorityCache,
     nodes: Arc<Vec<LivyNode>>,
     upstream: Arc<Upstream>,
@@ -171,6 +175,7 @@ impl HttpProxy {
             shared: Arc::new(Shared {
                 leader,
                 hints,
+                retry_budget: retry::RetryBudget::default(),
                 authority: AuthorityCache::default(),
                 nodes,
                 upstream,
@@ -333,6 +338,16 @@ impl HttpProxy {
         let mut hops = 0usize;
         let mut backoff = Backoff::default();
         let mut last_connect_error: Option<(Arc<LivyNode>, String)> = None;
+        let idempotent = matches!(
+            *upstream_req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
+        if idempotent {
+            s.retry_budget.deposit();
+        }
+        // The server an attempt failed on after it may have reached it: it
+        // gets no second retry (RFC 9110 9.2.2), a new leader may.
+        let mut failed_after_send: Option<Arc<LivyNode>> = None;
 
         loop {
             // The view generation this attempt is made under: a retry waits
@@ -457,28 +472,31 @@ impl HttpProxy {
                 }
                 Err(e) => {
                     let reason = error_chain(&e);
-                    let idempotent = matches!(
-                        *upstream_req.method(),
-                        Method::GET | Method::HEAD | Method::OPTIONS
-                    );
-                    if idempotent && body.is_replayable() && Instant::now() < deadline {
-                        tracing::info!(node = %node, error = %reason, method = %upstream_req.method(), "upstream failed; retrying idempotent request");
-                        redirected_to = None;
-                        let pause = backoff.next(generation);
-                        if !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
-                            .await
-                        {
-                            return Err(ProxyError::UpstreamFailed {
-                                node: node.to_string(),
-                                reason,
-                            });
-                        }
-                        continue;
-                    }
-                    return Err(ProxyError::UpstreamFailed {
+                    let failed = || ProxyError::UpstreamFailed {
                         node: node.to_string(),
-                        reason,
-                    });
+                        reason: reason.clone(),
+                    };
+                    let again_here = failed_after_send
+                        .as_ref()
+                        .is_some_and(|f| f.origin == node.origin);
+                    if !idempotent
+                        || !body.is_replayable()
+                        || again_here
+                        || Instant::now() >= deadline
+                    {
+                        return Err(failed());
+                    }
+                    if !s.retry_budget.withdraw() {
+                        tracing::warn!(node = %node, error = %reason, method = %upstream_req.method(), "upstream failed; not retried: the retry budget is spent (too many failures across requests)");
+                        return Err(failed());
+                    }
+                    tracing::info!(node = %node, error = %reason, method = %upstream_req.method(), "upstream failed; retrying idempotent request once");
+                    failed_after_send = Some(node.clone());
+                    redirected_to = None;
+                    let pause = backoff.next(generation);
+                    if !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline).await {
+                        return Err(failed());
+                    }
                 }
             }
         }
