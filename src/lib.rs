@@ -21,5 +21,6 @@ pub mod config;
 pub mod discovery;
 pub mod http_proxy;
 pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod tcp_proxy;

@@ -60,6 +60,16 @@ pub fn leader_child(children: &[String]) -> Option<&str> {
         .map(|(_, c)| c)
 }
 
+/// The latch's participants in election order (lowest sequence first).
+pub fn in_order(children: &[String]) -> Vec<&str> {
+    let mut seqs: Vec<(u64, &str)> = children
+        .iter()
+        .filter_map(|c| sequence_of(c).map(|seq| (seq, c.as_str())))
+        .collect();
+    seqs.sort();
+    seqs.into_iter().map(|(_, c)| c).collect()
+}
+
 /// Maps a participant id to the node traffic goes to, in order:
 /// 1. the configured node with that id;
 /// 2. the configured node whose host name is the id (case-insensitive), as

@@ -19,6 +19,7 @@
 pub mod hint;
 pub mod latch;
 pub mod probe;
+pub mod status;
 pub mod zk;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::{AddressDefaults, LivyNode};
 pub use hint::{Hint, HintListener, Hints};
+pub use status::{LeaderChange, Participant, Status};
 
 /// Where the current view comes from, for logs, readiness and status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +41,17 @@ pub enum Source {
     ZooKeeper,
     /// Polling the static node list.
     Probe,
+}
+
+impl Source {
+    /// The source as `/status` and logs name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::ZooKeeper => "zookeeper",
+            Source::Probe => "probe",
+        }
+    }
 }
 
 /// The active Livy server as discovery last saw it.
@@ -133,6 +146,8 @@ pub struct Discovery {
     pub leader: LeaderRx,
     /// Where the HTTP proxy reports a passive's redirect.
     pub hints: Hints,
+    /// Changes, participants and session state, for `/status` and `/metrics`.
+    pub status: Arc<Status>,
 }
 
 /// Starts discovery on the current runtime. ZooKeeper is used when
@@ -142,6 +157,7 @@ pub struct Discovery {
 pub fn start(config: DiscoveryConfig, shutdown: CancellationToken) -> Discovery {
     let (tx, rx) = watch::channel(LeaderView::unknown());
     let publisher = Publisher::new(tx);
+    let status = publisher.status.clone();
     let (hints, listener) = Hints::channel();
     match config.zookeeper.clone() {
         Some(connect) => {
@@ -151,7 +167,11 @@ pub fn start(config: DiscoveryConfig, shutdown: CancellationToken) -> Discovery 
             tokio::spawn(probe::run(config, publisher, listener, shutdown));
         }
     }
-    Discovery { leader: rx, hints }
+    Discovery {
+        leader: rx,
+        hints,
+        status,
+    }
 }
 
 /// [`start`] for callers that only read the view (no proxy reports hints).
@@ -164,12 +184,17 @@ pub fn spawn(config: DiscoveryConfig, shutdown: CancellationToken) -> LeaderRx {
 #[derive(Clone)]
 pub struct Publisher {
     tx: Arc<watch::Sender<LeaderView>>,
+    /// Where changes, participants and the session state are recorded.
+    pub status: Arc<Status>,
 }
 
 impl Publisher {
     /// Wraps the sending half of the leader channel.
     pub fn new(tx: watch::Sender<LeaderView>) -> Self {
-        Publisher { tx: Arc::new(tx) }
+        Publisher {
+            tx: Arc::new(tx),
+            status: Arc::default(),
+        }
     }
 
     /// The view as last published.
@@ -190,6 +215,12 @@ impl Publisher {
                     .as_ref()
                     .map_or_else(|| "none".to_string(), |n| n.to_string());
                 tracing::info!(old = %old, new = %new, source = ?source, "leader changed");
+                self.status.leader_changed(LeaderChange {
+                    at: SystemTime::now(),
+                    from: old_id.map(|n| n.to_string()),
+                    to: node.as_ref().map(|n| n.to_string()),
+                    source: source.as_str(),
+                });
                 view.leader = node.map(|node| Leader {
                     node: Arc::new(node),
                     since: SystemTime::now(),

@@ -359,6 +359,16 @@ async fn round(prober: &Prober, nodes: &[LivyNode], publisher: &Publisher, roles
     for (node, role) in &results {
         roles.note(node, role);
     }
+    publisher.status.set_participants(
+        results
+            .iter()
+            .map(|(node, role)| super::Participant {
+                id: node.id.clone(),
+                at: node.origin.to_string(),
+                role: kind(role).to_string(),
+            })
+            .collect(),
+    );
     let current = publisher.current().leader.map(|l| l.node);
     match choose(current.as_deref(), &results) {
         Ok(node) => publisher.set_leader(Some(node), Source::Probe, None),

@@ -58,6 +58,7 @@ pub async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut fallback: Option<(CancellationToken, JoinHandle<()>)> = None;
     tracing::info!(zookeeper = %connect, path = %config.leader_path, "connecting to ZooKeeper");
+    publisher.status.set_zookeeper("connecting");
     loop {
         // `fail_eagerly`: give up after one pass over the hosts instead of
         // cycling until the session timeout, so an unreachable ensemble is
@@ -75,6 +76,7 @@ pub async fn run(
         };
         match connected {
             Err(e) => {
+                publisher.status.set_zookeeper("unreachable");
                 let problem = format!("ZooKeeper {connect} unreachable: {e}");
                 if !ever_connected && !config.nodes.is_empty() {
                     if fallback.is_none() {
@@ -106,6 +108,7 @@ pub async fn run(
                     tracing::info!("ZooKeeper answered: stopped probing the node list");
                 }
                 ever_connected = true;
+                publisher.status.set_zookeeper("connected");
                 tracing::info!(
                     session = %client.session_id(),
                     timeout = ?client.session_timeout(),
@@ -118,6 +121,7 @@ pub async fn run(
                 match end {
                     End::Shutdown => break,
                     End::SessionLost(why) => {
+                        publisher.status.set_zookeeper("expired");
                         tracing::warn!(reason = %why, "ZooKeeper session ended: opening a new one");
                         publisher.mark_stale(format!("ZooKeeper session ended: {why}"));
                     }
@@ -218,9 +222,11 @@ async fn follow(
                 }
                 s = state.changed() => match s {
                     zk::SessionState::Disconnected => {
+                        publisher.status.set_zookeeper("disconnected");
                         publisher.mark_stale("ZooKeeper connection lost; reconnecting".to_string());
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        publisher.status.set_zookeeper("connected");
                         tracing::info!("ZooKeeper connection restored: reading the latch again");
                         break;
                     }
@@ -230,6 +236,45 @@ async fn follow(
             }
         }
     }
+}
+
+/// Records the latch's participants for `/status`: the leader's id is
+/// already read; the others' ids are read here (a handful of small reads,
+/// only when the latch changed). A participant that left in between is
+/// skipped.
+async fn record_participants(
+    client: &zk::Client,
+    path: &str,
+    children: &[String],
+    leader_child: &str,
+    leader_id: &str,
+    publisher: &Publisher,
+) {
+    let mut participants = Vec::new();
+    for child in latch::in_order(children) {
+        let id = if child == leader_child {
+            leader_id.to_string()
+        } else {
+            match client
+                .get_data(&format!("{}/{child}", path.trim_end_matches('/')))
+                .await
+            {
+                Ok((data, _)) => String::from_utf8_lossy(&data).trim().to_string(),
+                Err(_) => continue,
+            }
+        };
+        let role = if child == leader_child {
+            "leader"
+        } else {
+            "follower"
+        };
+        participants.push(super::Participant {
+            id,
+            at: child.to_string(),
+            role: role.to_string(),
+        });
+    }
+    publisher.status.set_participants(participants);
 }
 
 /// Reads the latch once, publishes what it found, and returns the armed
@@ -244,6 +289,7 @@ async fn read_latch(
         match client.list_and_watch_children(path).await {
             Ok((children, watcher)) => {
                 let Some(child) = latch::leader_child(&children) else {
+                    publisher.status.set_participants(Vec::new());
                     publisher.set_leader(
                         None,
                         Source::ZooKeeper,
@@ -259,6 +305,7 @@ async fn read_latch(
                     Err(e) => return Err(e),
                 };
                 let id = String::from_utf8_lossy(&data).trim().to_string();
+                record_participants(client, path, &children, child, &id, publisher).await;
                 match latch::resolve(&id, &config.nodes, config.defaults) {
                     Ok(node) => publisher.set_leader(Some(node), Source::ZooKeeper, None),
                     Err(e) => {
