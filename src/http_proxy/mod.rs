@@ -19,6 +19,7 @@
 
 pub mod body;
 pub mod error;
+pub mod framing;
 pub mod headers;
 mod sniff;
 pub mod upstream;
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -268,6 +268,10 @@ impl HttpProxy {
 
         let mut upstream_headers = parts.headers;
         headers::strip_hop_by_hop(&mut upstream_headers);
+        // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
+        // repeated identical fields on, which would reach Livy as two lines.
+        framing::normalize_content_length(&mut upstream_headers)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         // The client's Host stays for now: every attempt replaces it with
         // the Livy server's own (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
@@ -283,11 +287,8 @@ impl HttpProxy {
             },
         );
         headers::add_via(&mut upstream_headers, parts.version);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = framing::origin_form(&parts.uri)
+            .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 
         let mut body = PreparedBody::prepare(incoming, s.settings.max_replay_body)
             .await

@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::super::body::UpstreamBody;
+use super::super::framing;
 
 /// Most header fields a response head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -333,12 +334,18 @@ impl Conn {
                 .map_err(|_| invalid("Livy sent an invalid header value"))?;
             headers.append(name, value);
         }
-        let (framing, mut reusable) = framing_of(method, status, &headers)?;
-        if headers.contains_key(header::TRANSFER_ENCODING) {
+        let length = if headers.contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length,
             // which must not reach the client beside a re-framed body.
             headers.remove(header::CONTENT_LENGTH);
-        }
+            None
+        } else {
+            // Checked even where no body follows (HEAD, 304): the field
+            // goes on to the client, and must say one number.
+            framing::normalize_content_length(&mut headers)
+                .map_err(|e| invalid(format!("Livy sent a bad Content-Length: {e}")))?
+        };
+        let (framing, mut reusable) = framing_of(method, status, &headers, length);
         reusable &= version == Version::HTTP_11 && !says_close(&headers);
         Ok(Some(Head {
             status,
@@ -489,17 +496,19 @@ impl Conn {
 
 /// How a response's body is delimited (RFC 9112 §6.3), and whether that
 /// framing lets the connection be reused.
+/// `length` is the checked `Content-Length`, if any.
 fn framing_of(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
-) -> io::Result<(Framing, bool)> {
+    length: Option<u64>,
+) -> (Framing, bool) {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((Framing::Done, true));
+        return (Framing::Done, true);
     }
     if let Some(last) = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -508,30 +517,17 @@ fn framing_of(
         .map(str::trim)
         .rfind(|t| !t.is_empty())
     {
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
+        return if last.eq_ignore_ascii_case("chunked") {
             (Framing::Chunked(Chunk::Size), true)
         } else {
             (Framing::UntilClose, false)
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| invalid("Livy sent an invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid("Livy sent conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    match length {
         Some(0) => (Framing::Done, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
-    })
+    }
 }
 
 /// Whether a `Connection` header asks for the connection to end.
@@ -559,7 +555,10 @@ mod tests {
         let ok = StatusCode::OK;
         let get = &Method::GET;
         let f = |m: &Method, s, h: &[(&'static str, &'static str)]| {
-            framing_of(m, s, &headers(h)).map_err(|e| e.to_string())
+            let h = headers(h);
+            framing::content_length(&h)
+                .map(|length| framing_of(m, s, &h, length))
+                .map_err(|e| e.to_string())
         };
         assert_eq!(
             f(get, ok, &[("content-length", "5")]),
