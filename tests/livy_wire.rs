@@ -606,6 +606,89 @@ async fn livy_content_length_is_repaired_to_one_number_or_refused() {
     assert_eq!(status, 502, "HEAD /plus");
 }
 
+/// A response head of exactly `size` bytes (status line, a
+/// `Content-Length: 2`, filler fields, the empty line), followed by `ok`.
+fn answer_with_head_of(size: usize) -> Vec<u8> {
+    let start = format!("{OK_HEAD}Content-Length: 2\r\n");
+    const FIELDS: usize = 8;
+    const PER_FIELD: usize = "X-Fill-0: \r\n".len();
+    let filler = size - start.len() - 2 - FIELDS * PER_FIELD;
+    let mut head = start.into_bytes();
+    for i in 0..FIELDS {
+        let n = filler / FIELDS + usize::from(i < filler % FIELDS);
+        head.extend_from_slice(format!("X-Fill-{i}: {}\r\n", "v".repeat(n)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    assert_eq!(head.len(), size);
+    head.extend_from_slice(b"ok");
+    head
+}
+
+#[tokio::test]
+async fn livy_answer_heads_over_64_kib_are_refused_however_they_arrive() {
+    // `/<head size>/<piece size, 0: whole>`
+    let livy = ScriptedLivy::start(
+        "127.0.0.50",
+        Arc::new(|line: &str| {
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let mut parts = path.trim_start_matches('/').split('/');
+            let size: usize = parts.next().unwrap_or("").parse().unwrap_or(100);
+            let piece: usize = parts.next().unwrap_or("").parse().unwrap_or(0);
+            let wire = answer_with_head_of(size);
+            if piece == 0 {
+                Answer::whole(wire)
+            } else {
+                Answer::in_pieces(&wire, piece)
+            }
+        }),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    // Each on one client connection (hyper's pool), kept alive, so the
+    // answers share the proxy's connection to Livy until a refusal drops it.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let post = |path: String| {
+        let client = client.clone();
+        let url = format!("http://{}{path}", proxy.addr);
+        async move {
+            let req = Request::post(url).body(Full::new(Bytes::new())).unwrap();
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    const LIMIT: usize = 64 * 1024;
+    for (size, piece) in [
+        (LIMIT, 0),
+        (LIMIT, 4096),
+        (60_000, 0),
+        (LIMIT + 1, 0),
+        (60_000, 0),
+        (LIMIT + 1, 4096),
+        (60_000, 0),
+        (70_000, 0),
+        (60_000, 0),
+        (100_000, 0),
+        (60_000, 0),
+        (200_000, 0),
+    ] {
+        let (status, body) = post(format!("/{size}/{piece}")).await;
+        let expected = if size <= LIMIT { 200 } else { 502 };
+        assert_eq!(
+            status,
+            expected,
+            "a {size}-byte head in pieces of {piece}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if size > LIMIT {
+            assert!(String::from_utf8_lossy(&body).contains("larger than 65536 bytes"));
+        } else {
+            assert_eq!(body, "ok");
+        }
+    }
+}
+
 #[tokio::test]
 async fn h2c_repeated_content_length_reaches_livy_as_one_field() {
     let livy = ScriptedLivy::start(

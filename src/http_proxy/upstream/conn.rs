@@ -40,7 +40,8 @@ use super::super::framing;
 
 /// Most header fields a response head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
-/// Largest response head accepted.
+/// Largest response head accepted (status line, fields and the empty line),
+/// however it arrives.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read buffer growth step; a small answer (Livy's usual) fits many times.
 const READ_CHUNK: usize = 16 * 1024;
@@ -115,6 +116,12 @@ pub(super) enum Chunk {
 
 fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn head_too_large() -> io::Error {
+    invalid(format!(
+        "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
+    ))
 }
 
 fn early_eof(what: &str) -> io::Error {
@@ -266,9 +273,7 @@ impl Conn {
                 return Ok(head);
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
-                return Err(invalid(format!(
-                    "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
-                )));
+                return Err(head_too_large());
             }
             self.make_room();
             if self.stream.read_buf(&mut self.buf).await? == 0 {
@@ -301,6 +306,12 @@ impl Conn {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(invalid(format!("Livy sent a malformed response head: {e}"))),
         };
+        // The same limit as for a head still incomplete (`read_head`): one
+        // that arrived whole in a single read, into a buffer that had grown
+        // on this connection, must not pass where one in pieces fails.
+        if len > MAX_HEAD_BYTES {
+            return Err(head_too_large());
+        }
         let status = parsed
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
