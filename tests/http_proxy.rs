@@ -27,7 +27,20 @@ struct Seen {
     method: String,
     path: String,
     headers: HashMap<String, String>,
+    /// Every header field in order, repeated names included.
+    fields: Vec<(String, String)>,
     body: Bytes,
+}
+
+impl Seen {
+    /// Every value of the header `name`, one per field.
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
@@ -68,6 +81,13 @@ impl Fake {
                                 method: parts.method.to_string(),
                                 path: parts.uri.to_string(),
                                 headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                                fields: parts
                                     .headers
                                     .iter()
                                     .map(|(k, v)| {
@@ -539,6 +559,30 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(b.seen()[0].headers["host"], b.node.origin.authority());
+}
+
+/// A client speaking h2c with prior knowledge.
+fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[tokio::test]
+async fn h2c_cookie_fields_reach_livy_joined_into_one() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], Some(&b.node), Duration::from_secs(5)).await;
+    // h2 clients send each cookie as its own field (RFC 9113 8.2.3);
+    // HTTP/1.1 allows one Cookie line (RFC 6265 5.4).
+    let req = Request::get(format!("http://{}/sessions", s.proxy))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
+        .header("cookie", "d=4")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2c_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.seen()[0].values("cookie"), ["a=1; b=2; c=3; d=4"]);
 }
 
 #[tokio::test]

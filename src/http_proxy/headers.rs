@@ -92,6 +92,29 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Joins several `Cookie` fields into one, `; `-separated. An h2 client
+/// sends each cookie as a field of its own, to be joined before the request
+/// goes on in HTTP/1.1 (RFC 9113 §8.2.3), where a server expects one
+/// `Cookie` line (RFC 6265 §5.4); the odd HTTP/1.1 client that sends
+/// several gets the same.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return; // none or one: the usual case, nothing to do
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// What the proxy knows about the client side of a request, for the
 /// `X-Forwarded-*` headers.
 pub struct ClientSide<'a> {
@@ -256,6 +279,25 @@ mod tests {
             1,
             "a header named in a second Connection line goes too: {h:?}"
         );
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3; d=4"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
     }
 
     static CLIENT_IP: HeaderValue = HeaderValue::from_static("10.0.0.9");

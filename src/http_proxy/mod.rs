@@ -272,6 +272,7 @@ impl HttpProxy {
         // repeated identical fields on, which would reach Livy as two lines.
         framing::normalize_content_length(&mut upstream_headers)
             .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        headers::join_cookies(&mut upstream_headers);
         // The client's Host stays for now: every attempt replaces it with
         // the Livy server's own (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
