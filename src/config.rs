@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::Parser;
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::discovery::DiscoveryConfig;
@@ -133,6 +134,21 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_TRUST_FORWARDED", value_name = "BOOL")]
     pub trust_forwarded: Option<bool>,
 
+    /// A client-sent header to remove when trust-forwarded is false, besides
+    /// Forwarded, X-Forwarded-*, X-Real-IP and X-Proxied-Https; repeatable.
+    /// Env: comma-separated.
+    #[arg(
+        long = "strip-headers",
+        env = "LIVY_PROXY_STRIP_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub strip_headers: Vec<String>,
+
+    /// Send RFC 7239 Forwarded to Livy as well as X-Forwarded-* [default: false].
+    #[arg(long, env = "LIVY_PROXY_EMIT_FORWARDED", value_name = "BOOL")]
+    pub emit_forwarded: Option<bool>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -240,6 +256,9 @@ struct FileConfig {
     client_header_timeout: Option<String>,
     max_replay_body: Option<String>,
     trust_forwarded: Option<bool>,
+    #[serde(default)]
+    strip_headers: Vec<String>,
+    emit_forwarded: Option<bool>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -285,8 +304,12 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
-    /// Whether an incoming X-Forwarded-For chain is kept and appended to.
+    /// Whether incoming forwarding headers are kept and appended to.
     pub trust_forwarded: bool,
+    /// More client-sent headers removed when they are not trusted.
+    pub strip_headers: Vec<HeaderName>,
+    /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
+    pub emit_forwarded: bool,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -460,6 +483,12 @@ impl Config {
             ));
         }
 
+        let strip_headers = if !cli.strip_headers.is_empty() {
+            header_names(&cli.strip_headers).map_err(|p| invalid("strip-headers", p))?
+        } else {
+            header_names(&file.strip_headers).map_err(|p| in_file(invalid("strip-headers", p)))?
+        };
+
         let config = Config {
             listen,
             zookeeper,
@@ -508,6 +537,8 @@ impl Config {
                 .trust_forwarded
                 .or(file.trust_forwarded)
                 .unwrap_or(false),
+            strip_headers,
+            emit_forwarded: cli.emit_forwarded.or(file.emit_forwarded).unwrap_or(false),
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli
@@ -683,6 +714,17 @@ fn optional_duration(
     }
 }
 
+/// Header names as written (any case), checked.
+fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|n| {
+            HeaderName::from_bytes(n.trim().as_bytes())
+                .map_err(|_| format!("{n:?} is not a header name"))
+        })
+        .collect()
+}
+
 fn check_host_port(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -816,6 +858,36 @@ mod tests {
                 .contains("`max-replay-body`")
         );
         assert!(error_of("").contains("`zookeeper`"));
+    }
+
+    #[test]
+    fn forwarding_keys_from_file_flags_and_env_spelling() {
+        let c = load_file(
+            "zookeeper = \"a:1\"\nstrip-headers = [\"X-Client-IP\", \"True-Client-IP\"]\nemit-forwarded = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.strip_headers, ["x-client-ip", "true-client-ip"]);
+        assert!(c.emit_forwarded);
+        let c = load_file("zookeeper = \"a:1\"\n").unwrap();
+        assert!(c.strip_headers.is_empty());
+        assert!(!c.emit_forwarded);
+        // As the environment gives it: one comma-separated value.
+        let cli = Cli::parse_from([
+            "livy-proxy",
+            "--zookeeper",
+            "a:1",
+            "--strip-headers",
+            "X-A, X-B",
+            "--emit-forwarded",
+            "true",
+        ]);
+        let c = Config::load(cli).unwrap();
+        assert_eq!(c.strip_headers, ["x-a", "x-b"]);
+        assert!(c.emit_forwarded);
+        assert!(
+            error_of("zookeeper = \"a:1\"\nstrip-headers = [\"bad header\"]\n")
+                .contains("`strip-headers`")
+        );
     }
 
     #[test]

@@ -177,6 +177,8 @@ fn settings(hold: Duration) -> HttpSettings {
         connect_timeout: Duration::from_secs(2),
         max_replay_body: 1024,
         trust_forwarded: false,
+        strip_headers: Vec::new(),
+        emit_forwarded: false,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
     }
@@ -270,6 +272,95 @@ async fn forwards_to_the_leader_with_forwarding_headers() {
         !seen.headers.contains_key("x-hop"),
         "Connection-named header removed"
     );
+}
+
+/// Every forwarding header a client might send, one of them twice, one
+/// named only by `strip-headers`, and one that is none of these.
+const CLIENT_CLAIMS: &[(&str, &str)] = &[
+    ("x-forwarded-for", "6.6.6.6"),
+    ("x-forwarded-for", "7.7.7.7"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "lb.example"),
+    ("x-forwarded-server", "lb"),
+    ("x-forwarded-port", "443"),
+    ("forwarded", "for=6.6.6.6;proto=https"),
+    ("x-real-ip", "6.6.6.6"),
+    ("x-proxied-https", "on"),
+    ("x-client-ip", "6.6.6.6"),
+    ("x-other", "kept"),
+];
+
+async fn seen_behind(st: HttpSettings) -> (Seen, SocketAddr) {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup_with(vec![b.node.clone()], Some(&b.node), st).await;
+    let (status, _, body) = send(
+        "GET",
+        format!("http://{}/sessions", s.proxy),
+        CLIENT_CLAIMS,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (b.seen()[0].clone(), s.proxy)
+}
+
+fn forwarding_settings(trust: bool) -> HttpSettings {
+    let mut st = settings(Duration::from_secs(5));
+    st.trust_forwarded = trust;
+    st.strip_headers = vec![http::HeaderName::from_static("x-client-ip")];
+    st.emit_forwarded = true;
+    st
+}
+
+#[tokio::test]
+async fn untrusted_forwarding_headers_are_all_replaced_by_the_proxys_own() {
+    let (seen, proxy) = seen_behind(forwarding_settings(false)).await;
+    assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("x-forwarded-host"), [proxy.to_string()]);
+    assert_eq!(
+        seen.values("forwarded"),
+        [format!("for=127.0.0.1;proto=http;host=\"{proxy}\"")]
+    );
+    for gone in [
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-proxied-https",
+        "x-client-ip",
+    ] {
+        assert!(seen.values(gone).is_empty(), "{gone}: {:?}", seen.fields);
+    }
+    assert_eq!(seen.values("x-other"), ["kept"]);
+}
+
+#[tokio::test]
+async fn trusted_forwarding_headers_are_all_extended_alike() {
+    let (seen, proxy) = seen_behind(forwarding_settings(true)).await;
+    assert_eq!(
+        seen.values("x-forwarded-for"),
+        ["6.6.6.6, 7.7.7.7, 127.0.0.1"]
+    );
+    assert_eq!(seen.values("x-forwarded-proto"), ["https, http"]);
+    assert_eq!(
+        seen.values("x-forwarded-host"),
+        [format!("lb.example, {proxy}")]
+    );
+    assert_eq!(
+        seen.values("forwarded"),
+        [format!(
+            "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=\"{proxy}\""
+        )]
+    );
+    for kept in [
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-proxied-https",
+        "x-client-ip",
+    ] {
+        assert_eq!(seen.values(kept).len(), 1, "{kept}: {:?}", seen.fields);
+    }
 }
 
 #[tokio::test]

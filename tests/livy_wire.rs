@@ -185,6 +185,8 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         connect_timeout: Duration::from_secs(2),
         max_replay_body: 1024,
         trust_forwarded: false,
+        strip_headers: Vec::new(),
+        emit_forwarded: false,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
     };

@@ -67,8 +67,12 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
-    /// Whether incoming `X-Forwarded-*` is trusted and extended.
+    /// Whether incoming forwarding headers are trusted and extended.
     pub trust_forwarded: bool,
+    /// More client-sent headers removed when they are not trusted.
+    pub strip_headers: Vec<http::HeaderName>,
+    /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
+    pub emit_forwarded: bool,
     /// `Retry-After` on 502/503.
     pub retry_after: Duration,
     /// Most connections open to Livy at once; more requests wait.
@@ -84,6 +88,8 @@ impl From<&Config> for HttpSettings {
             connect_timeout: c.connect_timeout,
             max_replay_body: c.max_replay_body,
             trust_forwarded: c.trust_forwarded,
+            strip_headers: c.strip_headers.clone(),
+            emit_forwarded: c.emit_forwarded,
             retry_after: c.retry_after,
             max_upstream_connections: c.max_upstream_connections,
         }
@@ -285,6 +291,8 @@ impl HttpProxy {
                 proto: "http",
                 host: client_host.as_ref(),
                 trust_forwarded: s.settings.trust_forwarded,
+                emit_forwarded: s.settings.emit_forwarded,
+                strip: &s.settings.strip_headers,
             },
         );
         headers::add_via(&mut upstream_headers, parts.version);
