@@ -179,6 +179,7 @@ fn settings(hold: Duration) -> HttpSettings {
         trust_forwarded: false,
         strip_headers: Vec::new(),
         emit_forwarded: false,
+        public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
     }
@@ -509,6 +510,49 @@ async fn location_naming_a_livy_node_is_rewritten_to_the_proxy() {
     assert_eq!(
         headers["location"],
         format!("http://{}/sessions/7", s.proxy).as_str()
+    );
+}
+
+/// The `Location` of a POST sent with a `Host` the client made up.
+async fn location_from_evil_host(s: &Setup) -> String {
+    let (status, headers, _) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[("host", "evil.example:1")],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    headers["location"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn location_names_the_proxys_own_address_whatever_host_the_client_sent() {
+    let created: Handler = Arc::new(|_s: &Seen| {
+        Response::builder()
+            .status(201)
+            .header("location", "http://127.0.0.22:1/sessions/7?a=b")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    });
+    let b = Fake::start("livy-2", "127.0.0.22", created).await;
+    let mut listed = b.node.clone();
+    listed.origin.port = 1;
+    listed.id = "livy-x".into();
+    let nodes = vec![b.node.clone(), listed];
+    // No public-url: the address the client's connection reached.
+    let s = setup(nodes.clone(), Some(&b.node), Duration::from_secs(5)).await;
+    assert_eq!(
+        location_from_evil_host(&s).await,
+        format!("http://{}/sessions/7?a=b", s.proxy)
+    );
+    // public-url: that.
+    let mut st = settings(Duration::from_secs(5));
+    st.public_url = Some("https://livy.example.com".into());
+    let s = setup_with(nodes, Some(&b.node), st).await;
+    assert_eq!(
+        location_from_evil_host(&s).await,
+        "https://livy.example.com/sessions/7?a=b"
     );
 }
 

@@ -187,6 +187,7 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         trust_forwarded: false,
         strip_headers: Vec::new(),
         emit_forwarded: false,
+        public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
     };

@@ -73,6 +73,9 @@ pub struct HttpSettings {
     pub strip_headers: Vec<http::HeaderName>,
     /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
     pub emit_forwarded: bool,
+    /// The origin rewritten `Location`s name (`public-url`): scheme, host
+    /// and port, no trailing slash.
+    pub public_url: Option<String>,
     /// `Retry-After` on 502/503.
     pub retry_after: Duration,
     /// Most connections open to Livy at once; more requests wait.
@@ -90,6 +93,7 @@ impl From<&Config> for HttpSettings {
             trust_forwarded: c.trust_forwarded,
             strip_headers: c.strip_headers.clone(),
             emit_forwarded: c.emit_forwarded,
+            public_url: c.public_url.clone(),
             retry_after: c.retry_after,
             max_upstream_connections: c.max_upstream_connections,
         }
@@ -119,6 +123,10 @@ pub struct ClientRequest {
     /// The peer's IP as an `X-Forwarded-For` value, formatted once per
     /// connection.
     pub peer_ip: HeaderValue,
+    /// The proxy's address this connection reached (the accepted socket's
+    /// local address, concrete even when the listener is bound to
+    /// 0.0.0.0): what a rewritten `Location` names without `public-url`.
+    pub local: Option<SocketAddr>,
 }
 
 impl ClientRequest {
@@ -128,6 +136,7 @@ impl ClientRequest {
             request,
             peer,
             peer_ip: peer_ip_header(peer),
+            local: None,
         }
     }
 }
@@ -185,6 +194,7 @@ impl HttpProxy {
                 break;
             };
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
             let proxy = self.clone();
             let peer_ip = peer_ip_header(peer);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -193,6 +203,7 @@ impl HttpProxy {
                     request,
                     peer,
                     peer_ip: peer_ip.clone(),
+                    local,
                 };
                 // Boxed: hyper keeps room for the service's future in every
                 // connection for its whole life. Boxed here, an idle
@@ -264,7 +275,7 @@ impl HttpProxy {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
         }
-        // The origin the client used, for rewriting Location back to us.
+        // The authority the client addressed, for X-Forwarded-Host.
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -382,7 +393,7 @@ impl HttpProxy {
                         redirected_to = Some(target);
                         continue;
                     }
-                    return Ok(self.relay_response(resp, client_host.as_ref()));
+                    return Ok(self.relay_response(resp, req.local));
                 }
                 Err(e) if e.nothing_sent() => {
                     // Nothing reached Livy: safe to retry with any method.
@@ -456,24 +467,25 @@ impl HttpProxy {
     }
 
     /// Livy's response, with hop-by-hop headers removed and a
-    /// `Location` that names a Livy server turned into the proxy's address.
+    /// `Location` that names a Livy server turned into the proxy's address:
+    /// `public-url`, else the address the client's connection reached
+    /// (`local`). Never the client's `Host`: the client chooses it, and
+    /// `Host: evil.example` would make the proxy redirect there.
     fn relay_response(
         &self,
         resp: Response<PooledBody>,
-        client_host: Option<&HeaderValue>,
+        local: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         // No `Via` on responses: RFC 9110 §7.6.3 requires it of a gateway
         // only on requests (Livy gets it); like HAProxy and nginx, the
         // proxy stays out of what clients see.
-        if let (Some(host), Some(location)) = (
-            client_host.and_then(|h| h.to_str().ok()),
-            parts
-                .headers
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok()),
-        ) {
+        if let Some(location) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        {
             let current = self.shared.leader.borrow().leader.clone();
             let known = headers::known_node(
                 location,
@@ -483,12 +495,19 @@ impl HttpProxy {
                     .chain(current.as_ref().map(|l| &*l.node)),
             )
             .is_some();
-            if known
-                && let Some(rewritten) =
-                    headers::rewrite_location(location, &format!("http://{host}"))
-                && let Ok(v) = HeaderValue::from_str(&rewritten)
-            {
-                parts.headers.insert(header::LOCATION, v);
+            if known {
+                // Without an address at all, a path alone: the client
+                // resolves it against the URL it used (RFC 9110 §10.2.2).
+                let origin = match (&self.shared.settings.public_url, local) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(addr)) => format!("http://{addr}"),
+                    (None, None) => String::new(),
+                };
+                if let Some(rewritten) = headers::rewrite_location(location, &origin)
+                    && let Ok(v) = HeaderValue::from_str(&rewritten)
+                {
+                    parts.headers.insert(header::LOCATION, v);
+                }
             }
         }
         Response::from_parts(parts, Either::Left(body))
