@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::Parser;
+use http::HeaderName;
 use serde::Deserialize;
 
 use crate::discovery::DiscoveryConfig;
@@ -133,6 +134,27 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_TRUST_FORWARDED", value_name = "BOOL")]
     pub trust_forwarded: Option<bool>,
 
+    /// A client-sent header to remove when trust-forwarded is false, besides
+    /// Forwarded, X-Forwarded-*, X-Real-IP and X-Proxied-Https; repeatable.
+    /// Env: comma-separated.
+    #[arg(
+        long = "strip-headers",
+        env = "LIVY_PROXY_STRIP_HEADERS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub strip_headers: Vec<String>,
+
+    /// Send RFC 7239 Forwarded to Livy as well as X-Forwarded-* [default: false].
+    #[arg(long, env = "LIVY_PROXY_EMIT_FORWARDED", value_name = "BOOL")]
+    pub emit_forwarded: Option<bool>,
+
+    /// The proxy's address as clients know it, e.g. https://livy.example.com:
+    /// what a Location naming a Livy server is rewritten to [default: the
+    /// address each client connection reached].
+    #[arg(long, env = "LIVY_PROXY_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -240,6 +262,10 @@ struct FileConfig {
     client_header_timeout: Option<String>,
     max_replay_body: Option<String>,
     trust_forwarded: Option<bool>,
+    #[serde(default)]
+    strip_headers: Vec<String>,
+    emit_forwarded: Option<bool>,
+    public_url: Option<String>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -285,8 +311,14 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
-    /// Whether an incoming X-Forwarded-For chain is kept and appended to.
+    /// Whether incoming forwarding headers are kept and appended to.
     pub trust_forwarded: bool,
+    /// More client-sent headers removed when they are not trusted.
+    pub strip_headers: Vec<HeaderName>,
+    /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
+    pub emit_forwarded: bool,
+    /// The origin (`scheme://host[:port]`) rewritten `Location`s name.
+    pub public_url: Option<String>,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -460,6 +492,19 @@ impl Config {
             ));
         }
 
+        let strip_headers = if !cli.strip_headers.is_empty() {
+            header_names(&cli.strip_headers).map_err(|p| invalid("strip-headers", p))?
+        } else {
+            header_names(&file.strip_headers).map_err(|p| in_file(invalid("strip-headers", p)))?
+        };
+        let public_url = match (&cli.public_url, &file.public_url) {
+            (Some(u), _) => Some(public_origin(u).map_err(|p| invalid("public-url", p))?),
+            (None, Some(u)) => {
+                Some(public_origin(u).map_err(|p| in_file(invalid("public-url", p)))?)
+            }
+            (None, None) => None,
+        };
+
         let config = Config {
             listen,
             zookeeper,
@@ -508,6 +553,9 @@ impl Config {
                 .trust_forwarded
                 .or(file.trust_forwarded)
                 .unwrap_or(false),
+            strip_headers,
+            emit_forwarded: cli.emit_forwarded.or(file.emit_forwarded).unwrap_or(false),
+            public_url,
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli
@@ -683,6 +731,36 @@ fn optional_duration(
     }
 }
 
+/// The origin of a `public-url`: scheme, host and port (the default port
+/// left out), which is all a rewritten `Location` takes from it. A path is
+/// refused rather than ignored: the proxy does not move paths.
+fn public_origin(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("{text:?} is not an http:// or https:// URL"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{text:?} must not carry credentials"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{text:?} must be scheme, host and port only, without a path"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// Header names as written (any case), checked.
+fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|n| {
+            HeaderName::from_bytes(n.trim().as_bytes())
+                .map_err(|_| format!("{n:?} is not a header name"))
+        })
+        .collect()
+}
+
 fn check_host_port(addr: &str) -> Result<(), String> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -816,6 +894,74 @@ mod tests {
                 .contains("`max-replay-body`")
         );
         assert!(error_of("").contains("`zookeeper`"));
+    }
+
+    #[test]
+    fn forwarding_keys_from_file_flags_and_env_spelling() {
+        let c = load_file(
+            "zookeeper = \"a:1\"\nstrip-headers = [\"X-Client-IP\", \"True-Client-IP\"]\nemit-forwarded = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.strip_headers, ["x-client-ip", "true-client-ip"]);
+        assert!(c.emit_forwarded);
+        let c = load_file("zookeeper = \"a:1\"\n").unwrap();
+        assert!(c.strip_headers.is_empty());
+        assert!(!c.emit_forwarded);
+        // As the environment gives it: one comma-separated value.
+        let cli = Cli::parse_from([
+            "livy-proxy",
+            "--zookeeper",
+            "a:1",
+            "--strip-headers",
+            "X-A, X-B",
+            "--emit-forwarded",
+            "true",
+        ]);
+        let c = Config::load(cli).unwrap();
+        assert_eq!(c.strip_headers, ["x-a", "x-b"]);
+        assert!(c.emit_forwarded);
+        assert!(
+            error_of("zookeeper = \"a:1\"\nstrip-headers = [\"bad header\"]\n")
+                .contains("`strip-headers`")
+        );
+    }
+
+    #[test]
+    fn public_url_is_an_origin() {
+        let url =
+            |text: &str| load_file(&format!("zookeeper = \"a:1\"\npublic-url = \"{text}\"\n"));
+        assert_eq!(
+            url("https://Livy.Example.com/")
+                .unwrap()
+                .public_url
+                .as_deref(),
+            Some("https://livy.example.com")
+        );
+        assert_eq!(
+            url("http://proxy:8998").unwrap().public_url.as_deref(),
+            Some("http://proxy:8998")
+        );
+        assert_eq!(
+            url("https://proxy:443").unwrap().public_url.as_deref(),
+            Some("https://proxy"),
+            "the default port is left out"
+        );
+        for bad in [
+            "livy.example.com",
+            "ftp://livy.example.com",
+            "https://livy.example.com/livy",
+            "https://livy.example.com/?a=b",
+            "https://u:p@livy.example.com",
+        ] {
+            let e = url(bad).unwrap_err().to_string();
+            assert!(e.contains("`public-url`"), "{bad}: {e}");
+        }
+        assert!(
+            load_file("zookeeper = \"a:1\"\n")
+                .unwrap()
+                .public_url
+                .is_none()
+        );
     }
 
     #[test]

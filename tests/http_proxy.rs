@@ -27,7 +27,20 @@ struct Seen {
     method: String,
     path: String,
     headers: HashMap<String, String>,
+    /// Every header field in order, repeated names included.
+    fields: Vec<(String, String)>,
     body: Bytes,
+}
+
+impl Seen {
+    /// Every value of the header `name`, one per field.
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Response<Full<Bytes>> + Send + Sync>;
@@ -68,6 +81,13 @@ impl Fake {
                                 method: parts.method.to_string(),
                                 path: parts.uri.to_string(),
                                 headers: parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                                fields: parts
                                     .headers
                                     .iter()
                                     .map(|(k, v)| {
@@ -157,6 +177,9 @@ fn settings(hold: Duration) -> HttpSettings {
         connect_timeout: Duration::from_secs(2),
         max_replay_body: 1024,
         trust_forwarded: false,
+        strip_headers: Vec::new(),
+        emit_forwarded: false,
+        public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
     }
@@ -250,6 +273,95 @@ async fn forwards_to_the_leader_with_forwarding_headers() {
         !seen.headers.contains_key("x-hop"),
         "Connection-named header removed"
     );
+}
+
+/// Every forwarding header a client might send, one of them twice, one
+/// named only by `strip-headers`, and one that is none of these.
+const CLIENT_CLAIMS: &[(&str, &str)] = &[
+    ("x-forwarded-for", "6.6.6.6"),
+    ("x-forwarded-for", "7.7.7.7"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "lb.example"),
+    ("x-forwarded-server", "lb"),
+    ("x-forwarded-port", "443"),
+    ("forwarded", "for=6.6.6.6;proto=https"),
+    ("x-real-ip", "6.6.6.6"),
+    ("x-proxied-https", "on"),
+    ("x-client-ip", "6.6.6.6"),
+    ("x-other", "kept"),
+];
+
+async fn seen_behind(st: HttpSettings) -> (Seen, SocketAddr) {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup_with(vec![b.node.clone()], Some(&b.node), st).await;
+    let (status, _, body) = send(
+        "GET",
+        format!("http://{}/sessions", s.proxy),
+        CLIENT_CLAIMS,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (b.seen()[0].clone(), s.proxy)
+}
+
+fn forwarding_settings(trust: bool) -> HttpSettings {
+    let mut st = settings(Duration::from_secs(5));
+    st.trust_forwarded = trust;
+    st.strip_headers = vec![http::HeaderName::from_static("x-client-ip")];
+    st.emit_forwarded = true;
+    st
+}
+
+#[tokio::test]
+async fn untrusted_forwarding_headers_are_all_replaced_by_the_proxys_own() {
+    let (seen, proxy) = seen_behind(forwarding_settings(false)).await;
+    assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("x-forwarded-host"), [proxy.to_string()]);
+    assert_eq!(
+        seen.values("forwarded"),
+        [format!("for=127.0.0.1;proto=http;host=\"{proxy}\"")]
+    );
+    for gone in [
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-proxied-https",
+        "x-client-ip",
+    ] {
+        assert!(seen.values(gone).is_empty(), "{gone}: {:?}", seen.fields);
+    }
+    assert_eq!(seen.values("x-other"), ["kept"]);
+}
+
+#[tokio::test]
+async fn trusted_forwarding_headers_are_all_extended_alike() {
+    let (seen, proxy) = seen_behind(forwarding_settings(true)).await;
+    assert_eq!(
+        seen.values("x-forwarded-for"),
+        ["6.6.6.6, 7.7.7.7, 127.0.0.1"]
+    );
+    assert_eq!(seen.values("x-forwarded-proto"), ["https, http"]);
+    assert_eq!(
+        seen.values("x-forwarded-host"),
+        [format!("lb.example, {proxy}")]
+    );
+    assert_eq!(
+        seen.values("forwarded"),
+        [format!(
+            "for=6.6.6.6;proto=https, for=127.0.0.1;proto=http;host=\"{proxy}\""
+        )]
+    );
+    for kept in [
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-proxied-https",
+        "x-client-ip",
+    ] {
+        assert_eq!(seen.values(kept).len(), 1, "{kept}: {:?}", seen.fields);
+    }
 }
 
 #[tokio::test]
@@ -401,6 +513,49 @@ async fn location_naming_a_livy_node_is_rewritten_to_the_proxy() {
     );
 }
 
+/// The `Location` of a POST sent with a `Host` the client made up.
+async fn location_from_evil_host(s: &Setup) -> String {
+    let (status, headers, _) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[("host", "evil.example:1")],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 201);
+    headers["location"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn location_names_the_proxys_own_address_whatever_host_the_client_sent() {
+    let created: Handler = Arc::new(|_s: &Seen| {
+        Response::builder()
+            .status(201)
+            .header("location", "http://127.0.0.22:1/sessions/7?a=b")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    });
+    let b = Fake::start("livy-2", "127.0.0.22", created).await;
+    let mut listed = b.node.clone();
+    listed.origin.port = 1;
+    listed.id = "livy-x".into();
+    let nodes = vec![b.node.clone(), listed];
+    // No public-url: the address the client's connection reached.
+    let s = setup(nodes.clone(), Some(&b.node), Duration::from_secs(5)).await;
+    assert_eq!(
+        location_from_evil_host(&s).await,
+        format!("http://{}/sessions/7?a=b", s.proxy)
+    );
+    // public-url: that.
+    let mut st = settings(Duration::from_secs(5));
+    st.public_url = Some("https://livy.example.com".into());
+    let s = setup_with(nodes, Some(&b.node), st).await;
+    assert_eq!(
+        location_from_evil_host(&s).await,
+        "https://livy.example.com/sessions/7?a=b"
+    );
+}
+
 #[tokio::test]
 async fn no_leader_gives_503_json_after_the_hold_time() {
     let s = setup(vec![], None, Duration::from_millis(300)).await;
@@ -539,6 +694,30 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(b.seen()[0].headers["host"], b.node.origin.authority());
+}
+
+/// A client speaking h2c with prior knowledge.
+fn h2c_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+#[tokio::test]
+async fn h2c_cookie_fields_reach_livy_joined_into_one() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let s = setup(vec![b.node.clone()], Some(&b.node), Duration::from_secs(5)).await;
+    // h2 clients send each cookie as its own field (RFC 9113 8.2.3);
+    // HTTP/1.1 allows one Cookie line (RFC 6265 5.4).
+    let req = Request::get(format!("http://{}/sessions", s.proxy))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
+        .header("cookie", "d=4")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2c_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.seen()[0].values("cookie"), ["a=1; b=2; c=3; d=4"]);
 }
 
 #[tokio::test]

@@ -53,8 +53,8 @@ impl Answer {
 
 type Script = Arc<dyn Fn(&str) -> Answer + Send + Sync>;
 
-/// A Livy scripted at the TCP level. Reads body-less requests and logs each
-/// as (connection number, request line).
+/// A Livy scripted at the TCP level. Reads requests (a body only by its
+/// `Content-Length`) and logs each as (connection number, request head).
 struct ScriptedLivy {
     node: LivyNode,
     log: Arc<Mutex<Vec<(usize, String)>>>,
@@ -92,12 +92,28 @@ impl ScriptedLivy {
                             continue;
                         };
                         let head: Vec<u8> = got.drain(..end + 4).collect();
-                        let line = String::from_utf8_lossy(&head)
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        let length = head
                             .lines()
-                            .next()
-                            .unwrap_or("")
-                            .to_string();
-                        log.lock().unwrap().push((conn_no, line.clone()));
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .and_then(|v| v.trim().parse::<usize>().ok())
+                            })
+                            .unwrap_or(0);
+                        while got.len() < length {
+                            let n = tokio::select! {
+                                _ = stop.cancelled() => return,
+                                n = s.read(&mut buf) => n.unwrap_or(0),
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        got.drain(..length);
+                        log.lock().unwrap().push((conn_no, head));
                         let answer = script(&line);
                         for piece in &answer.pieces {
                             if s.write_all(piece).await.is_err() {
@@ -122,6 +138,24 @@ impl ScriptedLivy {
     /// The connection number each request so far came on.
     fn connections(&self) -> Vec<usize> {
         self.log.lock().unwrap().iter().map(|(c, _)| *c).collect()
+    }
+
+    /// The request line of each request so far.
+    fn request_lines(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// The head of each request so far, as sent.
+    fn heads(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 }
 
@@ -151,6 +185,9 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         connect_timeout: Duration::from_secs(2),
         max_replay_body: 1024,
         trust_forwarded: false,
+        strip_headers: Vec::new(),
+        emit_forwarded: false,
+        public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
     };
@@ -485,6 +522,202 @@ async fn streamed_request_bodies_arrive_intact_with_their_framing() {
         };
         assert_eq!(text, format!("{framing} len={} sum={sum}", payload.len()));
     }
+}
+
+/// Writes `bytes` to the proxy on a new connection and reads until the
+/// proxy closes it (the last request says `Connection: close`).
+async fn raw_exchange(proxy: &Proxy, bytes: &[u8]) -> String {
+    let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut out))
+        .await
+        .expect("the proxy answers and closes within 20 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn absolute_form_target_with_an_empty_path_reaches_livy_in_origin_form() {
+    let livy = ScriptedLivy::start(
+        "127.0.0.48",
+        Arc::new(|_: &str| Answer::whole(format!("{OK_HEAD}Content-Length: 2\r\n\r\nok"))),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    let text = raw_exchange(
+        &proxy,
+        b"GET http://livy:8998?q=1 HTTP/1.1\r\nHost: livy:8998\r\n\r\n\
+          GET http://livy:8998 HTTP/1.1\r\nHost: livy:8998\r\n\r\n\
+          GET http://livy:8998/sessions?from=0 HTTP/1.1\r\nHost: livy:8998\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert_eq!(
+        livy.request_lines(),
+        [
+            "GET /?q=1 HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /sessions?from=0 HTTP/1.1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn livy_content_length_is_repaired_to_one_number_or_refused() {
+    let livy = ScriptedLivy::start(
+        "127.0.0.49",
+        Arc::new(|line: &str| {
+            let length = if line.contains("/list") {
+                "Content-Length: 2, 2\r\n"
+            } else if line.contains("/twice") {
+                "Content-Length: 2\r\nContent-Length: 2\r\n"
+            } else if line.contains("/plus") {
+                "Content-Length: +2\r\n"
+            } else if line.contains("/empty") {
+                "Content-Length: \r\n"
+            } else if line.contains("/letters") {
+                "Content-Length: 2a\r\n"
+            } else if line.contains("/differ") {
+                "Content-Length: 2\r\nContent-Length: 3\r\n"
+            } else {
+                "Content-Length: 2\r\n"
+            };
+            Answer::whole(format!("{OK_HEAD}{length}\r\nok"))
+        }),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    for path in ["/list", "/twice"] {
+        let (status, headers, got) = request(&proxy, "GET", path).await;
+        assert_eq!(status, 200, "{path}");
+        let lengths: Vec<_> = headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["2"], "{path}: one field, the bare number");
+        assert_eq!(got.unwrap(), "ok", "{path}");
+    }
+    // POST: not retried, so each broken answer is seen once.
+    for path in ["/plus", "/empty", "/letters", "/differ"] {
+        let (status, _, got) = request(&proxy, "POST", path).await;
+        assert_eq!(status, 502, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&got.unwrap()).unwrap();
+        assert_eq!(v["kind"], "upstream_failed", "{path}: {v}");
+        assert!(v["msg"].as_str().unwrap().contains("Content-Length"), "{v}");
+    }
+    // A HEAD answer's length is checked too, though no body follows it
+    // (a HEAD is retried within the hold time, then refused the same way).
+    let (status, _, _) = request(&proxy, "HEAD", "/plus").await;
+    assert_eq!(status, 502, "HEAD /plus");
+}
+
+/// A response head of exactly `size` bytes (status line, a
+/// `Content-Length: 2`, filler fields, the empty line), followed by `ok`.
+fn answer_with_head_of(size: usize) -> Vec<u8> {
+    let start = format!("{OK_HEAD}Content-Length: 2\r\n");
+    const FIELDS: usize = 8;
+    const PER_FIELD: usize = "X-Fill-0: \r\n".len();
+    let filler = size - start.len() - 2 - FIELDS * PER_FIELD;
+    let mut head = start.into_bytes();
+    for i in 0..FIELDS {
+        let n = filler / FIELDS + usize::from(i < filler % FIELDS);
+        head.extend_from_slice(format!("X-Fill-{i}: {}\r\n", "v".repeat(n)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    assert_eq!(head.len(), size);
+    head.extend_from_slice(b"ok");
+    head
+}
+
+#[tokio::test]
+async fn livy_answer_heads_over_64_kib_are_refused_however_they_arrive() {
+    // `/<head size>/<piece size, 0: whole>`
+    let livy = ScriptedLivy::start(
+        "127.0.0.50",
+        Arc::new(|line: &str| {
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let mut parts = path.trim_start_matches('/').split('/');
+            let size: usize = parts.next().unwrap_or("").parse().unwrap_or(100);
+            let piece: usize = parts.next().unwrap_or("").parse().unwrap_or(0);
+            let wire = answer_with_head_of(size);
+            if piece == 0 {
+                Answer::whole(wire)
+            } else {
+                Answer::in_pieces(&wire, piece)
+            }
+        }),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    // Each on one client connection (hyper's pool), kept alive, so the
+    // answers share the proxy's connection to Livy until a refusal drops it.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let post = |path: String| {
+        let client = client.clone();
+        let url = format!("http://{}{path}", proxy.addr);
+        async move {
+            let req = Request::post(url).body(Full::new(Bytes::new())).unwrap();
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    const LIMIT: usize = 64 * 1024;
+    for (size, piece) in [
+        (LIMIT, 0),
+        (LIMIT, 4096),
+        (60_000, 0),
+        (LIMIT + 1, 0),
+        (60_000, 0),
+        (LIMIT + 1, 4096),
+        (60_000, 0),
+        (70_000, 0),
+        (60_000, 0),
+        (100_000, 0),
+        (60_000, 0),
+        (200_000, 0),
+    ] {
+        let (status, body) = post(format!("/{size}/{piece}")).await;
+        let expected = if size <= LIMIT { 200 } else { 502 };
+        assert_eq!(
+            status,
+            expected,
+            "a {size}-byte head in pieces of {piece}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if size > LIMIT {
+            assert!(String::from_utf8_lossy(&body).contains("larger than 65536 bytes"));
+        } else {
+            assert_eq!(body, "ok");
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2c_repeated_content_length_reaches_livy_as_one_field() {
+    let livy = ScriptedLivy::start(
+        "127.0.0.52",
+        Arc::new(|_: &str| Answer::whole(format!("{OK_HEAD}Content-Length: 2\r\n\r\nok"))),
+    )
+    .await;
+    let proxy = proxy_to(&livy.node).await;
+    // The same length twice: h2 lets it through (the values agree), but
+    // HTTP/1.1 servers such as Jetty refuse two Content-Length lines.
+    let h2c = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{}/sessions", proxy.addr))
+        .header("content-length", "5")
+        .header("content-length", "5")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let resp = h2c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let heads = livy.heads();
+    let lengths: Vec<&str> = heads[0]
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+        .collect();
+    assert_eq!(lengths, ["content-length: 5"], "{}", heads[0]);
 }
 
 /// A Livy scripted at the TCP level for one streamed upload: it reads the

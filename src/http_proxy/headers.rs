@@ -3,8 +3,10 @@
 //! - Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
 //!   message: they are removed in both directions, together with every
 //!   header a `Connection` header names.
-//! - Livy learns who the client is from `X-Forwarded-For/-Proto/-Host` and
-//!   that a proxy sits in between from `Via`.
+//! - Livy learns who the client is from `X-Forwarded-For/-Proto/-Host`
+//!   (and RFC 7239 `Forwarded`, if asked for) and that a proxy sits in
+//!   between from `Via`. What a client says about itself in such headers
+//!   is removed unless the proxy is told to trust it (`trust-forwarded`).
 //! - `Authorization`, cookies and the body are never touched: Livy does the
 //!   authentication, end to end.
 //! - A `Location` that names a Livy server is rewritten to the address the
@@ -26,10 +28,19 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-/// The header that says which proxy forwarded a message.
+/// The headers that tell Livy who the client is and how it came in.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Client-sent headers that claim where a request came from, besides
+/// every `X-Forwarded-*` (matched by prefix): an untrusted client's are
+/// removed, so it cannot pass for another address or for HTTPS.
+static FORWARDING: [HeaderName; 3] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-proxied-https"),
+];
 
 /// Removes hop-by-hop headers: the fixed list, anything `Connection` names,
 /// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only).
@@ -92,8 +103,31 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// What the proxy knows about the client side of a request, for the
-/// `X-Forwarded-*` headers.
+/// Joins several `Cookie` fields into one, `; `-separated. An h2 client
+/// sends each cookie as a field of its own, to be joined before the request
+/// goes on in HTTP/1.1 (RFC 9113 §8.2.3), where a server expects one
+/// `Cookie` line (RFC 6265 §5.4); the odd HTTP/1.1 client that sends
+/// several gets the same.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return; // none or one: the usual case, nothing to do
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Valid values joined by "; " are a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// What the proxy knows about the client side of a request, and how far
+/// the client's own forwarding headers are believed.
 pub struct ClientSide<'a> {
     /// The peer address of the client connection, as a header value
     /// (formatted once per connection, not per request).
@@ -102,42 +136,111 @@ pub struct ClientSide<'a> {
     pub proto: &'static str,
     /// The authority the client addressed (its `Host`), if any.
     pub host: Option<&'a HeaderValue>,
-    /// Whether an incoming `X-Forwarded-*` chain is believed and extended
-    /// (behind a trusted load balancer) or replaced.
+    /// Whether incoming forwarding headers are believed and extended
+    /// (behind a trusted load balancer) or removed.
     pub trust_forwarded: bool,
+    /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
+    pub emit_forwarded: bool,
+    /// More client-sent headers to remove when they are not trusted
+    /// (`strip-headers`): those some deployments read, such as
+    /// `X-Client-IP`.
+    pub strip: &'a [HeaderName],
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. Untrusted incoming values are
-/// dropped, so a client cannot forge its address in Livy's logs.
+/// Sets this hop's `X-Forwarded-For/-Proto/-Host` (and `Forwarded`).
+/// Untrusted, every client-sent forwarding header goes first, so a client
+/// cannot forge its address in Livy's logs; trusted, each of them is
+/// extended the same way: all incoming values, then this hop's.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    let prior = headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|_| client.trust_forwarded)
-        .and_then(|v| v.to_str().ok())
-        .zip(client.client_ip.to_str().ok())
-        .and_then(|(prior, ip)| HeaderValue::from_str(&format!("{prior}, {ip}")).ok());
-    headers.insert(
-        X_FORWARDED_FOR.clone(),
-        prior.unwrap_or_else(|| client.client_ip.clone()),
-    );
-    let keep_prior =
-        |h: &HeaderMap, name: &HeaderName| client.trust_forwarded && h.contains_key(name);
-    if !keep_prior(headers, &X_FORWARDED_PROTO) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(client.proto),
-        );
+    if !client.trust_forwarded {
+        strip_forwarding(headers, client.strip);
     }
-    if !keep_prior(headers, &X_FORWARDED_HOST) {
-        match client.host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    append_hop(headers, &X_FORWARDED_FOR, client.client_ip.clone());
+    append_hop(
+        headers,
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(client.proto),
+    );
+    if let Some(host) = client.host {
+        append_hop(headers, &X_FORWARDED_HOST, host.clone());
+    }
+    if client.emit_forwarded
+        && let Some(element) = forwarded_element(client)
+    {
+        append_hop(headers, &header::FORWARDED, element);
+    }
+}
+
+/// Removes the forwarding headers a client sent, and the `extra` ones. One
+/// scan of the names first: a request without any (the usual) costs no
+/// allocation.
+fn strip_forwarding(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    let is_forwarding = |name: &HeaderName| {
+        name.as_str().starts_with("x-forwarded-")
+            || FORWARDING.contains(name)
+            || extra.contains(name)
+    };
+    if !headers.keys().any(is_forwarding) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_forwarding(n))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
+/// Adds this hop to a list-valued header: after every value already there
+/// (in every field, joined into one), or as its only value.
+fn append_hop(headers: &mut HeaderMap, name: &HeaderName, hop: HeaderValue) {
+    match headers.entry(name) {
+        header::Entry::Vacant(slot) => {
+            slot.insert(hop);
+        }
+        header::Entry::Occupied(mut slot) => {
+            let mut joined = Vec::new();
+            for value in slot.iter() {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
             }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+            joined.extend_from_slice(hop.as_bytes());
+            // Valid values joined by ", " are a valid value.
+            let value = HeaderValue::from_bytes(&joined).unwrap_or(hop);
+            slot.insert(value);
         }
     }
+}
+
+/// This hop as an RFC 7239 `Forwarded` element:
+/// `for=10.0.0.9;proto=http;host="proxy:8998"` (an IPv6 address in
+/// brackets, quoted; the host always quoted, as its `:` needs).
+fn forwarded_element(client: &ClientSide<'_>) -> Option<HeaderValue> {
+    let ip = client.client_ip.to_str().ok()?;
+    let mut element = String::with_capacity(64);
+    if ip.contains(':') {
+        element.push_str("for=\"[");
+        element.push_str(ip);
+        element.push_str("]\"");
+    } else {
+        element.push_str("for=");
+        element.push_str(ip);
+    }
+    element.push_str(";proto=");
+    element.push_str(client.proto);
+    if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
+        element.push_str(";host=\"");
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                element.push('\\');
+            }
+            element.push(c);
+        }
+        element.push('"');
+    }
+    HeaderValue::from_str(&element).ok()
 }
 
 /// Appends this proxy to `Via` (RFC 9110 §7.6.3), keeping earlier hops.
@@ -258,7 +361,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        h.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        join_cookies(&mut h);
+        let cookies: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3; d=4"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h[header::COOKIE], "a=1");
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
+    }
+
     static CLIENT_IP: HeaderValue = HeaderValue::from_static("10.0.0.9");
+
+    static STRIP: [HeaderName; 1] = [HeaderName::from_static("x-client-ip")];
 
     fn client(trust: bool, host: Option<&HeaderValue>) -> ClientSide<'_> {
         ClientSide {
@@ -266,25 +390,106 @@ mod tests {
             proto: "http",
             host,
             trust_forwarded: trust,
+            emit_forwarded: false,
+            strip: &STRIP,
         }
     }
 
-    #[test]
-    fn forwarded_replaces_untrusted_and_appends_trusted() {
-        let host = HeaderValue::from_static("proxy:8998");
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        add_forwarded(&mut h, &client(false, Some(&host)));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
-        assert_eq!(h["x-forwarded-host"], "proxy:8998");
-        assert_eq!(h["x-forwarded-proto"], "http");
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
 
+    /// Every forwarding header a client might send, plus one that is not.
+    fn client_claims() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        add_forwarded(&mut h, &client(true, Some(&host)));
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        for (name, value) in [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "lb.example"),
+            ("x-forwarded-server", "lb"),
+            ("x-forwarded-port", "443"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-proxied-https", "on"),
+            ("x-client-ip", "1.2.3.4"),
+            ("x-other", "kept"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced_by_this_hops() {
+        let host = HeaderValue::from_static("proxy:8998");
+        let mut h = client_claims();
+        add_forwarded(&mut h, &client(false, Some(&host)));
+        assert_eq!(all(&h, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["proxy:8998"]);
+        assert_eq!(all(&h, "x-other"), ["kept"]);
+        assert_eq!(h.len(), 4, "nothing else the client claimed is left: {h:?}");
+
+        let mut h = client_claims();
+        let mut side = client(false, None);
+        side.emit_forwarded = true;
+        add_forwarded(&mut h, &side);
+        assert!(!h.contains_key("x-forwarded-host"), "no Host, none");
+        assert_eq!(all(&h, "forwarded"), ["for=10.0.0.9;proto=http"]);
+    }
+
+    #[test]
+    fn trusted_forwarding_headers_are_all_extended_alike() {
+        let host = HeaderValue::from_static("proxy:8998");
+        let mut h = client_claims();
+        let mut side = client(true, Some(&host));
+        side.emit_forwarded = true;
+        add_forwarded(&mut h, &side);
+        assert_eq!(all(&h, "x-forwarded-for"), ["1.2.3.4, 5.6.7.8, 10.0.0.9"]);
+        assert_eq!(all(&h, "x-forwarded-proto"), ["https, http"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["lb.example, proxy:8998"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            [r#"for=1.2.3.4;proto=https, for=10.0.0.9;proto=http;host="proxy:8998""#]
+        );
+        for kept in [
+            "x-forwarded-server",
+            "x-real-ip",
+            "x-proxied-https",
+            "x-client-ip",
+        ] {
+            assert_eq!(all(&h, kept).len(), 1, "{kept}");
+        }
+
+        // Without emit-forwarded a trusted Forwarded passes untouched.
+        let mut h = client_claims();
+        add_forwarded(&mut h, &client(true, None));
+        assert_eq!(all(&h, "forwarded"), ["for=1.2.3.4;proto=https"]);
+        assert_eq!(all(&h, "x-forwarded-host"), ["lb.example"]);
+    }
+
+    #[test]
+    fn forwarded_quotes_what_is_not_a_token() {
+        static V6: HeaderValue = HeaderValue::from_static("2001:db8::1");
+        let host = HeaderValue::from_static("we\"ird:1");
+        let side = ClientSide {
+            client_ip: &V6,
+            proto: "http",
+            host: Some(&host),
+            trust_forwarded: false,
+            emit_forwarded: true,
+            strip: &[],
+        };
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &side);
+        assert_eq!(
+            h["forwarded"],
+            r#"for="[2001:db8::1]";proto=http;host="we\"ird:1""#
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 pub mod body;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod retry;
 mod sniff;
@@ -37,7 +38,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -80,8 +80,15 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
-    /// Whether incoming `X-Forwarded-*` is trusted and extended.
+    /// Whether incoming forwarding headers are trusted and extended.
     pub trust_forwarded: bool,
+    /// More client-sent headers removed when they are not trusted.
+    pub strip_headers: Vec<http::HeaderName>,
+    /// Whether RFC 7239 `Forwarded` is sent as well as `X-Forwarded-*`.
+    pub emit_forwarded: bool,
+    /// The origin rewritten `Location`s name (`public-url`): scheme, host
+    /// and port, no trailing slash.
+    pub public_url: Option<String>,
     /// `Retry-After` on 502/503.
     pub retry_after: Duration,
     /// Most connections open to Livy at once; more requests wait.
@@ -97,6 +104,9 @@ impl From<&Config> for HttpSettings {
             connect_timeout: c.connect_timeout,
             max_replay_body: c.max_replay_body,
             trust_forwarded: c.trust_forwarded,
+            strip_headers: c.strip_headers.clone(),
+            emit_forwarded: c.emit_forwarded,
+            public_url: c.public_url.clone(),
             retry_after: c.retry_after,
             max_upstream_connections: c.max_upstream_connections,
         }
@@ -128,6 +138,10 @@ pub struct ClientRequest {
     /// The peer's IP as an `X-Forwarded-For` value, formatted once per
     /// connection.
     pub peer_ip: HeaderValue,
+    /// The proxy's address this connection reached (the accepted socket's
+    /// local address, concrete even when the listener is bound to
+    /// 0.0.0.0): what a rewritten `Location` names without `public-url`.
+    pub local: Option<SocketAddr>,
 }
 
 impl ClientRequest {
@@ -137,6 +151,7 @@ impl ClientRequest {
             request,
             peer,
             peer_ip: peer_ip_header(peer),
+            local: None,
         }
     }
 }
@@ -208,6 +223,7 @@ impl HttpProxy {
                 break;
             };
             let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
             let proxy = self.clone();
             let peer_ip = peer_ip_header(peer);
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -216,6 +232,7 @@ impl HttpProxy {
                     request,
                     peer,
                     peer_ip: peer_ip.clone(),
+                    local,
                 };
                 // Boxed: hyper keeps room for the service's future in every
                 // connection for its whole life. Boxed here, an idle
@@ -287,7 +304,7 @@ impl HttpProxy {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
         }
-        // The origin the client used, for rewriting Location back to us.
+        // The authority the client addressed, for X-Forwarded-Host.
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -297,6 +314,11 @@ impl HttpProxy {
 
         let mut upstream_headers = parts.headers;
         headers::strip_hop_by_hop(&mut upstream_headers);
+        // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
+        // repeated identical fields on, which would reach Livy as two lines.
+        framing::normalize_content_length(&mut upstream_headers)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        headers::join_cookies(&mut upstream_headers);
         // The client's Host stays for now: every attempt replaces it with
         // the Livy server's own (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
@@ -309,14 +331,13 @@ impl HttpProxy {
                 proto: "http",
                 host: client_host.as_ref(),
                 trust_forwarded: s.settings.trust_forwarded,
+                emit_forwarded: s.settings.emit_forwarded,
+                strip: &s.settings.strip_headers,
             },
         );
         headers::add_via(&mut upstream_headers, parts.version);
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = framing::origin_form(&parts.uri)
+            .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 
         let mut body = PreparedBody::prepare(incoming, s.settings.max_replay_body)
             .await
@@ -404,7 +425,7 @@ impl HttpProxy {
                         body.put_back(take_body(&mut upstream_req));
                     }
                     let Some(target) = self.redirect_target(&resp, &node) else {
-                        return Ok(self.relay_response(resp, client_host.as_ref()));
+                        return Ok(self.relay_response(resp, req.local));
                     };
                     // Evidence that the view is out of date. Discovery checks
                     // it at once; the request waits (briefly) for its answer,
@@ -449,7 +470,7 @@ impl HttpProxy {
                         });
                     }
                     tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
-                    return Ok(self.relay_response(resp, client_host.as_ref()));
+                    return Ok(self.relay_response(resp, req.local));
                 }
                 Err(e) if e.nothing_sent() => {
                     // Nothing reached Livy: safe to retry with any method,
@@ -528,24 +549,25 @@ impl HttpProxy {
     }
 
     /// Livy's response, with hop-by-hop headers removed and a
-    /// `Location` that names a Livy server turned into the proxy's address.
+    /// `Location` that names a Livy server turned into the proxy's address:
+    /// `public-url`, else the address the client's connection reached
+    /// (`local`). Never the client's `Host`: the client chooses it, and
+    /// `Host: evil.example` would make the proxy redirect there.
     fn relay_response(
         &self,
         resp: Response<PooledBody>,
-        client_host: Option<&HeaderValue>,
+        local: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         // No `Via` on responses: RFC 9110 §7.6.3 requires it of a gateway
         // only on requests (Livy gets it); like HAProxy and nginx, the
         // proxy stays out of what clients see.
-        if let (Some(host), Some(location)) = (
-            client_host.and_then(|h| h.to_str().ok()),
-            parts
-                .headers
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok()),
-        ) {
+        if let Some(location) = parts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        {
             let current = self.shared.leader.borrow().leader.clone();
             let known = headers::known_node(
                 location,
@@ -555,12 +577,19 @@ impl HttpProxy {
                     .chain(current.as_ref().map(|l| &*l.node)),
             )
             .is_some();
-            if known
-                && let Some(rewritten) =
-                    headers::rewrite_location(location, &format!("http://{host}"))
-                && let Ok(v) = HeaderValue::from_str(&rewritten)
-            {
-                parts.headers.insert(header::LOCATION, v);
+            if known {
+                // Without an address at all, a path alone: the client
+                // resolves it against the URL it used (RFC 9110 §10.2.2).
+                let origin = match (&self.shared.settings.public_url, local) {
+                    (Some(url), _) => url.clone(),
+                    (None, Some(addr)) => format!("http://{addr}"),
+                    (None, None) => String::new(),
+                };
+                if let Some(rewritten) = headers::rewrite_location(location, &origin)
+                    && let Ok(v) = HeaderValue::from_str(&rewritten)
+                {
+                    parts.headers.insert(header::LOCATION, v);
+                }
             }
         }
         Response::from_parts(parts, Either::Left(body))

@@ -45,10 +45,12 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::super::body::UpstreamBody;
+use super::super::framing;
 
 /// Most header fields a response head may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
-/// Largest response head accepted.
+/// Largest response head accepted (status line, fields and the empty line),
+/// however it arrives.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Read buffer growth step; a small answer (Livy's usual) fits many times.
 const READ_CHUNK: usize = 16 * 1024;
@@ -129,6 +131,12 @@ pub(super) enum Chunk {
 
 fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+fn head_too_large() -> io::Error {
+    invalid(format!(
+        "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
+    ))
 }
 
 fn early_eof(what: &str) -> io::Error {
@@ -314,9 +322,7 @@ impl Conn {
                 return Ok(Some(head));
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
-                return Err(invalid(format!(
-                    "Livy's response head is larger than {MAX_HEAD_BYTES} bytes"
-                )));
+                return Err(head_too_large());
             }
             self.make_room();
             if self.stream.read_buf(&mut self.buf).await? == 0 {
@@ -359,6 +365,12 @@ impl Conn {
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(invalid(format!("Livy sent a malformed response head: {e}"))),
         };
+        // The same limit as for a head still incomplete (`read_head`): one
+        // that arrived whole in a single read, into a buffer that had grown
+        // on this connection, must not pass where one in pieces fails.
+        if len > MAX_HEAD_BYTES {
+            return Err(head_too_large());
+        }
         let status = parsed
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
@@ -392,12 +404,18 @@ impl Conn {
                 .map_err(|_| invalid("Livy sent an invalid header value"))?;
             headers.append(name, value);
         }
-        let (framing, mut reusable) = framing_of(method, status, &headers)?;
-        if headers.contains_key(header::TRANSFER_ENCODING) {
+        let length = if headers.contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length,
             // which must not reach the client beside a re-framed body.
             headers.remove(header::CONTENT_LENGTH);
-        }
+            None
+        } else {
+            // Checked even where no body follows (HEAD, 304): the field
+            // goes on to the client, and must say one number.
+            framing::normalize_content_length(&mut headers)
+                .map_err(|e| invalid(format!("Livy sent a bad Content-Length: {e}")))?
+        };
+        let (framing, mut reusable) = framing_of(method, status, &headers, length);
         reusable &= version == Version::HTTP_11 && !says_close(&headers);
         Ok(Some(Head {
             status,
@@ -549,17 +567,19 @@ impl Conn {
 
 /// How a response's body is delimited (RFC 9112 §6.3), and whether that
 /// framing lets the connection be reused.
+/// `length` is the checked `Content-Length`, if any.
 fn framing_of(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
-) -> io::Result<(Framing, bool)> {
+    length: Option<u64>,
+) -> (Framing, bool) {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok((Framing::Done, true));
+        return (Framing::Done, true);
     }
     if let Some(last) = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -568,30 +588,17 @@ fn framing_of(
         .map(str::trim)
         .rfind(|t| !t.is_empty())
     {
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
+        return if last.eq_ignore_ascii_case("chunked") {
             (Framing::Chunked(Chunk::Size), true)
         } else {
             (Framing::UntilClose, false)
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| invalid("Livy sent an invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid("Livy sent conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    match length {
         Some(0) => (Framing::Done, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
-    })
+    }
 }
 
 /// Whether a `Connection` header asks for the connection to end.
@@ -619,7 +626,10 @@ mod tests {
         let ok = StatusCode::OK;
         let get = &Method::GET;
         let f = |m: &Method, s, h: &[(&'static str, &'static str)]| {
-            framing_of(m, s, &headers(h)).map_err(|e| e.to_string())
+            let h = headers(h);
+            framing::content_length(&h)
+                .map(|length| framing_of(m, s, &h, length))
+                .map_err(|e| e.to_string())
         };
         assert_eq!(
             f(get, ok, &[("content-length", "5")]),
