@@ -17,6 +17,7 @@
 // Every public item says why it exists (house rule), checked by the compiler.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod http_proxy;

@@ -151,7 +151,24 @@ pub struct Metrics {
     zookeeper_connected: Gauge,
     ready: Gauge,
     draining: Gauge,
+    // For /status; not exported (the histograms' counts and the error
+    // family say the same to Prometheus).
+    held_total: Counter,
+    failed_total: Counter,
     scrape: Mutex<()>,
+}
+
+/// Request counters as `/status` shows them.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Totals {
+    /// Requests that waited for a leader.
+    pub held: u64,
+    /// Redirects followed inside the proxy.
+    pub redirected: u64,
+    /// Requests sent again after they may have reached Livy.
+    pub retried: u64,
+    /// Requests the proxy answered with an error of its own.
+    pub failed: u64,
 }
 
 /// Buckets for request durations: 1 ms to 10 min (session creation and
@@ -389,6 +406,8 @@ impl Metrics {
             zookeeper_connected,
             ready,
             draining,
+            held_total: Counter::default(),
+            failed_total: Counter::default(),
             scrape: Mutex::new(()),
         }
     }
@@ -401,7 +420,18 @@ impl Metrics {
 
     /// A request waited `held` for a leader (only recorded when it did wait).
     pub fn held(&self, held: Duration) {
+        self.held_total.inc();
         self.held.observe(held.as_secs_f64());
+    }
+
+    /// The counters `/status` lists.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            held: self.held_total.get(),
+            redirected: self.redirects.get(),
+            retried: self.retries.get(),
+            failed: self.failed_total.get(),
+        }
     }
 
     /// The proxy answered a request itself, with this failover.md `kind`.
