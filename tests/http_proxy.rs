@@ -159,6 +159,11 @@ fn settings(hold: Duration) -> HttpSettings {
         trust_forwarded: false,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
+        client_body_timeout: Duration::from_secs(30),
+        max_buffered_bodies: 64 * 1024 * 1024,
+        max_streaming_uploads: 128,
+        h2_max_concurrent_streams: 100,
+        h2_max_header_list_size: 64 * 1024,
     }
 }
 
