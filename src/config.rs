@@ -129,6 +129,29 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_MAX_REPLAY_BODY", value_name = "SIZE")]
     pub max_replay_body: Option<ByteSize>,
 
+    /// Longest silence allowed between two pieces of a request body; then
+    /// the client gets a 408 [default: 60s].
+    #[arg(long, env = "LIVY_PROXY_CLIENT_BODY_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub client_body_timeout: Option<Duration>,
+
+    /// Memory all request bodies held for replay may take together; past it,
+    /// bodies are streamed instead [default: 64MiB].
+    #[arg(long, env = "LIVY_PROXY_MAX_BUFFERED_BODIES", value_name = "SIZE")]
+    pub max_buffered_bodies: Option<ByteSize>,
+
+    /// Most requests streaming their body to Livy at once, out of
+    /// max-upstream-connections [default: a quarter of it].
+    #[arg(long, env = "LIVY_PROXY_MAX_STREAMING_UPLOADS", value_name = "N")]
+    pub max_streaming_uploads: Option<usize>,
+
+    /// Most requests in flight at once on one h2c client connection [default: 100].
+    #[arg(long, env = "LIVY_PROXY_H2_MAX_CONCURRENT_STREAMS", value_name = "N")]
+    pub h2_max_concurrent_streams: Option<u32>,
+
+    /// Largest header list an h2c client may send with one request [default: 64KiB].
+    #[arg(long, env = "LIVY_PROXY_H2_MAX_HEADER_LIST_SIZE", value_name = "SIZE")]
+    pub h2_max_header_list_size: Option<ByteSize>,
+
     /// Append to an incoming X-Forwarded-For chain instead of replacing it
     /// (only behind a trusted load balancer) [default: false].
     #[arg(long, env = "LIVY_PROXY_TRUST_FORWARDED", value_name = "BOOL")]
@@ -261,6 +284,11 @@ struct FileConfig {
     upstream_timeout: Option<String>,
     client_header_timeout: Option<String>,
     max_replay_body: Option<String>,
+    client_body_timeout: Option<String>,
+    max_buffered_bodies: Option<String>,
+    max_streaming_uploads: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_max_header_list_size: Option<String>,
     trust_forwarded: Option<bool>,
     #[serde(default)]
     strip_headers: Vec<String>,
@@ -311,6 +339,16 @@ pub struct Config {
     pub client_header_timeout: Duration,
     /// Largest body kept for replay.
     pub max_replay_body: u64,
+    /// Longest silence between two pieces of a request body.
+    pub client_body_timeout: Duration,
+    /// Memory all bodies kept for replay may take together.
+    pub max_buffered_bodies: u64,
+    /// Most requests streaming a body to Livy at once.
+    pub max_streaming_uploads: usize,
+    /// Most requests in flight on one h2c connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest header list of one h2c request.
+    pub h2_max_header_list_size: u32,
     /// Whether incoming forwarding headers are kept and appended to.
     pub trust_forwarded: bool,
     /// More client-sent headers removed when they are not trusted.
@@ -471,14 +509,41 @@ impl Config {
             ));
         }
 
-        let max_replay_body = match (cli.max_replay_body, &file.max_replay_body) {
-            (Some(b), _) => b.as_u64(),
-            (None, Some(s)) => s
-                .parse::<ByteSize>()
-                .map_err(|e| in_file(invalid("max-replay-body", format!("{s:?}: {e}"))))?
-                .as_u64(),
-            (None, None) => 1024 * 1024,
+        let size = |key: &str, flag: Option<ByteSize>, file: &Option<String>, default: u64| {
+            resolve_size(key, flag, file, default).map_err(&in_file)
         };
+        let max_replay_body = size(
+            "max-replay-body",
+            cli.max_replay_body,
+            &file.max_replay_body,
+            1024 * 1024,
+        )?;
+        let max_buffered_bodies = size(
+            "max-buffered-bodies",
+            cli.max_buffered_bodies,
+            &file.max_buffered_bodies,
+            64 * 1024 * 1024,
+        )?;
+        if max_replay_body > max_buffered_bodies {
+            return Err(invalid(
+                "max-replay-body",
+                format!(
+                    "{} is more than max-buffered-bodies ({}): no body that large could be buffered",
+                    ByteSize(max_replay_body),
+                    ByteSize(max_buffered_bodies)
+                ),
+            ));
+        }
+        let h2_max_header_list_size = size(
+            "h2-max-header-list-size",
+            cli.h2_max_header_list_size,
+            &file.h2_max_header_list_size,
+            64 * 1024,
+        )?;
+        let h2_max_header_list_size = u32::try_from(h2_max_header_list_size)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid("h2-max-header-list-size", "must be between 1 and 4GiB"))?;
 
         let probe_path = cli
             .probe_path
@@ -505,7 +570,7 @@ impl Config {
             (None, None) => None,
         };
 
-        let config = Config {
+        let mut config = Config {
             listen,
             zookeeper,
             leader_path,
@@ -549,6 +614,20 @@ impl Config {
                 "30s",
             )?,
             max_replay_body,
+            client_body_timeout: dur(
+                "client-body-timeout",
+                cli.client_body_timeout,
+                &file.client_body_timeout,
+                "60s",
+            )?,
+            max_buffered_bodies,
+            // Resolved below: its default follows max-upstream-connections.
+            max_streaming_uploads: 0,
+            h2_max_concurrent_streams: cli
+                .h2_max_concurrent_streams
+                .or(file.h2_max_concurrent_streams)
+                .unwrap_or(100),
+            h2_max_header_list_size,
             trust_forwarded: cli
                 .trust_forwarded
                 .or(file.trust_forwarded)
@@ -628,6 +707,27 @@ impl Config {
         if config.max_upstream_connections == 0 {
             return Err(invalid("max-upstream-connections", "must be at least 1"));
         }
+        // A quarter: uploads that trickle in hold at most that share of
+        // Livy's connections, the rest stay for everything else.
+        config.max_streaming_uploads = cli
+            .max_streaming_uploads
+            .or(file.max_streaming_uploads)
+            .unwrap_or((config.max_upstream_connections / 4).max(1));
+        if config.max_streaming_uploads == 0 {
+            return Err(invalid("max-streaming-uploads", "must be at least 1"));
+        }
+        if config.max_streaming_uploads > config.max_upstream_connections {
+            return Err(invalid(
+                "max-streaming-uploads",
+                format!(
+                    "{} is more than max-upstream-connections ({})",
+                    config.max_streaming_uploads, config.max_upstream_connections
+                ),
+            ));
+        }
+        if config.h2_max_concurrent_streams == 0 {
+            return Err(invalid("h2-max-concurrent-streams", "must be at least 1"));
+        }
         if config.max_tcp_connections == 0 {
             return Err(invalid("max-tcp-connections", "must be at least 1"));
         }
@@ -640,6 +740,7 @@ impl Config {
             ("connect-timeout", config.connect_timeout),
             ("upstream-timeout", config.upstream_timeout),
             ("client-header-timeout", config.client_header_timeout),
+            ("client-body-timeout", config.client_body_timeout),
             ("zk-session-timeout", config.zk_session_timeout),
         ] {
             if d.is_zero() {
@@ -711,6 +812,22 @@ fn resolve_duration(
             format!("{text:?} is not a duration like 15s or 500ms: {e}"),
         )
     })
+}
+
+fn resolve_size(
+    key: &str,
+    flag: Option<ByteSize>,
+    file: &Option<String>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match (flag, file) {
+        (Some(b), _) => Ok(b.as_u64()),
+        (None, Some(s)) => s
+            .parse::<ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| invalid(key, format!("{s:?} is not a size like 64KiB or 1MiB: {e}"))),
+        (None, None) => Ok(default),
+    }
 }
 
 /// A duration that may be switched off: `off` (or `0`) means `None`.
@@ -854,6 +971,50 @@ mod tests {
         assert_eq!(c.max_replay_body, 1024 * 1024);
         assert_eq!(c.upstream_timeout, Duration::from_secs(600));
         assert_eq!(c.client_header_timeout, Duration::from_secs(30));
+        assert_eq!(c.client_body_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_buffered_bodies, 64 * 1024 * 1024);
+        assert_eq!(c.max_streaming_uploads, 128, "a quarter of 512");
+        assert_eq!(c.h2_max_concurrent_streams, 100);
+        assert_eq!(c.h2_max_header_list_size, 64 * 1024);
+    }
+
+    #[test]
+    fn body_and_h2_limits_from_the_file_and_their_checks() {
+        let c = load_file(
+            "zookeeper = \"a:1\"\nclient-body-timeout = \"5s\"\nmax-buffered-bodies = \"8MiB\"\n\
+             max-upstream-connections = 10\nh2-max-concurrent-streams = 7\nh2-max-header-list-size = \"16KiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_body_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_buffered_bodies, 8 * 1024 * 1024);
+        assert_eq!(c.max_streaming_uploads, 2, "a quarter of 10");
+        assert_eq!(c.h2_max_concurrent_streams, 7);
+        assert_eq!(c.h2_max_header_list_size, 16 * 1024);
+        let z = "zookeeper = \"a:1\"\n";
+        assert!(
+            error_of(&format!("{z}max-streaming-uploads = 600\n"))
+                .contains("`max-streaming-uploads`")
+        );
+        assert!(
+            error_of(&format!("{z}max-streaming-uploads = 0\n"))
+                .contains("`max-streaming-uploads`")
+        );
+        assert!(
+            error_of(&format!("{z}max-buffered-bodies = \"512KiB\"\n"))
+                .contains("`max-replay-body`")
+        );
+        assert!(
+            error_of(&format!("{z}client-body-timeout = \"0s\"\n"))
+                .contains("`client-body-timeout`")
+        );
+        assert!(
+            error_of(&format!("{z}h2-max-concurrent-streams = 0\n"))
+                .contains("`h2-max-concurrent-streams`")
+        );
+        assert!(
+            error_of(&format!("{z}h2-max-header-list-size = \"lots\"\n"))
+                .contains("`h2-max-header-list-size`")
+        );
     }
 
     #[test]

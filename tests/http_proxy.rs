@@ -182,6 +182,11 @@ fn settings(hold: Duration) -> HttpSettings {
         public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
+        client_body_timeout: Duration::from_secs(30),
+        max_buffered_bodies: 64 * 1024 * 1024,
+        max_streaming_uploads: 128,
+        h2_max_concurrent_streams: 100,
+        h2_max_header_list_size: 64 * 1024,
     }
 }
 
@@ -1002,5 +1007,339 @@ async fn client_slow_with_its_headers_is_disconnected_after_client_header_timeou
     assert!(
         closed(c).await,
         "an idle kept-alive connection must be closed"
+    );
+}
+
+/// Everything the proxy sends on `c` until it closes the connection, or
+/// `None` if it is still open after 20 s.
+async fn read_until_closed(c: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(String::from_utf8_lossy(&out).to_string())
+}
+
+/// A client connection that sent a POST's head and `sent` bytes of a
+/// `declared`-byte body, and then nothing.
+async fn stalled_post(proxy: SocketAddr, declared: usize, sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    c.write_all(
+        format!("POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    c.write_all(&vec![b'x'; sent]).await.unwrap();
+    c
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_its_connection_is_closed_buffered_or_streamed() {
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.client_body_timeout = Duration::from_millis(500);
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    // 100 bytes fit the 1 KiB replay buffer; 5000 are streamed to Livy.
+    for (declared, sent) in [(100, 50), (5000, 2000)] {
+        let mut c = stalled_post(s.proxy, declared, sent).await;
+        let answer = read_until_closed(&mut c)
+            .await
+            .unwrap_or_else(|| panic!("a {declared}-byte body stalled: still open after 20 s"));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"kind\":\"body_timeout\""), "{answer}");
+    }
+    assert!(a.seen().is_empty(), "no request reached Livy whole");
+    // A body that keeps coming, however slowly, is not cut off.
+    let (status, _, body) = send(
+        "POST",
+        format!("http://{}/sessions", s.proxy),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// An h2c connection to the proxy, driven by a task of its own; the task
+/// ends when the connection does.
+async fn h2_client(
+    proxy: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+#[tokio::test]
+async fn stalled_h2c_streams_get_408_while_the_connection_keeps_serving() {
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.client_body_timeout = Duration::from_millis(500);
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    let (client, _conn) = h2_client(s.proxy).await;
+    let mut client = client.ready().await.unwrap();
+    // Several streams each declare a body and send only part of it: one
+    // buffered, one streamed, then more of each.
+    let mut stalled = Vec::new();
+    for declared in [100usize, 5000, 100, 5000] {
+        let req = Request::post(format!("http://{}/sessions", s.proxy))
+            .header("content-length", declared)
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(Bytes::from(vec![b'x'; 10]), false).unwrap();
+        stalled.push((response, body));
+        client = client.ready().await.unwrap();
+    }
+    // The same connection still answers others meanwhile.
+    let (response, _) = client
+        .send_request(
+            Request::get(format!("http://{}/version", s.proxy))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("an answer within 20 s")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    for (response, _body) in stalled {
+        let response = tokio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("a stalled stream answered within 20 s")
+            .unwrap();
+        assert_eq!(response.status(), 408);
+    }
+}
+
+#[tokio::test]
+async fn past_max_buffered_bodies_a_body_is_streamed_not_buffered() {
+    // Observable by its replay: a stale 307 is followed for a buffered
+    // body; a streamed one, read by this passive (it answers 100 Continue),
+    // cannot be resent, and with a view that cannot move (nothing discovers
+    // here) the client gets 503 `leader_changing`.
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let a = Fake::start(
+        "livy-1",
+        "127.0.0.21",
+        passive(format!("http://{}", b.node.origin.authority())),
+    )
+    .await;
+    let mut st = settings(Duration::from_secs(5));
+    st.max_buffered_bodies = 2048;
+    let s = setup_with(vec![a.node.clone(), b.node.clone()], Some(&a.node), st).await;
+    let post = || {
+        send(
+            "POST",
+            format!("http://{}/sessions", s.proxy),
+            &[],
+            Bytes::from(vec![b'x'; 500]),
+        )
+    };
+    assert_eq!(post().await.0, 200, "buffered, followed to livy-2");
+    // Two stalled bodies of 1000 declared bytes hold 2000 of the 2048.
+    let stalled = [
+        stalled_post(s.proxy, 1000, 10).await,
+        stalled_post(s.proxy, 1000, 10).await,
+    ];
+    let status_until = |want: u16| async move {
+        for _ in 0..200 {
+            if post().await.0 == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        status_until(503).await,
+        "with the budget taken, a 500-byte body must be streamed (its 307 not followed)"
+    );
+    drop(stalled);
+    assert!(
+        status_until(200).await,
+        "the budget comes back when the stalled clients go"
+    );
+}
+
+/// What the proxy sends first on `c` (empty if it closes).
+async fn first_read(c: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let n = c.read(&mut buf).await.unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_hold_only_their_share_of_livy_connections() {
+    let b = Fake::start("livy-2", "127.0.0.22", ok_json("livy-2")).await;
+    let mut st = settings(Duration::from_secs(1));
+    st.upstream_timeout = Duration::from_secs(5);
+    st.max_upstream_connections = 2;
+    st.max_streaming_uploads = 1;
+    let s = setup_with(vec![b.node.clone()], Some(&b.node), st).await;
+    // Two uploads larger than the replay limit, trickling: one streams to
+    // Livy (holding one of the two connections), the other finds the
+    // streaming share taken and gets a 503 after the hold time.
+    let mut first = stalled_post(s.proxy, 5000, 100).await;
+    let mut second = stalled_post(s.proxy, 5000, 100).await;
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            a = first_read(&mut first) => a,
+            a = first_read(&mut second) => a,
+        }
+    })
+    .await
+    .expect("one of two slow uploads refused within 20 s");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("\"kind\":\"overloaded\""), "{refused}");
+    // Meanwhile everyone else is served on the other connection.
+    for _ in 0..3 {
+        let (status, _, body) = send(
+            "GET",
+            format!("http://{}/sessions", s.proxy),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_h2c_connection_is_closed_after_client_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.client_header_timeout = Duration::from_millis(500);
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    // The preface and an empty SETTINGS frame, then silence (not even the
+    // acknowledgement of the proxy's SETTINGS or PING).
+    let mut c = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut c).await.is_some(),
+        "a silent h2c connection must be closed"
+    );
+    // A well-behaved client: served, then closed once idle.
+    let (client, conn) = h2_client(s.proxy).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(
+            Request::get(format!("http://{}/version", s.proxy))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("an idle h2c connection must be closed within 20 s")
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test]
+async fn an_h2c_request_slower_than_the_idle_timeout_is_not_cut_off() {
+    // Livy takes longer than the idle timeout: a stream in flight keeps the
+    // connection from being idle.
+    let listener = TcpListener::bind("127.0.0.28:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let node =
+        LivyNode::parse(&format!("livy-8=http://{addr}"), AddressDefaults::default()).unwrap();
+    let mut st = settings(Duration::from_secs(5));
+    st.client_header_timeout = Duration::from_millis(300);
+    let s = setup_with(vec![node.clone()], Some(&node), st).await;
+    let (client, _conn) = h2_client(s.proxy).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(
+            Request::get(format!("http://{}/version", s.proxy))
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("an answer within 20 s")
+        .expect("the slow request is answered, not cut off");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn h2c_streams_and_header_lists_are_limited_as_configured() {
+    let a = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.h2_max_concurrent_streams = 7;
+    st.h2_max_header_list_size = 4096;
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    let tcp = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    let (client, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut client = client.ready().await.unwrap();
+    let get = |extra: usize| {
+        Request::get(format!("http://{}/version", s.proxy))
+            .header("x-big", "v".repeat(extra))
+            .body(())
+            .unwrap()
+    };
+    let (response, _) = client.send_request(get(100), true).unwrap();
+    // Driven here, so the connection's settings can be read afterwards.
+    let response = tokio::select! {
+        r = response => r.unwrap(),
+        _ = &mut conn => panic!("the connection ended"),
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(conn.max_concurrent_send_streams(), 7);
+    tokio::spawn(conn);
+    // 8 KiB of headers: refused, by the proxy (431) or by the client
+    // itself, which knows the proxy's limit.
+    let mut client = client.ready().await.unwrap();
+    let refused = match client.send_request(get(8192), true) {
+        Err(_) => true,
+        Ok((response, _)) => match tokio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("an answer within 20 s")
+        {
+            Err(_) => true,
+            Ok(r) => r.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        },
+    };
+    assert!(
+        refused,
+        "an 8 KiB header list must not get through a 4 KiB limit"
     );
 }

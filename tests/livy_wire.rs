@@ -190,6 +190,11 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
+        client_body_timeout: Duration::from_secs(30),
+        max_buffered_bodies: 64 * 1024 * 1024,
+        max_streaming_uploads: 4,
+        h2_max_concurrent_streams: 100,
+        h2_max_header_list_size: 64 * 1024,
     };
     let (tx, rx) = watch::channel(LeaderView::fixed(Some(node.clone()), 1));
     let proxy = HttpProxy::new(settings, Arc::new(vec![node.clone()]), rx);

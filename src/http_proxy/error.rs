@@ -75,6 +75,17 @@ pub enum ProxyError {
     /// The method is one a reverse proxy for Livy does not serve (CONNECT).
     #[error("method {0} is not supported by livy-proxy")]
     MethodNotAllowed(String),
+    /// The client stopped sending its request body: whatever it held
+    /// (memory, a connection to Livy) is let go instead of waiting for it.
+    #[error("the client sent nothing of its request body for {timeout:?} (client-body-timeout)")]
+    BodyTimeout {
+        /// The configured timeout.
+        timeout: Duration,
+    },
+    /// A limit the proxy keeps so that some clients cannot take everything
+    /// was reached, and did not free up within the hold time.
+    #[error("livy-proxy is busy: {0}")]
+    Overloaded(String),
 }
 
 fn detail(problem: &Option<String>) -> String {
@@ -91,11 +102,13 @@ impl ProxyError {
             ProxyError::NoLeader { .. }
             | ProxyError::LeaderUnreachable { .. }
             | ProxyError::RedirectLoop { .. }
-            | ProxyError::LeaderChanging { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::LeaderChanging { .. }
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -110,6 +123,8 @@ impl ProxyError {
             ProxyError::LeaderChanging { .. } => "leader_changing",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 

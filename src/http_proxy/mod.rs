@@ -26,6 +26,7 @@
 pub mod body;
 pub mod error;
 pub mod framing;
+mod h2c;
 pub mod headers;
 pub mod retry;
 mod sniff;
@@ -50,10 +51,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
 use crate::node::LivyNode;
-use body::{PreparedBody, UpstreamBody};
+use body::{BodyLimits, UpstreamBody};
 use error::ProxyError;
 use sniff::ClientProtocol;
-use upstream::{BodyNotSent, PooledBody, Upstream};
+use upstream::{BodyNotSent, PooledBody, Upstream, UpstreamError};
 
 /// How many redirects between Livy servers one request may follow.
 pub const MAX_REDIRECT_HOPS: usize = 3;
@@ -93,6 +94,16 @@ pub struct HttpSettings {
     pub retry_after: Duration,
     /// Most connections open to Livy at once; more requests wait.
     pub max_upstream_connections: usize,
+    /// Longest silence between two pieces of a request body.
+    pub client_body_timeout: Duration,
+    /// Memory all buffered request bodies may take together.
+    pub max_buffered_bodies: u64,
+    /// Most requests streaming a body to Livy at once.
+    pub max_streaming_uploads: usize,
+    /// Most requests in flight on one h2c connection.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest header list of one h2c request.
+    pub h2_max_header_list_size: u32,
 }
 
 impl From<&Config> for HttpSettings {
@@ -109,6 +120,11 @@ impl From<&Config> for HttpSettings {
             public_url: c.public_url.clone(),
             retry_after: c.retry_after,
             max_upstream_connections: c.max_upstream_connections,
+            client_body_timeout: c.client_body_timeout,
+            max_buffered_bodies: c.max_buffered_bodies,
+            max_streaming_uploads: c.max_streaming_uploads,
+            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
+            h2_max_header_list_size: c.h2_max_header_list_size,
         }
     }
 }
@@ -120,6 +136,7 @@ struct Shared {
     authority: AuthorityCache,
     nodes: Arc<Vec<LivyNode>>,
     upstream: Arc<Upstream>,
+    bodies: BodyLimits,
     settings: HttpSettings,
 }
 
@@ -194,6 +211,12 @@ impl HttpProxy {
                 authority: AuthorityCache::default(),
                 nodes,
                 upstream,
+                bodies: BodyLimits::new(
+                    settings.max_replay_body,
+                    settings.max_buffered_bodies,
+                    settings.max_streaming_uploads,
+                    settings.client_body_timeout,
+                ),
                 settings,
             }),
         }
@@ -213,7 +236,10 @@ impl HttpProxy {
             .header_read_timeout(self.shared.settings.client_header_timeout)
             .writev(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.shared.settings.h2_max_concurrent_streams)
+            .max_header_list_size(self.shared.settings.h2_max_header_list_size);
         // Shared by every connection's task; a connection uses one of them.
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
@@ -261,7 +287,7 @@ impl HttpProxy {
                         watcher.watch(http1.serve_connection(io, service)).await
                     }
                     Some(ClientProtocol::H2c) => {
-                        watcher.watch(http2.serve_connection(io, service)).await
+                        h2c::serve(http2, io, service, header_timeout, &shutdown, watcher).await
                     }
                     None => Ok(()),
                 };
@@ -339,9 +365,7 @@ impl HttpProxy {
         let path_and_query = framing::origin_form(&parts.uri)
             .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 
-        let mut body = PreparedBody::prepare(incoming, s.settings.max_replay_body)
-            .await
-            .map_err(|e| ProxyError::BadRequest(format!("reading the request body failed: {e}")))?;
+        let mut body = s.bodies.prepare(incoming, deadline).await?;
 
         // Built once and reused by every attempt: the exchange with Livy
         // only borrows it, so a redirect or a retry changes the Host and the
@@ -472,6 +496,7 @@ impl HttpProxy {
                     tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
                     return Ok(self.relay_response(resp, req.local));
                 }
+                Err(UpstreamError::ClientBody(e)) => return Err(e.into()),
                 Err(e) if e.nothing_sent() => {
                     // Nothing reached Livy: safe to retry with any method,
                     // and a streamed body was never read.

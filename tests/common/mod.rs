@@ -806,6 +806,11 @@ impl Proxy {
         self.addr
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
     /// What it logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

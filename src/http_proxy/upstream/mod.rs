@@ -34,7 +34,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::body::UpstreamBody;
+use super::body::{BodyError, UpstreamBody};
 use conn::{Conn, Framing, Head};
 
 /// Why a request could not be exchanged with a Livy server.
@@ -60,9 +60,26 @@ pub enum UpstreamError {
     /// The exchange failed after the request may have reached the server.
     #[error("{0}")]
     Failed(io::Error),
+    /// The client's body, streamed, failed on its side (it stopped sending,
+    /// or went away) while the request was being written: not Livy's fault.
+    #[error("{0}")]
+    ClientBody(BodyError),
 }
 
 impl UpstreamError {
+    /// An exchange that failed after the request may have reached Livy:
+    /// the client's body failing is told apart from the connection failing.
+    fn failed(error: io::Error) -> Self {
+        if !error.get_ref().is_some_and(|e| e.is::<BodyError>()) {
+            return UpstreamError::Failed(error);
+        }
+        match error.into_inner().map(|e| e.downcast::<BodyError>()) {
+            Some(Ok(body)) => UpstreamError::ClientBody(*body),
+            Some(Err(other)) => UpstreamError::Failed(io::Error::other(other)),
+            None => UpstreamError::Failed(io::ErrorKind::Other.into()),
+        }
+    }
+
     /// True when the request certainly did not reach Livy, so any method
     /// may be retried.
     pub fn nothing_sent(&self) -> bool {
@@ -156,7 +173,7 @@ impl Upstream {
                     Ok(head) => return Ok(self.attach(authority, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
-                    Err(e) => return Err(UpstreamError::Failed(e.error)),
+                    Err(e) => return Err(UpstreamError::failed(e.error)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -216,7 +233,7 @@ impl Upstream {
                 authority: name,
                 source: e.error,
             }),
-            Err(e) => Err(UpstreamError::Failed(e.error)),
+            Err(e) => Err(UpstreamError::failed(e.error)),
         }
     }
 
