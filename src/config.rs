@@ -51,7 +51,7 @@ fn invalid(key: &str, problem: impl ToString) -> ConfigError {
 }
 
 /// Command-line flags; each also reads `LIVY_PROXY_<FLAG>` from the environment.
-#[derive(Debug, Default, Parser)]
+#[derive(Clone, Debug, Default, Parser)]
 #[command(
     name = "livy-proxy",
     version,
@@ -248,6 +248,41 @@ pub struct Cli {
     /// Runtime worker threads [default: one per CPU core].
     #[arg(long, env = "LIVY_PROXY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
+
+    /// Address of the admin listener (/healthz, /readyz, /status, /metrics),
+    /// or `off` [default: 127.0.0.1:9998].
+    #[arg(long, env = "LIVY_PROXY_ADMIN_LISTEN", value_name = "ADDR|off")]
+    pub admin_listen: Option<String>,
+
+    /// /readyz also requires a fresh view (ZooKeeper connected, probes
+    /// answering) [default: false].
+    #[arg(long, env = "LIVY_PROXY_READY_REQUIRES_FRESH", value_name = "BOOL")]
+    pub ready_requires_fresh: Option<bool>,
+
+    /// On SIGTERM, keep accepting this long after /readyz turns 503, so load
+    /// balancers deregister the proxy first [default: 0s].
+    #[arg(long, env = "LIVY_PROXY_SHUTDOWN_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Option<Duration>,
+
+    /// On SIGTERM, how long requests in flight may take to finish once
+    /// accepting has stopped [default: 25s].
+    #[arg(long, env = "LIVY_PROXY_SHUTDOWN_GRACE_PERIOD", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace_period: Option<Duration>,
+
+    /// One INFO line per HTTP request and JDBC connection, target `access`
+    /// [default: true].
+    #[arg(long, env = "LIVY_PROXY_ACCESS_LOG", value_name = "BOOL")]
+    pub access_log: Option<bool>,
+
+    /// Most HTTP requests inside the proxy at once; more get 503 overloaded
+    /// [default: 4096].
+    #[arg(long, env = "LIVY_PROXY_MAX_REQUESTS_IN_FLIGHT", value_name = "N")]
+    pub max_requests_in_flight: Option<usize>,
+
+    /// Most client connections open on the HTTP listener; at the limit,
+    /// accepting pauses [default: 10000].
+    #[arg(long, env = "LIVY_PROXY_MAX_CLIENT_CONNECTIONS", value_name = "N")]
+    pub max_client_connections: Option<usize>,
 }
 
 /// One `node` entry in the file: `"ID=URL"` or `{ id, url, thrift }`.
@@ -308,6 +343,13 @@ struct FileConfig {
     tcp_idle_timeout: Option<String>,
     max_tcp_connections: Option<usize>,
     max_upstream_connections: Option<usize>,
+    admin_listen: Option<String>,
+    ready_requires_fresh: Option<bool>,
+    shutdown_delay: Option<String>,
+    shutdown_grace_period: Option<String>,
+    access_log: Option<bool>,
+    max_requests_in_flight: Option<usize>,
+    max_client_connections: Option<usize>,
 }
 
 /// The resolved configuration the proxy runs with.
@@ -383,6 +425,20 @@ pub struct Config {
     pub max_tcp_connections: usize,
     /// Most HTTP connections to Livy at once.
     pub max_upstream_connections: usize,
+    /// Admin listener address; `None` when `off`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Readiness requires a fresh view.
+    pub ready_requires_fresh: bool,
+    /// Time between readiness going 503 and accepting stopping.
+    pub shutdown_delay: Duration,
+    /// Time requests in flight get to finish in a drain.
+    pub shutdown_grace_period: Duration,
+    /// Whether access-log lines are written.
+    pub access_log: bool,
+    /// Most HTTP requests in flight.
+    pub max_requests_in_flight: usize,
+    /// Most client connections on the HTTP listener.
+    pub max_client_connections: usize,
 }
 
 impl Config {
@@ -703,7 +759,50 @@ impl Config {
                 .max_upstream_connections
                 .or(file.max_upstream_connections)
                 .unwrap_or(512),
+            admin_listen: match cli.admin_listen.as_ref().or(file.admin_listen.as_ref()) {
+                Some(off) if off == "off" => None,
+                Some(a) => Some(a.parse().map_err(|e| {
+                    let problem = invalid("admin-listen", format!("{a:?}: {e} (or `off`)"));
+                    if cli.admin_listen.is_some() {
+                        problem
+                    } else {
+                        in_file(problem)
+                    }
+                })?),
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 9998))),
+            },
+            ready_requires_fresh: cli
+                .ready_requires_fresh
+                .or(file.ready_requires_fresh)
+                .unwrap_or(false),
+            shutdown_delay: dur(
+                "shutdown-delay",
+                cli.shutdown_delay,
+                &file.shutdown_delay,
+                "0s",
+            )?,
+            shutdown_grace_period: dur(
+                "shutdown-grace-period",
+                cli.shutdown_grace_period,
+                &file.shutdown_grace_period,
+                "25s",
+            )?,
+            access_log: cli.access_log.or(file.access_log).unwrap_or(true),
+            max_requests_in_flight: cli
+                .max_requests_in_flight
+                .or(file.max_requests_in_flight)
+                .unwrap_or(4096),
+            max_client_connections: cli
+                .max_client_connections
+                .or(file.max_client_connections)
+                .unwrap_or(10_000),
         };
+        if config.max_requests_in_flight == 0 {
+            return Err(invalid("max-requests-in-flight", "must be at least 1"));
+        }
+        if config.max_client_connections == 0 {
+            return Err(invalid("max-client-connections", "must be at least 1"));
+        }
         if config.max_upstream_connections == 0 {
             return Err(invalid("max-upstream-connections", "must be at least 1"));
         }

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod http_proxy;

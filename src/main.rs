@@ -1,18 +1,17 @@
-//! The `livy-proxy` binary: parses configuration, starts discovery and the
-//! listeners, and turns any start-up error into one line and an exit code
-//! (2 for configuration, 1 for anything else). `anyhow` lives only here.
+//! The `livy-proxy` binary: parses configuration, maps signals onto
+//! [`app::Control`], runs [`app::run`], and turns the outcome into an exit
+//! code: 2 for configuration, 1 for a start-up failure or a drain that had
+//! to cut requests, 0 after a clean drain. `anyhow` lives only here.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use livy_proxy::app::{self, Control, Ended, Listeners, Reloader, SetLogLevel};
 use livy_proxy::config::{Cli, Config};
-use livy_proxy::discovery;
-use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
-use livy_proxy::tcp_proxy::{TcpProxy, TcpSettings};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 /// mimalloc: fewer cycles per allocation than glibc's malloc on the
 /// per-request path (measured in docs/benchmarks.md).
@@ -35,16 +34,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(cli) {
+    let config = match Config::load(cli.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("livy-proxy: config error: {e}");
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
-    match run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let set_log_level = init_logging(&config);
+    let reloader = Reloader {
+        load: Box::new(move || Config::load(cli.clone())),
+        set_log_level,
+    };
+    match run(config, reloader) {
+        Ok(Ended::Clean) => ExitCode::SUCCESS,
+        Ok(Ended::Cut) => ExitCode::from(1),
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("livy-proxy: {e:#}");
@@ -53,21 +57,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logging to stderr, text or JSON; `RUST_LOG` wins over `log-level` at
+/// start. Returns how a reload sets the level.
+fn init_logging(config: &Config) -> SetLogLevel {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     if config.log_json {
-        builder.json().init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     }
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("key `log-level`: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
     // One worker: a current-thread runtime (no work-stealing, no cross-
     // thread wake-ups), the shape of HAProxy's single-threaded event loop.
     let mut runtime = match config.worker_threads {
@@ -81,79 +102,47 @@ fn run(config: Config) -> anyhow::Result<()> {
     };
     runtime.enable_all();
     let runtime = runtime.build().context("starting the async runtime")?;
-    runtime.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "binding the HTTP listener on {} (key `listen`)",
-            config.listen
-        )
-    })?;
-    tracing::info!(
-        listen = %listener.local_addr().unwrap_or(config.listen),
-        zookeeper = config.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
-        leader_path = %config.leader_path,
-        nodes = config.nodes.len(),
-        "livy-proxy {} starting",
-        env!("CARGO_PKG_VERSION")
-    );
-    let thrift_listener = match config.thrift_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
-            format!("binding the JDBC listener on {addr} (key `thrift-listen`)")
-        })?),
-        None => None,
-    };
-    // Thousands of JDBC and HTTP connections need file descriptors: raise
-    // the soft limit to the hard one, as servers commonly do.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "cannot raise the open-files limit");
-    }
-    let discovery = discovery::start(config.discovery(), shutdown.child_token());
-    let leader = discovery.leader.clone();
-    let proxy = HttpProxy::with_hints(
-        HttpSettings::from(&config),
-        config.nodes.clone(),
-        leader.clone(),
-        discovery.hints,
-    );
-    let http = tokio::spawn(proxy.serve(listener, shutdown.child_token()));
-    let jdbc = thrift_listener.map(|l| {
-        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
-        let tcp = TcpProxy::new(TcpSettings::from(&config), config.nodes.clone(), leader);
-        tokio::spawn(tcp.serve(l, shutdown.child_token()))
-    });
-
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; finishing requests in flight");
-    shutdown.cancel();
-    let drained = async {
-        let _ = http.await;
-        if let Some(jdbc) = jdbc {
-            let _ = jdbc.await;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config).await?;
+        // Thousands of JDBC and HTTP connections need file descriptors:
+        // raise the soft limit to the hard one, as servers commonly do.
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
         }
-    };
-    tokio::select! {
-        _ = drained => {}
-        _ = wait_for_signal() => tracing::warn!("second signal: exiting now"),
-    }
-    Ok(())
+        let control = Control::default();
+        tokio::spawn(signals(control.clone()));
+        Ok(app::run(config, listeners, control, Some(reloader)).await)
+    })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT begins the drain, a second one forces the end; SIGHUP
+/// reloads.
+async fn signals(control: Control) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot install signal handlers; only the process being killed stops it");
-        return std::future::pending().await;
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                control.reload.notify_one();
+                continue;
+            }
+        }
+        if control.drain.is_cancelled() {
+            tracing::warn!("second signal: exiting now");
+            control.force.cancel();
+            return;
+        }
+        tracing::info!("signal: draining");
+        control.drain.cancel();
     }
 }

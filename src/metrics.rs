@@ -461,9 +461,9 @@ impl Metrics {
 
     /// A client connection was accepted on `listener`; the guard counts it
     /// open until dropped.
-    pub fn connection(&self, listener: Listener) -> ConnectionGuard<'_> {
+    pub fn connection(&self, listener: Listener) -> ConnectionGuard {
         self.connections_total[listener.index()].inc();
-        let open = &self.connections_open[listener.index()];
+        let open = self.connections_open[listener.index()].clone();
         open.inc();
         ConnectionGuard { open }
     }
@@ -480,11 +480,11 @@ impl Metrics {
     }
 
     /// A JDBC stream to Livy opened; the guard counts it open until dropped.
-    pub fn jdbc_connection(&self) -> ConnectionGuard<'_> {
+    pub fn jdbc_connection(&self) -> ConnectionGuard {
         self.jdbc_total.inc();
         self.jdbc_open.inc();
         ConnectionGuard {
-            open: &self.jdbc_open,
+            open: self.jdbc_open.clone(),
         }
     }
 
@@ -547,11 +547,11 @@ impl Metrics {
 }
 
 /// Counts a connection as open while it lives.
-pub struct ConnectionGuard<'a> {
-    open: &'a Gauge,
+pub struct ConnectionGuard {
+    open: Gauge,
 }
 
-impl Drop for ConnectionGuard<'_> {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.open.dec();
     }

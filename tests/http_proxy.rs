@@ -171,6 +171,8 @@ async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) 
 
 fn settings(hold: Duration) -> HttpSettings {
     HttpSettings {
+        max_requests_in_flight: 4096,
+        max_client_connections: 10_000,
         hold_timeout: hold,
         upstream_timeout: Duration::from_secs(30),
         client_header_timeout: Duration::from_secs(30),

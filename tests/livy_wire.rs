@@ -179,6 +179,8 @@ impl Drop for Proxy {
 
 async fn proxy_to(node: &LivyNode) -> Proxy {
     let settings = HttpSettings {
+        max_requests_in_flight: 4096,
+        max_client_connections: 10_000,
         hold_timeout: Duration::from_secs(2),
         upstream_timeout: Duration::from_secs(30),
         client_header_timeout: Duration::from_secs(30),

@@ -30,11 +30,10 @@ mod h2c;
 pub mod headers;
 pub mod retry;
 mod sniff;
+pub mod stack;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,11 +44,15 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
+use crate::metrics::{Listener, Metrics};
 use crate::node::LivyNode;
 use body::{BodyLimits, UpstreamBody};
 use error::ProxyError;
@@ -102,6 +105,11 @@ pub struct HttpSettings {
     pub max_streaming_uploads: usize,
     /// Most requests in flight on one h2c connection.
     pub h2_max_concurrent_streams: u32,
+    /// Most requests inside the proxy at once; more are shed with 503.
+    pub max_requests_in_flight: usize,
+    /// Most client connections open on the HTTP listener; at the limit,
+    /// accepting pauses.
+    pub max_client_connections: usize,
     /// Largest header list of one h2c request.
     pub h2_max_header_list_size: u32,
 }
@@ -109,6 +117,8 @@ pub struct HttpSettings {
 impl From<&Config> for HttpSettings {
     fn from(c: &Config) -> Self {
         HttpSettings {
+            max_requests_in_flight: c.max_requests_in_flight,
+            max_client_connections: c.max_client_connections,
             hold_timeout: c.hold_timeout,
             upstream_timeout: c.upstream_timeout,
             client_header_timeout: c.client_header_timeout,
@@ -132,12 +142,55 @@ impl From<&Config> for HttpSettings {
 struct Shared {
     leader: LeaderRx,
     hints: Hints,
+    metrics: Arc<Metrics>,
+    access_log: stack::AccessLogSwitch,
     retry_budget: retry::RetryBudget,
     authority: AuthorityCache,
     nodes: Arc<Vec<LivyNode>>,
     upstream: Arc<Upstream>,
     bodies: BodyLimits,
-    settings: HttpSettings,
+    /// Swapped whole by a reload; the keys read per request take effect
+    /// for the next request, the others were used at start.
+    settings: arc_swap::ArcSwap<HttpSettings>,
+}
+
+/// What became of one request inside the proxy, for its access-log line and
+/// the metrics: carried out on the response's extensions.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The Livy server the last attempt went to.
+    pub node: Option<Arc<LivyNode>>,
+    /// Time spent waiting for a leader (elections, refused connects,
+    /// discovery's check of a redirect).
+    pub held: Duration,
+    /// Redirects followed inside the proxy.
+    pub redirects: u32,
+    /// Times the request was sent again after it may have reached Livy.
+    pub retries: u32,
+    /// The failover.md `kind` when the proxy answered itself.
+    pub error: Option<&'static str>,
+}
+
+/// What joins the HTTP proxy to the rest of the process.
+pub struct Wiring {
+    /// Where passives' redirects are reported.
+    pub hints: Hints,
+    /// Where request and connection metrics go.
+    pub metrics: Arc<Metrics>,
+    /// Whether access-log lines are written (flipped by a reload).
+    pub access_log: stack::AccessLogSwitch,
+}
+
+impl Default for Wiring {
+    /// Nothing joined: no discovery to hint, metrics nobody reads, access
+    /// log on.
+    fn default() -> Self {
+        Wiring {
+            hints: Hints::none(),
+            metrics: Arc::new(Metrics::new("default")),
+            access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
 }
 
 /// The proxy: cheap to clone (one `Arc`), one clone per connection.
@@ -184,17 +237,23 @@ impl HttpProxy {
     /// receiver of discovery's leader channel, with nowhere to report hints
     /// (for a view no discovery task owns).
     pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
-        Self::with_hints(settings, nodes, leader, Hints::none())
+        Self::wired(settings, nodes, leader, Wiring::default())
     }
 
-    /// [`HttpProxy::new`], reporting passives' redirects to discovery
-    /// through `hints` so a stale view is corrected at once.
-    pub fn with_hints(
+    /// [`HttpProxy::new`] joined to the rest of the process: hints to
+    /// discovery (a stale view corrected at once), the metrics, the access
+    /// log's switch.
+    pub fn wired(
         settings: HttpSettings,
         nodes: Arc<Vec<LivyNode>>,
         leader: LeaderRx,
-        hints: Hints,
+        wiring: Wiring,
     ) -> Self {
+        let Wiring {
+            hints,
+            metrics,
+            access_log,
+        } = wiring;
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
         let upstream = Upstream::new(
@@ -207,6 +266,8 @@ impl HttpProxy {
             shared: Arc::new(Shared {
                 leader,
                 hints,
+                metrics,
+                access_log,
                 retry_budget: retry::RetryBudget::default(),
                 authority: AuthorityCache::default(),
                 nodes,
@@ -217,7 +278,7 @@ impl HttpProxy {
                     settings.max_streaming_uploads,
                     settings.client_body_timeout,
                 ),
-                settings,
+                settings: arc_swap::ArcSwap::from_pointee(settings),
             }),
         }
     }
@@ -233,45 +294,75 @@ impl HttpProxy {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.settings.client_header_timeout)
+            .header_read_timeout(self.shared.settings.load().client_header_timeout)
             .writev(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(self.shared.settings.h2_max_concurrent_streams)
-            .max_header_list_size(self.shared.settings.h2_max_header_list_size);
+            .max_concurrent_streams(self.shared.settings.load().h2_max_concurrent_streams)
+            .max_header_list_size(self.shared.settings.load().h2_max_header_list_size);
         // Shared by every connection's task; a connection uses one of them.
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
+        let settings = self.shared.settings.load_full();
+        // The tower stack (stack.rs), built once; each connection clones it
+        // (a few `Arc`s) and each request clones it again, as tower's
+        // `oneshot` does.
+        let stack = tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(stack::RequestIds::default()))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(stack::ObserveLayer {
+                metrics: self.shared.metrics.clone(),
+                access_log: self.shared.access_log.clone(),
+            })
+            .layer(stack::RescueLayer {
+                retry_after: settings.retry_after,
+            })
+            .load_shed()
+            .concurrency_limit(settings.max_requests_in_flight.max(1))
+            .service(stack::Forward::new(self.clone()));
+        // A permit per open client connection, taken before accepting (as
+        // mini-redis does): at the limit, accepting pauses and new clients
+        // wait in the kernel's backlog instead of costing memory here.
+        let connections = Arc::new(tokio::sync::Semaphore::new(
+            settings.max_client_connections.max(1),
+        ));
         loop {
+            let permit = match connections.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    self.shared.metrics.connections_at_limit();
+                    tracing::warn!(
+                        limit = settings.max_client_connections,
+                        "max-client-connections reached: accepting paused"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        p = connections.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
             else {
                 break;
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            let proxy = self.clone();
-            let peer_ip = peer_ip_header(peer);
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let proxy = proxy.clone();
-                let req = ClientRequest {
-                    request,
-                    peer,
-                    peer_ip: peer_ip.clone(),
-                    local,
-                };
-                // Boxed: hyper keeps room for the service's future in every
-                // connection for its whole life. Boxed here, an idle
-                // connection holds a pointer and the request's state (some
-                // KiB) exists only while a request is in flight, taken from
-                // and given back to the allocator's hot free list.
-                Box::pin(async move { Ok::<_, Infallible>(proxy.forward(req).await) })
-                    as Pin<Box<dyn Future<Output = _> + Send>>
-            });
+            let info = Arc::new(stack::ClientInfo::new(peer, local));
+            let service = TowerToHyperService::new(stack.clone().map_request(
+                move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(info.clone());
+                    request
+                },
+            ));
+            let open = self.shared.metrics.connection(Listener::Http);
             let builders = builders.clone();
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
-            let header_timeout = self.shared.settings.client_header_timeout;
+            let header_timeout = self.shared.settings.load().client_header_timeout;
             tokio::spawn(async move {
                 // HTTP/1.1 or h2c, told apart without taking a byte from the
                 // socket (`sniff`); a connection that says nothing before
@@ -294,10 +385,18 @@ impl HttpProxy {
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
+                drop((open, permit));
             });
         }
         drop(listener);
         graceful.shutdown().await;
+    }
+
+    /// Replaces the settings for the requests that start from now on (a
+    /// reload). Only the keys read per request change anything: see
+    /// docs/configuration.md for which are live.
+    pub fn update_settings(&self, settings: HttpSettings) {
+        self.shared.settings.store(Arc::new(settings));
     }
 
     /// Handles one client request end to end; never fails, errors become
@@ -307,14 +406,17 @@ impl HttpProxy {
         // Cheap clones (no copy of the bytes), kept for the log lines.
         let method = req.request.method().clone();
         let uri = req.request.uri().clone();
-        let response = match self.try_forward(req, started).await {
+        let mut outcome = Outcome::default();
+        let mut response = match self.try_forward(req, started, &mut outcome).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(%method, path = uri.path(), kind = e.kind(), error = %e, "request failed");
-                e.into_response(self.shared.settings.retry_after)
+                outcome.error = Some(e.kind());
+                e.into_response(self.shared.settings.load().retry_after)
                     .map(Either::Right)
             }
         };
+        response.extensions_mut().insert(outcome);
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
         response
     }
@@ -323,9 +425,13 @@ impl HttpProxy {
         &self,
         req: ClientRequest,
         started: Instant,
+        outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let s = &self.shared;
-        let deadline = started + s.settings.hold_timeout;
+        // This request's settings: a reload in the middle does not change
+        // the rules it runs under.
+        let settings = s.settings.load_full();
+        let deadline = started + settings.hold_timeout;
         let (parts, incoming) = req.request.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
@@ -356,9 +462,9 @@ impl HttpProxy {
                 client_ip: &req.peer_ip,
                 proto: "http",
                 host: client_host.as_ref(),
-                trust_forwarded: s.settings.trust_forwarded,
-                emit_forwarded: s.settings.emit_forwarded,
-                strip: &s.settings.strip_headers,
+                trust_forwarded: settings.trust_forwarded,
+                emit_forwarded: settings.emit_forwarded,
+                strip: &settings.strip_headers,
             },
         );
         headers::add_via(&mut upstream_headers, parts.version);
@@ -400,7 +506,7 @@ impl HttpProxy {
             let mut generation = leader_rx.borrow().generation;
             let node = match redirected_to.clone() {
                 Some(n) => n,
-                None => match wait_for_leader(&mut leader_rx, deadline).await {
+                None => match held(outcome, wait_for_leader(&mut leader_rx, deadline)).await {
                     Some((n, g)) => {
                         generation = g;
                         n
@@ -426,11 +532,12 @@ impl HttpProxy {
                     reason: "the request body was already sent and is too large to resend".into(),
                 });
             };
+            outcome.node = Some(node.clone());
             let authority = s.authority.of(&node);
             aim_at(&mut upstream_req, &node, &authority)?;
             *upstream_req.body_mut() = attempt_body;
             let sent = tokio::time::timeout(
-                s.settings.upstream_timeout,
+                settings.upstream_timeout,
                 s.upstream.send(&authority, &mut upstream_req),
             )
             .await;
@@ -439,7 +546,7 @@ impl HttpProxy {
                 Err(_) => {
                     return Err(ProxyError::UpstreamTimeout {
                         node: node.to_string(),
-                        timeout: s.settings.upstream_timeout,
+                        timeout: settings.upstream_timeout,
                     });
                 }
             };
@@ -460,11 +567,12 @@ impl HttpProxy {
                         && let Some(seq) = s.hints.report(node.clone(), (*target).clone())
                     {
                         let until = deadline.min(Instant::now() + HINT_ANSWER_WAIT);
-                        s.hints.answered(seq, until).await;
+                        held(outcome, s.hints.answered(seq, until)).await;
                         view_moved = !still_names(&leader_rx, &node);
                     }
                     if body.can_send() {
                         hops += 1;
+                        outcome.redirects += 1;
                         if hops > MAX_REDIRECT_HOPS {
                             return Err(ProxyError::RedirectLoop { hops: hops - 1 });
                         }
@@ -482,10 +590,13 @@ impl HttpProxy {
                     // somewhere else is worth giving it: once the view has
                     // moved, the resent request reaches the new leader.
                     let moved = view_moved
-                        || wait_moved_from(
-                            &mut leader_rx,
-                            &node,
-                            deadline.min(Instant::now() + HINT_ANSWER_WAIT),
+                        || held(
+                            outcome,
+                            wait_moved_from(
+                                &mut leader_rx,
+                                &node,
+                                deadline.min(Instant::now() + HINT_ANSWER_WAIT),
+                            ),
                         )
                         .await;
                     if !moved {
@@ -506,8 +617,11 @@ impl HttpProxy {
                     redirected_to = None;
                     let pause = backoff.next(generation);
                     if !body.can_send()
-                        || !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline)
-                            .await
+                        || !held(
+                            outcome,
+                            wait_change_or_backoff(&mut leader_rx, generation, pause, deadline),
+                        )
+                        .await
                     {
                         return Err(ProxyError::LeaderUnreachable {
                             node: node.to_string(),
@@ -538,9 +652,15 @@ impl HttpProxy {
                     }
                     tracing::info!(node = %node, error = %reason, method = %upstream_req.method(), "upstream failed; retrying idempotent request once");
                     failed_after_send = Some(node.clone());
+                    outcome.retries += 1;
                     redirected_to = None;
                     let pause = backoff.next(generation);
-                    if !wait_change_or_backoff(&mut leader_rx, generation, pause, deadline).await {
+                    if !held(
+                        outcome,
+                        wait_change_or_backoff(&mut leader_rx, generation, pause, deadline),
+                    )
+                    .await
+                    {
                         return Err(failed());
                     }
                 }
@@ -605,7 +725,8 @@ impl HttpProxy {
             if known {
                 // Without an address at all, a path alone: the client
                 // resolves it against the URL it used (RFC 9110 §10.2.2).
-                let origin = match (&self.shared.settings.public_url, local) {
+                let settings = self.shared.settings.load();
+                let origin = match (&settings.public_url, local) {
                     (Some(url), _) => url.clone(),
                     (None, Some(addr)) => format!("http://{addr}"),
                     (None, None) => String::new(),
@@ -698,6 +819,14 @@ impl Backoff {
         self.next = (self.next * 2).min(Self::MAX);
         pause
     }
+}
+
+/// Runs `wait`, adding the time it took to the request's held time.
+async fn held<T>(outcome: &mut Outcome, wait: impl Future<Output = T>) -> T {
+    let from = Instant::now();
+    let out = wait.await;
+    outcome.held += from.elapsed();
+    out
 }
 
 /// Whether the view still names `node` as the leader.

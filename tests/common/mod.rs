@@ -758,6 +758,7 @@ impl SimCluster {
 pub struct Proxy {
     proc: Proc,
     addr: SocketAddr,
+    admin: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -768,12 +769,16 @@ impl Proxy {
     pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("addr");
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("proxy.log");
         let file = std::fs::File::create(&log).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_livy-proxy"));
         cmd.args(args.iter().map(|a| a.as_ref()))
             .args(["--listen", &addr.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
             .env("RUST_LOG", "info,livy_proxy=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -791,6 +796,7 @@ impl Proxy {
         Proxy {
             proc,
             addr,
+            admin,
             log,
             _dir: dir,
         }
@@ -804,6 +810,11 @@ impl Proxy {
     /// The listen address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `http://127.0.0.1:ADMINPORT`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     /// Its process id.
