@@ -140,6 +140,23 @@ impl Proc {
         }
     }
 
+    /// Waits (up to `deadline`) for it to exit; its exit code, or `None` if
+    /// it is still running (or was killed by a signal).
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Its stdin, if piped.
     pub fn stdin(&mut self) -> Option<ChildStdin> {
         self.child.as_mut().and_then(|c| c.stdin.take())
@@ -769,9 +786,7 @@ impl Proxy {
     pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("proxy.log");
         let file = std::fs::File::create(&log).expect("log");
@@ -830,6 +845,16 @@ impl Proxy {
     /// SIGTERM and wait.
     pub fn terminate(&mut self) {
         self.proc.terminate();
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: i32) {
+        self.proc.signal(signal);
+    }
+
+    /// Waits for the proxy to exit; its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        self.proc.wait_exit(deadline)
     }
 }
 

@@ -1,0 +1,347 @@
+//! Operating the proxy: the admin listener (readiness, status, metrics),
+//! the access log, the drain on SIGTERM, SIGHUP reloads and the in-flight
+//! limit, against the binary, real ZooKeeper and the Curator latch (or
+//! livy-sim servers with fixed roles where discovery does not matter).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proxy, SimCluster, ZooKeeper, http_request, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn get(url: &str) -> (u16, String) {
+    let (status, _, body) = http_request("GET", url, &[], vec![]).await;
+    (status.as_u16(), body)
+}
+
+async fn json(url: &str) -> serde_json::Value {
+    let (_, body) = get(url).await;
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// A sample's value in the exposition text (`name{labels} value`).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn until_async<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < DEADLINE {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_status_metrics_and_access_log_follow_the_leader_through_a_failover() {
+    let zk = ZooKeeper::start();
+    let plan = SimCluster::plan(2);
+    let nodes: Vec<String> = (0..2).map(|i| plan.node_arg(i)).collect();
+    let proxy = Proxy::start(&[
+        "--zookeeper",
+        &zk.connect_string(),
+        "--node",
+        &nodes[0],
+        "--node",
+        &nodes[1],
+    ]);
+    let admin = proxy.admin_url();
+    // Nobody holds the latch yet: alive, not ready, with a reason.
+    assert_eq!(get(&format!("{admin}/healthz")).await.0, 200);
+    let (status, body) = get(&format!("{admin}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("reason"), "{body}");
+    assert!(json(&format!("{admin}/status")).await["leader"].is_null());
+
+    let mut cluster = plan.start(&zk);
+    let leader = cluster.wait_for_leader(DEADLINE);
+    let leader_id = format!("livy-{}", leader + 1);
+    assert!(
+        until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 200 }).await,
+        "ready once a leader is known"
+    );
+    let status = json(&format!("{admin}/status")).await;
+    assert_eq!(status["leader"]["id"], leader_id.as_str(), "{status}");
+    assert_eq!(status["source"], "zookeeper");
+    assert_eq!(status["zookeeper_session"], "connected");
+    assert_eq!(
+        status["participants"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+
+    for _ in 0..5 {
+        let (_, headers, _) = http_request(
+            "GET",
+            &format!("{}/sessions?secret=1", proxy.url()),
+            &[("x-request-id", "test-request-7")],
+            vec![],
+        )
+        .await;
+        assert_eq!(headers["x-request-id"], "test-request-7", "passed through");
+    }
+    let (_, headers, _) =
+        http_request("GET", &format!("{}/sessions", proxy.url()), &[], vec![]).await;
+    assert!(
+        headers.contains_key("x-request-id"),
+        "one is made when absent"
+    );
+    let (_, text) = get(&format!("{admin}/metrics")).await;
+    let gets = sample(
+        &text,
+        r#"livy_proxy_http_requests_total{service="default",method="GET",status_class="2xx"}"#,
+    );
+    assert_eq!(gets, Some(6.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"livy_proxy_leader_known{service="default"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"livy_proxy_zookeeper_connected{service="default"}"#
+        ),
+        Some(1.0)
+    );
+    let info = format!(r#"livy_proxy_leader_info{{service="default",id="{leader_id}""#);
+    assert!(text.contains(&info), "{text}");
+
+    let logs = proxy.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("test-request-7"))
+        .unwrap_or_else(|| panic!("an access-log line for the request: {logs}"));
+    for field in [
+        "access",
+        "method=GET",
+        "path=/sessions",
+        "status=200",
+        "upstream=livy-",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(!line.contains("secret"), "the query is not logged: {line}");
+
+    // Failover: status and metrics name the new leader.
+    cluster.terminate(leader);
+    let next_id = format!("livy-{}", 2 - leader);
+    assert!(
+        until_async(|| async {
+            json(&format!("{admin}/status")).await["leader"]["id"] == next_id.as_str()
+        })
+        .await,
+        "/status names the new leader"
+    );
+    let status = json(&format!("{admin}/status")).await;
+    let changes = status["leader_changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(changes.len() >= 2, "{status}");
+    let (_, text) = get(&format!("{admin}/metrics")).await;
+    assert!(
+        sample(
+            &text,
+            r#"livy_proxy_leader_changes_total{service="default"}"#
+        ) >= Some(2.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_readiness_first_then_stop_accepting_held_requests_finish_exit_0() {
+    // Static mode, the node not started yet: no leader, requests are held.
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let mut proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--probe-interval",
+        "200ms",
+        "--hold-timeout",
+        "60s",
+        "--shutdown-delay",
+        "2s",
+        "--shutdown-grace-period",
+        "50s",
+    ]);
+    let admin = proxy.admin_url();
+    // No Livy yet: this request is held.
+    let url = proxy.url();
+    let held = tokio::spawn(async move { get(&format!("{url}/version")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(libc::SIGTERM);
+    assert!(
+        until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 503 }).await,
+        "readiness 503 at once"
+    );
+    assert!(
+        json(&format!("{admin}/readyz")).await["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("draining")
+    );
+    assert_eq!(
+        get(&format!("{admin}/healthz")).await.0,
+        200,
+        "alive while draining"
+    );
+    // During shutdown-delay new connections are still accepted (and held).
+    let url = proxy.url();
+    let during_delay = tokio::spawn(async move { get(&format!("{url}/version")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After it, the listener is closed.
+    let addr = proxy.addr();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+        }),
+        "accepting stopped after shutdown-delay"
+    );
+    // A leader appears: the held requests are served, discovery still runs.
+    let _cluster = plan.start_static(0);
+    let (status, body) = held.await.unwrap();
+    assert_eq!(status, 200, "held request served during the drain: {body}");
+    assert_eq!(during_delay.await.unwrap().0, 200);
+    assert_eq!(proxy.wait_exit(DEADLINE), Some(0), "a clean drain exits 0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_that_must_cut_a_request_exits_non_zero() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let mut proxy = Proxy::start(&["--node", &node, "--shutdown-grace-period", "1s"]);
+    let url = proxy.url();
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+    let slow = tokio::spawn(async move {
+        http_request("GET", &format!("{url}/slow?ms=20000"), &[], vec![]).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(
+        proxy.wait_exit(DEADLINE),
+        Some(1),
+        "cut by the grace period"
+    );
+    slow.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_flight_limit_sheds_with_503_overloaded() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let proxy = Proxy::start(&["--node", &node, "--max-requests-in-flight", "1"]);
+    let url = proxy.url();
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+    let u = url.clone();
+    let slow = tokio::spawn(async move { get(&format!("{u}/slow?ms=3000")).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, headers, body) = http_request("GET", &format!("{url}/version"), &[], vec![]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(slow.await.unwrap().0, 200, "the request inside is served");
+    let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"livy_proxy_requests_shed_total{service="default"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_live_keys_names_restart_only_ones_and_keeps_a_jdbc_stream() {
+    use std::io::{Read, Write};
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let thrift_port = plan.thrift_port();
+    let _cluster = plan.start_static(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("livy-proxy.toml");
+    let jdbc_port = common::free_port();
+    let write = |extra: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "node = [\"{node}\"]\nthrift-listen = \"127.0.0.1:{jdbc_port}\"\nthrift-port = {thrift_port}\n{extra}"
+            ),
+        )
+        .unwrap()
+    };
+    write("access-log = true\n");
+    let proxy = Proxy::start(&["--config", file.to_str().unwrap()]);
+    let admin = proxy.admin_url();
+    let url = proxy.url();
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+
+    // A JDBC stream to the (echoing) Thrift port.
+    let mut jdbc = std::net::TcpStream::connect(("127.0.0.1", jdbc_port)).unwrap();
+    jdbc.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let echo = |s: &mut std::net::TcpStream, msg: &[u8]| {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        got
+    };
+    assert_eq!(echo(&mut jdbc, b"ping-1"), b"ping-1");
+
+    // A good file: access log off (live), thrift-port changed (restart-only).
+    write("access-log = false\nmax-tcp-connections = 7\n");
+    proxy.signal(libc::SIGHUP);
+    let reloaded = |result: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let (_, text) = get(&format!("{admin}/metrics")).await;
+            sample(
+                &text,
+                &format!(
+                    r#"livy_proxy_config_reloads_total{{service="default",result="{result}"}}"#
+                ),
+            ) == Some(1.0)
+        }
+    };
+    assert!(until_async(|| reloaded("success")).await, "counted");
+    let logs = proxy.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("only change on a restart") && l.contains("max-tcp-connections")),
+        "{logs}"
+    );
+    let before = proxy.logs().matches("request_id=").count();
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        proxy.logs().matches("request_id=").count(),
+        before,
+        "access log now off"
+    );
+
+    // A bad file: kept the old configuration, named the key.
+    write("hold-timeout = \"soon\"\n");
+    proxy.signal(libc::SIGHUP);
+    assert!(until_async(|| reloaded("failure")).await, "counted");
+    assert!(proxy.logs().contains("hold-timeout"), "the key is named");
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+
+    assert_eq!(
+        echo(&mut jdbc, b"ping-2"),
+        b"ping-2",
+        "the JDBC stream survived both reloads"
+    );
+}
