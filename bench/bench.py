@@ -181,6 +181,10 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
     cmd = [str(binary), "--listen", f"127.0.0.1:{port}",
            "--node", f"up=http://127.0.0.1:{upstream}", "--probe-path", "/sessions",
            "--log-level", "warn", *extra]
+    if binary == REL / "livy-proxy":
+        # Each instance its own admin port (the default one is shared); a
+        # binary from before the admin listener has no such flag.
+        cmd += ["--admin-listen", "127.0.0.1:0"]
     if threads:
         cmd += ["--worker-threads", str(threads)]
     p = start(name, cmd, cpu=0 if threads == 1 else None)

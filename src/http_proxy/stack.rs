@@ -196,7 +196,10 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let log = self.access_log.load(Ordering::Relaxed);
+        // The line's fields are gathered only when it will be written: the
+        // switch (`access-log`) and the log filter (target `access`).
+        let log = self.access_log.load(Ordering::Relaxed)
+            && tracing::enabled!(target: "access", tracing::Level::INFO);
         let seen = Seen {
             started: Instant::now(),
             method: req.method().clone(),
