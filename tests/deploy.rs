@@ -547,7 +547,7 @@ fn every_proxys_config_loads() {
             // pending keys are left out until the loader knows them.
             let dir = tempfile::tempdir().expect("temp dir");
             let mut file = config.clone();
-            file.retain(|k, _| !PENDING_KEYS.contains(&&k[..]));
+            file.retain(|k, _| !PENDING_KEYS.contains(&k));
             let path = dir.path().join("livy-proxy.toml");
             std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write");
             let mut args = vec!["livy-proxy".to_string()];
