@@ -1,6 +1,7 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
-# venv) when it is missing. Safe to run again: it installs nothing that is
+# venv; for the tests also kubectl, promtool and systemd-analyze) when it is
+# missing. Safe to run again: it installs nothing that is
 # already there.
 
 need_pkgs=()
@@ -15,6 +16,16 @@ if ! command -v python3 >/dev/null 2>&1; then
   need_pkgs+=(python3 python3-venv)
 elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_pkgs+=(python3-venv)
+fi
+# The offline checks of deploy/ (tests/deploy.rs), for scripts/test only:
+# kubectl renders the kustomize overlays (any kubectl already on the PATH
+# will do; else Debian's, whose built-in kustomize is old but renders them),
+# promtool checks and unit-tests the alerts, systemd-analyze verifies the
+# unit. Debian's prometheus package is the one that ships promtool.
+if [ "${deps_deploy_checks:-}" = 1 ]; then
+  command -v kubectl >/dev/null 2>&1 || need_pkgs+=(kubernetes-client)
+  command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "installing from Debian: ${need_pkgs[*]}" >&2
