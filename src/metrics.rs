@@ -231,6 +231,9 @@ impl Metrics {
             "Requests the proxy answered itself, by kind (docs/failover.md)",
             upstream_errors.clone(),
         );
+        for kind in crate::http_proxy::error::KINDS {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());

@@ -345,3 +345,92 @@ async fn sighup_applies_live_keys_names_restart_only_ones_and_keeps_a_jdbc_strea
         "the JDBC stream survived both reloads"
     );
 }
+
+/// The families a `/metrics` text declares (`# TYPE name type`), with the
+/// label names their samples carry.
+fn families(text: &str) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                out.insert(name.to_string(), (kind.to_string(), Vec::new()));
+            }
+        }
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, _)) = line.split_once('{') else {
+            continue;
+        };
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| series.strip_suffix(s).filter(|f| out.contains_key(*f)))
+            .unwrap_or(series);
+        let labels = line
+            .split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(l, _)| l)
+            .unwrap_or("");
+        if let Some((_, names)) = out.get_mut(family) {
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                if let Some((k, _)) = pair.split_once('=')
+                    && k != "le"
+                    && !names.iter().any(|n| n == k)
+                {
+                    names.push(k.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_metrics_alerts_and_dashboards_use_are_the_ones_the_proxy_serves() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let proxy = Proxy::start(&["--node", &node]);
+    assert_eq!(get(&format!("{}/version", proxy.url())).await.0, 200);
+    let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
+    let served = families(&text);
+    let contract = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/metrics.txt"),
+    )
+    .unwrap();
+    let mut listed = 0;
+    for line in contract
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let mut parts = line.split_whitespace();
+        let (name, kind, labels) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap_or(""),
+        );
+        listed += 1;
+        let (served_kind, served_labels) = served.get(name).unwrap_or_else(|| {
+            panic!("{name} (deploy/prometheus/metrics.txt) is not served:\n{text}")
+        });
+        assert_eq!(served_kind, kind, "{name}");
+        if !served_labels.is_empty() {
+            for label in labels.split(',').filter(|l| !l.is_empty()) {
+                assert!(
+                    served_labels.iter().any(|l| l == label),
+                    "{name} lacks label {label}: {served_labels:?}"
+                );
+            }
+        }
+    }
+    // And nothing is served that the contract does not list.
+    for name in served.keys() {
+        assert!(
+            contract
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name.as_str())),
+            "{name} is served but not in deploy/prometheus/metrics.txt"
+        );
+    }
+    assert!(listed >= 20);
+}

@@ -95,6 +95,21 @@ fn detail(problem: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// Every `kind` the proxy answers with, so that each metric series exists
+/// (at 0) from the start: an alert's `increase()` then sees the first one.
+pub const KINDS: &[&str] = &[
+    "no_leader",
+    "leader_unreachable",
+    "upstream_failed",
+    "upstream_timeout",
+    "redirect_loop",
+    "leader_changing",
+    "bad_request",
+    "method_not_allowed",
+    "body_timeout",
+    "overloaded",
+];
+
 impl ProxyError {
     /// The HTTP status this failure is reported with.
     pub fn status(&self) -> StatusCode {
@@ -161,6 +176,24 @@ impl ProxyError {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let all = [
+            ProxyError::NoLeader {
+                waited: Duration::ZERO,
+                problem: None,
+            },
+            ProxyError::LeaderChanging {
+                node: String::new(),
+            },
+            ProxyError::BadRequest(String::new()),
+            ProxyError::Overloaded(String::new()),
+        ];
+        for e in all {
+            assert!(KINDS.contains(&e.kind()), "{}", e.kind());
+        }
+    }
 
     #[tokio::test]
     async fn no_leader_is_503_json_with_retry_after() {
