@@ -434,3 +434,22 @@ async fn the_metrics_alerts_and_dashboards_use_are_the_ones_the_proxy_serves() {
     }
     assert!(listed >= 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_subcommand_answers_for_a_container_healthcheck() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let proxy = Proxy::start(&["--node", &node]);
+    let health = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
+            .args(["health", &url])
+            .status()
+            .expect("runs")
+            .code()
+    };
+    assert_eq!(health(format!("{}/healthz", proxy.admin_url())), Some(0));
+    // Not ready (the node is not running): /readyz is not 200.
+    assert_eq!(health(format!("{}/readyz", proxy.admin_url())), Some(1));
+    let closed = format!("http://127.0.0.1:{}/healthz", common::free_port());
+    assert_eq!(health(closed), Some(1));
+}
