@@ -204,7 +204,7 @@ mod tests {
         let state = AdminState {
             leader: rx,
             discovery: Arc::default(),
-            metrics: Arc::new(Metrics::new("default")),
+            metrics: Arc::new(Metrics::new("default", false)),
             draining: Arc::default(),
             ready_requires_fresh: false,
             service: "default".to_string(),

@@ -130,7 +130,7 @@ pub async fn run(
     control: Control,
     reloader: Option<Reloader>,
 ) -> Ended {
-    let metrics = Arc::new(Metrics::new("default"));
+    let metrics = Arc::new(Metrics::new("default", config.zookeeper.is_some()));
     let discovery_stop = CancellationToken::new();
     let found = discovery::start(config.discovery(), discovery_stop.clone());
     let draining = Arc::new(Draining::default());

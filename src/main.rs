@@ -89,7 +89,13 @@ fn init_logging(config: &Config) -> SetLogLevel {
             )
             .init();
     }
+    // RUST_LOG, when set, stays in force: a reload applies `log-level`
+    // only to a proxy whose level came from it.
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     Box::new(move |level: &str| {
+        if from_env {
+            return Ok(());
+        }
         let filter = EnvFilter::try_new(level).map_err(|e| format!("key `log-level`: {e}"))?;
         handle.reload(filter).map_err(|e| e.to_string())
     })

@@ -182,8 +182,10 @@ fn duration_buckets() -> impl Iterator<Item = f64> {
 }
 
 impl Metrics {
-    /// All metrics, registered with the `service` label.
-    pub fn new(service: &str) -> Metrics {
+    /// All metrics, registered with the `service` label. The ZooKeeper
+    /// gauge only with ZooKeeper: a proxy probing a static list has no
+    /// session, and a 0 would fire the "ZooKeeper not connected" alert.
+    pub fn new(service: &str, zookeeper: bool) -> Metrics {
         let mut registry = Registry::with_prefix_and_labels(
             "livy_proxy",
             [(
@@ -366,11 +368,14 @@ impl Metrics {
             "Time since the leader in the view last changed",
             since_change.clone(),
         );
-        let zookeeper_connected = gauge(
-            &mut registry,
-            "zookeeper_connected",
-            "1 while the ZooKeeper session is connected (0 without ZooKeeper)",
-        );
+        let zookeeper_connected = Gauge::default();
+        if zookeeper {
+            registry.register(
+                "zookeeper_connected",
+                "1 while the ZooKeeper session is connected",
+                zookeeper_connected.clone(),
+            );
+        }
         let ready = gauge(&mut registry, "ready", "1 while /readyz answers 200");
         let draining = gauge(
             &mut registry,
@@ -439,6 +444,7 @@ impl Metrics {
 
     /// The proxy answered a request itself, with this failover.md `kind`.
     pub fn upstream_error(&self, kind: &'static str) {
+        self.failed_total.inc();
         self.upstream_errors
             .get_or_create(&KindLabel { kind })
             .inc();
@@ -574,7 +580,7 @@ mod tests {
 
     #[test]
     fn counters_move_and_carry_the_service_label() {
-        let m = Metrics::new("default");
+        let m = Metrics::new("default", true);
         m.http_request(&Method::GET, StatusCode::OK, Duration::from_millis(3));
         m.http_request(&Method::GET, StatusCode::OK, Duration::from_millis(3));
         m.http_request(
@@ -642,7 +648,7 @@ mod tests {
 
     #[test]
     fn the_leader_is_exposed_at_scrape_time() {
-        let m = Metrics::new("default");
+        let m = Metrics::new("default", true);
         let node = crate::node::LivyNode::parse(
             "livy-2=http://h2:8998",
             crate::node::AddressDefaults::default(),

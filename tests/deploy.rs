@@ -41,18 +41,6 @@ const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(0);
 const DEFAULT_SHUTDOWN_GRACE_PERIOD: Duration = Duration::from_secs(25);
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9998";
 
-/// Keys being added to the proxy with the admin listener; they are not in
-/// docs/configuration.md (nor in the config loader) yet. Once they are, this
-/// list can go: the checks below then take every key from there.
-const PENDING_KEYS: &[&str] = &[
-    "admin-listen",
-    "shutdown-delay",
-    "shutdown-grace-period",
-    "access-log",
-    "max-client-connections",
-    "max-requests-in-flight",
-];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -501,10 +489,10 @@ fn probes_ask_the_admin_port_for_healthz_and_readyz() {
     }
 }
 
-/// Every key docs/configuration.md documents, plus the pending ones.
+/// Every key docs/configuration.md documents.
 fn known_keys() -> BTreeSet<String> {
     let doc = read(&root().join("docs/configuration.md"));
-    let mut keys: BTreeSet<String> = doc
+    let keys: BTreeSet<String> = doc
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split_once('`'))
@@ -514,7 +502,6 @@ fn known_keys() -> BTreeSet<String> {
         keys.contains("hold-timeout"),
         "docs/configuration.md's key table moved"
     );
-    keys.extend(PENDING_KEYS.iter().map(|k| k.to_string()));
     keys
 }
 
@@ -543,16 +530,14 @@ fn every_proxys_config_loads() {
                 }
             }
             // The rest through the proxy's own loader, as the binary reads
-            // them: the node list, the ZooKeeper string, the addresses. The
-            // pending keys are left out until the loader knows them.
+            // them: the node list, the ZooKeeper string, the addresses.
             let dir = tempfile::tempdir().expect("temp dir");
-            let mut file = config.clone();
-            file.retain(|k, _| !PENDING_KEYS.contains(&k));
+            let file = config.clone();
             let path = dir.path().join("livy-proxy.toml");
             std::fs::write(&path, toml::to_string(&file).expect("TOML")).expect("write");
             let mut args = vec!["livy-proxy".to_string()];
             for (k, v) in &flags {
-                if k != "config" && !PENDING_KEYS.contains(&k.as_str()) {
+                if k != "config" {
                     args.push(format!("--{k}={v}"));
                 }
             }

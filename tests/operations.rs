@@ -387,10 +387,18 @@ fn families(text: &str) -> std::collections::BTreeMap<String, (String, Vec<Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_alerts_and_dashboards_use_are_the_ones_the_proxy_serves() {
+    // With ZooKeeper: its gauge is only served then.
+    let zk = ZooKeeper::start();
     let plan = SimCluster::plan(1);
     let node = plan.node_arg(0);
-    let _cluster = plan.start_static(0);
-    let proxy = Proxy::start(&["--node", &node]);
+    let cluster = plan.start(&zk);
+    cluster.wait_for_leader(DEADLINE);
+    let proxy = Proxy::start(&["--zookeeper", &zk.connect_string(), "--node", &node]);
+    let admin = proxy.admin_url();
+    assert!(
+        until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 200 }).await,
+        "ready"
+    );
     assert_eq!(get(&format!("{}/version", proxy.url())).await.0, 200);
     let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
     let served = families(&text);

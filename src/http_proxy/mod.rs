@@ -187,7 +187,7 @@ impl Default for Wiring {
     fn default() -> Self {
         Wiring {
             hints: Hints::none(),
-            metrics: Arc::new(Metrics::new("default")),
+            metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
