@@ -112,6 +112,9 @@ pub struct HttpSettings {
     pub max_client_connections: usize,
     /// Largest header list of one h2c request.
     pub h2_max_header_list_size: u32,
+    /// Whose PROXY protocol headers are believed, and for how long one is
+    /// waited for: the client's address behind a TCP load balancer.
+    pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
 }
 
 impl From<&Config> for HttpSettings {
@@ -135,6 +138,7 @@ impl From<&Config> for HttpSettings {
             max_streaming_uploads: c.max_streaming_uploads,
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             h2_max_header_list_size: c.h2_max_header_list_size,
+            proxy_protocol: c.proxy_protocol.clone(),
         }
     }
 }
@@ -351,19 +355,29 @@ impl HttpProxy {
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            let info = Arc::new(stack::ClientInfo::new(peer, local));
-            let service = TowerToHyperService::new(stack.clone().map_request(
-                move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(info.clone());
-                    request
-                },
-            ));
+            let stack = stack.clone();
+            // Loaded per connection: a reload applies to the next one.
+            let current = self.shared.settings.load_full();
             let open = self.shared.metrics.connection(Listener::Http);
             let builders = builders.clone();
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
             let header_timeout = self.shared.settings.load().client_header_timeout;
             tokio::spawn(async move {
+                // Behind a load balancer, the client is whom its PROXY
+                // header names (`proxy_protocol`); the header is consumed,
+                // the request after it is not.
+                let peer = match current.proxy_protocol.resolve_peer(&stream, peer).await {
+                    Ok(client) => client,
+                    Err(e) => return e.log("HTTP", peer),
+                };
+                let info = Arc::new(stack::ClientInfo::new(peer, local));
+                let service = TowerToHyperService::new(stack.map_request(
+                    move |mut request: Request<Incoming>| {
+                        request.extensions_mut().insert(info.clone());
+                        request
+                    },
+                ));
                 // HTTP/1.1 or h2c, told apart without taking a byte from the
                 // socket (`sniff`); a connection that says nothing before
                 // the header timeout, or before shutdown, is dropped.

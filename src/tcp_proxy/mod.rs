@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::node::LivyNode;
+use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
 
 /// The settings of the JDBC listener.
@@ -57,6 +58,9 @@ pub struct TcpSettings {
     pub idle_timeout: Option<Duration>,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Whose PROXY protocol headers are believed, and for how long one is
+    /// waited for: the client's address behind a TCP load balancer.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 impl From<&Config> for TcpSettings {
@@ -70,6 +74,7 @@ impl From<&Config> for TcpSettings {
             keepalive: c.tcp_keepalive,
             idle_timeout: c.tcp_idle_timeout,
             max_connections: c.max_tcp_connections,
+            proxy_protocol: c.proxy_protocol.clone(),
         }
     }
 }
@@ -143,6 +148,15 @@ impl TcpProxy {
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         self.tune(&client);
+        // Behind a load balancer, the client is whom its PROXY header
+        // names; the header is consumed, the Thrift bytes after it are not.
+        let peer = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            resolved = self.settings.proxy_protocol.resolve_peer(&client, peer) => match resolved {
+                Ok(client) => client,
+                Err(e) => return e.log("JDBC", peer),
+            },
+        };
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
             _ = shutdown.cancelled() => return,
