@@ -21,6 +21,7 @@ use livy_proxy::discovery::LeaderView;
 use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
 use livy_proxy::node::{AddressDefaults, LivyNode};
 use livy_proxy::proxy_protocol::{ProxyProtocol, TrustedNetworks};
+use livy_proxy::tcp_proxy::TcpProxy;
 use tcp_common::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -205,6 +206,7 @@ impl Drop for Livy {
 /// An HTTP proxy in front of `livy`, until the token is dropped.
 struct Http {
     addr: SocketAddr,
+    proxy: HttpProxy,
     _leader: watch::Sender<LeaderView>,
     stop: CancellationToken,
 }
@@ -215,8 +217,10 @@ impl Drop for Http {
     }
 }
 
-async fn http_proxy(livy: &Livy, proxy_protocol: ProxyProtocol) -> Http {
-    let settings = HttpSettings {
+fn http_settings(proxy_protocol: ProxyProtocol) -> HttpSettings {
+    HttpSettings {
+        max_requests_in_flight: 4096,
+        max_client_connections: 10_000,
         hold_timeout: Duration::from_secs(5),
         upstream_timeout: Duration::from_secs(30),
         client_header_timeout: Duration::from_secs(30),
@@ -228,16 +232,26 @@ async fn http_proxy(livy: &Livy, proxy_protocol: ProxyProtocol) -> Http {
         public_url: None,
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
+        client_body_timeout: Duration::from_secs(30),
+        max_buffered_bodies: 64 * 1024 * 1024,
+        max_streaming_uploads: 4,
+        h2_max_concurrent_streams: 100,
+        h2_max_header_list_size: 64 * 1024,
         proxy_protocol,
-    };
+    }
+}
+
+async fn http_proxy(livy: &Livy, proxy_protocol: ProxyProtocol) -> Http {
+    let settings = http_settings(proxy_protocol);
     let (tx, rx) = watch::channel(LeaderView::fixed(Some(livy.node.clone()), 1));
     let proxy = HttpProxy::new(settings, Arc::new(vec![livy.node.clone()]), rx);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(proxy.serve(listener, stop.clone()));
+    tokio::spawn(proxy.clone().serve(listener, stop.clone()));
     Http {
         addr,
+        proxy,
         _leader: tx,
         stop,
     }
@@ -263,6 +277,7 @@ async fn get_from(from: &str, proxy: SocketAddr, header: &[u8]) -> String {
 async fn http_v1_from_a_trusted_source_names_the_client_in_x_forwarded_for() {
     let livy = Livy::start().await;
     let s = http_proxy(&livy, pp(Duration::from_secs(5))).await;
+    let (logs, _guard) = Logs::capture();
     for (header, client) in [
         (V1_TCP4, "203.0.113.7"),
         (V1_TCP6, "2001:db8::7"),
@@ -285,6 +300,13 @@ async fn http_v1_from_a_trusted_source_names_the_client_in_x_forwarded_for() {
             String::from_utf8_lossy(header)
         );
     }
+    // The access log's client is the header's, port included.
+    let text = logs.text();
+    let access: Vec<&str> = text.lines().filter(|l| l.contains(" access:")).collect();
+    assert_eq!(access.len(), 4, "{text}");
+    assert!(access[0].contains("client=203.0.113.7:51234"), "{text}");
+    assert!(access[1].contains("client=[2001:db8::7]:51234"), "{text}");
+    assert!(access[3].contains(&format!("client={TRUSTED}:")), "{text}");
     // Every request on a kept-alive connection is the header's client, and
     // a header split across two writes is waited for.
     let mut c = connect_from(TRUSTED, s.addr).await;
@@ -498,4 +520,50 @@ async fn jdbc_truncated_header_from_a_trusted_source_is_closed_after_the_timeout
         0,
         "no upstream opened"
     );
+}
+
+// ---------------------------------------------------------------- reload
+
+#[tokio::test]
+async fn proxy_protocol_keys_are_live_on_both_listeners() {
+    // HTTP: off at start, so a header is the request line hyper refuses;
+    // once the settings are replaced (a reload), the next connection's
+    // header is read.
+    let livy = Livy::start().await;
+    let s = http_proxy(&livy, ProxyProtocol::default()).await;
+    assert_eq!(
+        get_from(TRUSTED, s.addr, V1_TCP4).await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    s.proxy
+        .update_settings(http_settings(pp(Duration::from_secs(5))));
+    assert_eq!(get_from(TRUSTED, s.addr, V1_TCP4).await, "HTTP/1.1 200 OK");
+    assert_eq!(livy.take(), ["203.0.113.7"]);
+    s.proxy
+        .update_settings(http_settings(ProxyProtocol::default()));
+    assert_eq!(get_from(TRUSTED, s.addr, b"").await, "HTTP/1.1 200 OK");
+    assert_eq!(livy.take(), [TRUSTED]);
+
+    // JDBC: off at start, so the header is relayed as data (and echoed);
+    // after the update it is consumed.
+    let echo = Echo::start("livy-1", "127.0.0.44").await;
+    let (_tx, rx) = watch::channel(LeaderView::fixed(Some(echo.node.clone()), 1));
+    let tcp = TcpProxy::new(
+        tcp_common::settings(Duration::from_secs(5)),
+        Arc::new(vec![echo.node.clone()]),
+        rx,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(tcp.clone().serve(listener, stop.clone()));
+    let mut c = connect_from(TRUSTED, addr).await;
+    c.write_all(V1_TCP4).await.unwrap();
+    let mut back = vec![0u8; V1_TCP4.len()];
+    c.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, V1_TCP4, "off: relayed as it came");
+    tcp.update_proxy_protocol(pp(Duration::from_secs(5)));
+    assert_eq!(echoed_from(TRUSTED, addr, V1_TCP4).await, THRIFT);
+    assert_eq!(echoed_from(TRUSTED, addr, &v2_tcp4()).await, THRIFT);
+    stop.cancel();
 }

@@ -59,7 +59,8 @@ pub struct TcpSettings {
     /// Most connections open at once.
     pub max_connections: usize,
     /// Whose PROXY protocol headers are believed, and for how long one is
-    /// waited for: the client's address behind a TCP load balancer.
+    /// waited for: the client's address behind a TCP load balancer. The
+    /// value at start; [`TcpProxy::update_proxy_protocol`] replaces it.
     pub proxy_protocol: ProxyProtocol,
 }
 
@@ -106,6 +107,9 @@ pub struct TcpProxy {
     nodes: Arc<Vec<LivyNode>>,
     settings: Arc<TcpSettings>,
     limit: Arc<Semaphore>,
+    /// `settings.proxy_protocol` as it is now: live, a reload replaces it
+    /// for the connections accepted after it.
+    proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
 }
 
 impl TcpProxy {
@@ -116,8 +120,18 @@ impl TcpProxy {
             leader,
             nodes,
             limit: Arc::new(Semaphore::new(settings.max_connections)),
+            proxy_protocol: Arc::new(arc_swap::ArcSwap::from_pointee(
+                settings.proxy_protocol.clone(),
+            )),
             settings: Arc::new(settings),
         }
+    }
+
+    /// Replaces the PROXY protocol settings for the connections accepted
+    /// from now on (a reload: `proxy-protocol-from` and
+    /// `proxy-protocol-timeout` are live keys; the others here are not).
+    pub fn update_proxy_protocol(&self, proxy_protocol: ProxyProtocol) {
+        self.proxy_protocol.store(Arc::new(proxy_protocol));
     }
 
     /// Accepts connections until `shutdown`, then closes the open ones and
@@ -150,9 +164,10 @@ impl TcpProxy {
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
         // names; the header is consumed, the Thrift bytes after it are not.
+        let proxy_protocol = self.proxy_protocol.load_full();
         let peer = tokio::select! {
             _ = shutdown.cancelled() => return,
-            resolved = self.settings.proxy_protocol.resolve_peer(&client, peer) => match resolved {
+            resolved = proxy_protocol.resolve_peer(&client, peer) => match resolved {
                 Ok(client) => client,
                 Err(e) => return e.log("JDBC", peer),
             },
