@@ -158,6 +158,8 @@ pub async fn run(
     let mut http = tokio::spawn(proxy.clone().serve(listeners.http, http_stop.clone()));
 
     let jdbc_stop = CancellationToken::new();
+    // Kept for reloads (PROXY protocol keys are live on this listener too).
+    let mut jdbc_proxy = None;
     let jdbc = listeners.jdbc.map(|l| {
         tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
         let tcp = TcpProxy::new(
@@ -165,6 +167,7 @@ pub async fn run(
             config.nodes.clone(),
             found.leader.clone(),
         );
+        jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve(l, jdbc_stop.clone()))
     });
 
@@ -190,6 +193,9 @@ pub async fn run(
             _ = control.reload.notified() => {
                 if let Some(r) = &reloader {
                     current = reload(current, r, &proxy, &access_log, &metrics);
+                    if let Some(tcp) = &jdbc_proxy {
+                        tcp.update_proxy_protocol(current.proxy_protocol.clone());
+                    }
                 }
             }
         }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::discovery::DiscoveryConfig;
 use crate::node::{AddressDefaults, LivyNode, Origin, Scheme};
+use crate::proxy_protocol::{ProxyProtocol, TrustedNetworks};
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +179,22 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
+    /// A network whose PROXY protocol headers (v1 or v2) are believed, on
+    /// both listeners: CIDR (10.0.0.0/8) or address; repeatable. Env:
+    /// comma-separated [default: none, PROXY protocol off].
+    #[arg(
+        long = "proxy-protocol-from",
+        env = "LIVY_PROXY_PROXY_PROTOCOL_FROM",
+        value_name = "NET",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Vec<String>,
+
+    /// How long a trusted source has to send its PROXY header; then the
+    /// connection is closed [default: 5s].
+    #[arg(long, env = "LIVY_PROXY_PROXY_PROTOCOL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub proxy_protocol_timeout: Option<Duration>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -329,6 +346,9 @@ struct FileConfig {
     strip_headers: Vec<String>,
     emit_forwarded: Option<bool>,
     public_url: Option<String>,
+    #[serde(default)]
+    proxy_protocol_from: Vec<String>,
+    proxy_protocol_timeout: Option<String>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -399,6 +419,9 @@ pub struct Config {
     pub emit_forwarded: bool,
     /// The origin (`scheme://host[:port]`) rewritten `Location`s name.
     pub public_url: Option<String>,
+    /// Whose PROXY protocol headers are believed (`proxy-protocol-from`),
+    /// and how long one may take (`proxy-protocol-timeout`).
+    pub proxy_protocol: ProxyProtocol,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -625,6 +648,27 @@ impl Config {
             }
             (None, None) => None,
         };
+        let proxy_protocol = ProxyProtocol {
+            from: if !cli.proxy_protocol_from.is_empty() {
+                TrustedNetworks::parse(&cli.proxy_protocol_from)
+                    .map_err(|e| invalid("proxy-protocol-from", e))?
+            } else {
+                TrustedNetworks::parse(&file.proxy_protocol_from)
+                    .map_err(|e| in_file(invalid("proxy-protocol-from", e)))?
+            },
+            timeout: dur(
+                "proxy-protocol-timeout",
+                cli.proxy_protocol_timeout,
+                &file.proxy_protocol_timeout,
+                "5s",
+            )?,
+        };
+        if proxy_protocol.timeout.is_zero() {
+            return Err(invalid(
+                "proxy-protocol-timeout",
+                "must be greater than zero",
+            ));
+        }
 
         let mut config = Config {
             listen,
@@ -691,6 +735,7 @@ impl Config {
             strip_headers,
             emit_forwarded: cli.emit_forwarded.or(file.emit_forwarded).unwrap_or(false),
             public_url,
+            proxy_protocol,
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli
@@ -1221,6 +1266,42 @@ mod tests {
                 .unwrap()
                 .public_url
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_keys_from_file_and_flags() {
+        let c = load_file("zookeeper = \"a:1\"\n").unwrap();
+        assert!(c.proxy_protocol.from.is_empty(), "off by default");
+        assert_eq!(c.proxy_protocol.timeout, Duration::from_secs(5));
+        let c = load_file(
+            "zookeeper = \"a:1\"\nproxy-protocol-from = [\"10.0.0.0/8\", \"::1\"]\nproxy-protocol-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert!(c.proxy_protocol.from.contains("10.9.8.7".parse().unwrap()));
+        assert!(c.proxy_protocol.from.contains("::1".parse().unwrap()));
+        assert_eq!(c.proxy_protocol.timeout, Duration::from_secs(2));
+        // As the environment gives it: one comma-separated value.
+        let cli = Cli::parse_from([
+            "livy-proxy",
+            "--zookeeper",
+            "a:1",
+            "--proxy-protocol-from",
+            "192.168.0.0/16, 10.1.2.3",
+            "--proxy-protocol-timeout",
+            "750ms",
+        ]);
+        let c = Config::load(cli).unwrap();
+        assert_eq!(c.proxy_protocol.from.networks().len(), 2);
+        assert_eq!(c.proxy_protocol.timeout, Duration::from_millis(750));
+        let e = error_of("zookeeper = \"a:1\"\nproxy-protocol-from = [\"10.0.0.0/33\"]\n");
+        assert!(
+            e.contains("`proxy-protocol-from`") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
+        assert!(
+            error_of("zookeeper = \"a:1\"\nproxy-protocol-timeout = \"0s\"\n")
+                .contains("`proxy-protocol-timeout`")
         );
     }
 

@@ -12,7 +12,9 @@
 //!   it publishes a [`discovery::LeaderView`] on a `watch` channel;
 //! - [`http_proxy`]: the HTTP/1.1 and h2c reverse proxy reading that channel;
 //! - [`tcp_proxy`]: the JDBC (Livy Thrift server) TCP proxy reading it too;
-//! - [`listener`]: the accept loop both proxies share.
+//! - [`listener`]: the accept loop both proxies share;
+//! - [`proxy_protocol`]: the client's address from a trusted load balancer's
+//!   PROXY protocol header, on both listeners.
 
 // Every public item says why it exists (house rule), checked by the compiler.
 #![warn(missing_docs)]
@@ -25,4 +27,5 @@ pub mod http_proxy;
 pub mod listener;
 pub mod metrics;
 pub mod node;
+pub mod proxy_protocol;
 pub mod tcp_proxy;

@@ -47,8 +47,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
@@ -112,6 +110,9 @@ pub struct HttpSettings {
     pub max_client_connections: usize,
     /// Largest header list of one h2c request.
     pub h2_max_header_list_size: u32,
+    /// Whose PROXY protocol headers are believed, and for how long one is
+    /// waited for: the client's address behind a TCP load balancer.
+    pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
 }
 
 impl From<&Config> for HttpSettings {
@@ -135,6 +136,7 @@ impl From<&Config> for HttpSettings {
             max_streaming_uploads: c.max_streaming_uploads,
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             h2_max_header_list_size: c.h2_max_header_list_size,
+            proxy_protocol: c.proxy_protocol.clone(),
         }
     }
 }
@@ -305,22 +307,15 @@ impl HttpProxy {
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
         let settings = self.shared.settings.load_full();
-        // The tower stack (stack.rs), built once; each connection clones it
-        // (a few `Arc`s) and each request clones it again, as tower's
-        // `oneshot` does.
-        let stack = tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(stack::RequestIds::default()))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(stack::ObserveLayer {
-                metrics: self.shared.metrics.clone(),
-                access_log: self.shared.access_log.clone(),
-            })
-            .layer(stack::RescueLayer {
-                retry_after: settings.retry_after,
-            })
-            .load_shed()
-            .concurrency_limit(settings.max_requests_in_flight.max(1))
-            .service(stack::Forward::new(self.clone()));
+        // The tower stack (stack.rs): its shared parts built once, each
+        // connection's around its client.
+        let stack = stack::StackParts::new(
+            self.clone(),
+            self.shared.metrics.clone(),
+            self.shared.access_log.clone(),
+            settings.retry_after,
+            settings.max_requests_in_flight,
+        );
         // A permit per open client connection, taken before accepting (as
         // mini-redis does): at the limit, accepting pauses and new clients
         // wait in the kernel's backlog instead of costing memory here.
@@ -351,19 +346,24 @@ impl HttpProxy {
             };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
-            let info = Arc::new(stack::ClientInfo::new(peer, local));
-            let service = TowerToHyperService::new(stack.clone().map_request(
-                move |mut request: Request<Incoming>| {
-                    request.extensions_mut().insert(info.clone());
-                    request
-                },
-            ));
+            let stack = stack.clone();
+            // Loaded per connection: a reload applies to the next one.
+            let current = self.shared.settings.load_full();
             let open = self.shared.metrics.connection(Listener::Http);
             let builders = builders.clone();
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
             let header_timeout = self.shared.settings.load().client_header_timeout;
             tokio::spawn(async move {
+                // Behind a load balancer, the client is whom its PROXY
+                // header names (`proxy_protocol`); the header is consumed,
+                // the request after it is not.
+                let peer = match current.proxy_protocol.resolve_peer(&stream, peer).await {
+                    Ok(client) => client,
+                    Err(e) => return e.log("HTTP", peer),
+                };
+                let info = Arc::new(stack::ClientInfo::new(peer, local));
+                let service = TowerToHyperService::new(stack.for_connection(info));
                 // HTTP/1.1 or h2c, told apart without taking a byte from the
                 // socket (`sniff`); a connection that says nothing before
                 // the header timeout, or before shutdown, is dropped.

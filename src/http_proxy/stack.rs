@@ -3,23 +3,29 @@
 //! alone (the linkerd2-proxy shape).
 //!
 //! Outermost first:
-//! 1. `SetRequestId` / `PropagateRequestId` (tower-http): an incoming
-//!    `X-Request-Id` is kept, else one is made ([`RequestIds`]); it goes to
-//!    Livy and back to the client.
-//! 2. [`Observe`]: one access-log line (target `access`) and the request
+//! 1. [`Observe`]: the request id (an incoming `X-Request-Id` is kept, else
+//!    one is made by [`RequestIds`]; it goes to Livy and back to the
+//!    client), one access-log line (target `access`) and the request
 //!    metrics, from what the response carries back ([`super::Outcome`]).
+//!    The id is set here rather than by tower-http's `SetRequestId` and
+//!    `PropagateRequestId`, which also store it in the request's extensions:
+//!    with them the stack cost measurably more per request
+//!    (docs/benchmarks.md, "The tower stack").
 //! 3. [`Rescue`]: an error from the layers below (only load shedding makes one)
 //!    becomes the proxy's JSON answer, 503 `overloaded` with `Retry-After`.
-//! 4. `LoadShed` + `ConcurrencyLimit` (tower): at most
-//!    `max-requests-in-flight` requests inside; one more is refused at once
-//!    rather than queued behind the others.
+//! 4. `LoadShed` + `GlobalConcurrencyLimit` (tower): at most
+//!    `max-requests-in-flight` requests inside, one semaphore shared by all
+//!    connections; one more is refused at once rather than queued.
 //! 5. [`Forward`]: hold for a leader, follow redirects, retry what is safe
 //!    (state that the three share, so they stay one service).
 //!
 //! Every layer is a concrete type (no `BoxService`): a request pays for
-//! what the layers do, not for dynamic dispatch between them. Only
-//! `Forward`'s future is boxed, so that an idle connection does not carry
-//! room for a request's state (docs/benchmarks.md).
+//! what the layers do, not for dynamic dispatch between them. The stack is
+//! built per connection ([`StackParts::for_connection`]) around that
+//! connection's [`ClientInfo`], so no request carries it in its extensions
+//! (an allocation and a hash insert each). Only `Forward`'s future is boxed,
+//! so that an idle connection does not carry room for a request's state
+//! (docs/benchmarks.md).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,10 +36,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 use super::error::ProxyError;
 use super::{ClientRequest, HttpProxy, Outcome, ProxyBody, peer_ip_header};
@@ -62,16 +67,17 @@ impl ClientInfo {
     }
 }
 
-/// The inner service: the proxy's forwarding loop.
+/// The inner service: the proxy's forwarding loop, for one connection.
 #[derive(Clone)]
 pub struct Forward {
     proxy: HttpProxy,
+    client: Arc<ClientInfo>,
 }
 
 impl Forward {
-    /// The forwarding loop of `proxy` as a service.
-    pub fn new(proxy: HttpProxy) -> Self {
-        Forward { proxy }
+    /// The forwarding loop of `proxy` for requests from `client`.
+    pub fn new(proxy: HttpProxy, client: Arc<ClientInfo>) -> Self {
+        Forward { proxy, client }
     }
 }
 
@@ -86,19 +92,13 @@ impl Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
-        let client = request.extensions().get::<Arc<ClientInfo>>().cloned();
-        Box::pin(async move {
-            let req = match client {
-                Some(c) => ClientRequest {
-                    request,
-                    peer: c.peer,
-                    peer_ip: c.peer_ip.clone(),
-                    local: c.local,
-                },
-                None => ClientRequest::new(request, SocketAddr::from(([0, 0, 0, 0], 0))),
-            };
-            Ok(proxy.forward(req).await)
-        })
+        let req = ClientRequest {
+            request,
+            peer: self.client.peer,
+            peer_ip: self.client.peer_ip.clone(),
+            local: self.client.local,
+        };
+        Box::pin(async move { Ok(proxy.forward(req).await) })
     }
 }
 
@@ -130,43 +130,96 @@ impl Default for RequestIds {
     }
 }
 
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+impl RequestIds {
+    /// The next id: `<16 hex digits of prefix>-<counter in hex>`, written
+    /// into a buffer on the stack (`format!` was a tenth of the stack's
+    /// cost per request).
+    pub fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{:016x}-{n:x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+        let mut buf = [0u8; 33];
+        for (i, b) in buf[..16].iter_mut().enumerate() {
+            *b = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        buf[16] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf[..17 + digits])
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 
 /// Whether the access log is written; live (reload flips it).
 pub type AccessLogSwitch = Arc<AtomicBool>;
 
-/// Access log and request metrics around the inner service.
+/// Request id, access log and request metrics around the inner service.
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    parts: Arc<Shared>,
+    client: Arc<ClientInfo>,
+}
+
+/// What every connection's stack shares.
+struct Shared {
     metrics: Arc<Metrics>,
     access_log: AccessLogSwitch,
+    ids: RequestIds,
 }
 
-/// Layer making [`Observe`].
+/// The shared parts of the stack, from which each connection's is built.
 #[derive(Clone)]
-pub struct ObserveLayer {
-    /// Where request metrics go.
-    pub metrics: Arc<Metrics>,
-    /// Whether to write access-log lines.
-    pub access_log: AccessLogSwitch,
+pub struct StackParts {
+    proxy: HttpProxy,
+    shared: Arc<Shared>,
+    retry_after: Duration,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-impl<S> tower::Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            inner,
-            metrics: self.metrics.clone(),
-            access_log: self.access_log.clone(),
+/// One connection's stack (outermost first).
+pub type ConnectionStack =
+    Observe<Rescue<tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<Forward>>>>;
+
+impl StackParts {
+    /// The parts for `proxy`'s listener: at most `max_in_flight` requests
+    /// inside at once, across all its connections.
+    pub fn new(
+        proxy: HttpProxy,
+        metrics: Arc<Metrics>,
+        access_log: AccessLogSwitch,
+        retry_after: Duration,
+        max_in_flight: usize,
+    ) -> Self {
+        StackParts {
+            proxy,
+            shared: Arc::new(Shared {
+                metrics,
+                access_log,
+                ids: RequestIds::default(),
+            }),
+            retry_after,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
         }
+    }
+
+    /// The stack serving the connection from `client`.
+    pub fn for_connection(&self, client: Arc<ClientInfo>) -> ConnectionStack {
+        tower::ServiceBuilder::new()
+            .layer_fn(|inner| Observe {
+                inner,
+                parts: self.shared.clone(),
+                client: client.clone(),
+            })
+            .layer(RescueLayer {
+                retry_after: self.retry_after,
+            })
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+                self.in_flight.clone(),
+            ))
+            .service(Forward::new(self.proxy.clone(), client.clone()))
     }
 }
 
@@ -179,7 +232,7 @@ struct Seen {
     /// when the access log is on.
     path: Option<String>,
     peer: Option<SocketAddr>,
-    request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
     bytes_in: u64,
 }
 
@@ -195,38 +248,38 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.parts.ids.next();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
         // The line's fields are gathered only when it will be written: the
         // switch (`access-log`) and the log filter (target `access`).
-        let log = self.access_log.load(Ordering::Relaxed)
+        let log = self.parts.access_log.load(Ordering::Relaxed)
             && tracing::enabled!(target: "access", tracing::Level::INFO);
         let seen = Seen {
             started: Instant::now(),
             method: req.method().clone(),
             path: log.then(|| req.uri().path().to_string()),
-            peer: log
-                .then(|| req.extensions().get::<Arc<ClientInfo>>().map(|c| c.peer))
-                .flatten(),
-            request_id: log
-                .then(|| req.headers().get("x-request-id").cloned())
-                .flatten(),
-            bytes_in: content_length(req.headers()),
+            peer: log.then_some(self.client.peer),
+            request_id,
+            bytes_in: hyper::body::Body::size_hint(req.body())
+                .exact()
+                .unwrap_or(0),
         };
         ObserveFuture {
             inner: self.inner.call(req),
             seen: Some(seen),
-            metrics: self.metrics.clone(),
+            parts: self.parts.clone(),
         }
     }
 }
 
-fn content_length(headers: &http::HeaderMap) -> u64 {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 pin_project_lite::pin_project! {
     /// [`Observe`]'s future: the inner one, then the log line and metrics.
@@ -234,7 +287,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         seen: Option<Seen>,
-        metrics: Arc<Metrics>,
+        parts: Arc<Shared>,
     }
 }
 
@@ -248,7 +301,9 @@ where
         let this = self.project();
         let Ok(mut resp) = ready!(this.inner.poll(cx));
         if let Some(seen) = this.seen.take() {
-            record(this.metrics, &seen, &mut resp);
+            resp.headers_mut()
+                .insert(X_REQUEST_ID, seen.request_id.clone());
+            record(&this.parts.metrics, &seen, &mut resp);
         }
         Poll::Ready(Ok(resp))
     }
@@ -277,18 +332,15 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &mut Response<ProxyBody>) {
             metrics.shed();
         }
     }
-    let bytes_out = content_length(resp.headers());
+    let bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
     metrics.bytes(Listener::Http, Direction::Received, seen.bytes_in);
     metrics.bytes(Listener::Http, Direction::Sent, bytes_out);
     let Some(path) = &seen.path else {
         return;
     };
-    let id = resp
-        .headers()
-        .get("x-request-id")
-        .or(seen.request_id.as_ref())
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let id = seen.request_id.to_str().unwrap_or("-");
     tracing::info!(
         target: "access",
         client = %seen.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
@@ -404,11 +456,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn made_request_ids_are_unique_and_valid_header_values() {
-        let mut ids = RequestIds::default();
-        let req = Request::new(());
-        let a = ids.make_request_id(&req).unwrap();
-        let b = ids.make_request_id(&req).unwrap();
-        assert_ne!(a.header_value(), b.header_value());
+    fn made_request_ids_are_unique_prefix_dash_counter() {
+        let ids = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            next: Arc::new(AtomicU64::new(1)),
+        };
+        assert_eq!(ids.next(), "0123456789abcdef-1");
+        assert_eq!(ids.next(), "0123456789abcdef-2");
+        ids.next.store(0x1f0, Ordering::Relaxed);
+        assert_eq!(ids.next(), "0123456789abcdef-1f0");
+        let random = RequestIds::default();
+        assert_ne!(random.next(), random.next());
     }
 }

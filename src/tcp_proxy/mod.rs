@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::node::LivyNode;
+use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
 
 /// The settings of the JDBC listener.
@@ -57,6 +58,10 @@ pub struct TcpSettings {
     pub idle_timeout: Option<Duration>,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Whose PROXY protocol headers are believed, and for how long one is
+    /// waited for: the client's address behind a TCP load balancer. The
+    /// value at start; [`TcpProxy::update_proxy_protocol`] replaces it.
+    pub proxy_protocol: ProxyProtocol,
 }
 
 impl From<&Config> for TcpSettings {
@@ -70,6 +75,7 @@ impl From<&Config> for TcpSettings {
             keepalive: c.tcp_keepalive,
             idle_timeout: c.tcp_idle_timeout,
             max_connections: c.max_tcp_connections,
+            proxy_protocol: c.proxy_protocol.clone(),
         }
     }
 }
@@ -101,6 +107,9 @@ pub struct TcpProxy {
     nodes: Arc<Vec<LivyNode>>,
     settings: Arc<TcpSettings>,
     limit: Arc<Semaphore>,
+    /// `settings.proxy_protocol` as it is now: live, a reload replaces it
+    /// for the connections accepted after it.
+    proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
 }
 
 impl TcpProxy {
@@ -111,8 +120,18 @@ impl TcpProxy {
             leader,
             nodes,
             limit: Arc::new(Semaphore::new(settings.max_connections)),
+            proxy_protocol: Arc::new(arc_swap::ArcSwap::from_pointee(
+                settings.proxy_protocol.clone(),
+            )),
             settings: Arc::new(settings),
         }
+    }
+
+    /// Replaces the PROXY protocol settings for the connections accepted
+    /// from now on (a reload: `proxy-protocol-from` and
+    /// `proxy-protocol-timeout` are live keys; the others here are not).
+    pub fn update_proxy_protocol(&self, proxy_protocol: ProxyProtocol) {
+        self.proxy_protocol.store(Arc::new(proxy_protocol));
     }
 
     /// Accepts connections until `shutdown`, then closes the open ones and
@@ -143,6 +162,16 @@ impl TcpProxy {
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
         self.tune(&client);
+        // Behind a load balancer, the client is whom its PROXY header
+        // names; the header is consumed, the Thrift bytes after it are not.
+        let proxy_protocol = self.proxy_protocol.load_full();
+        let peer = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            resolved = proxy_protocol.resolve_peer(&client, peer) => match resolved {
+                Ok(client) => client,
+                Err(e) => return e.log("JDBC", peer),
+            },
+        };
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
             _ = shutdown.cancelled() => return,

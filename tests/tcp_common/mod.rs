@@ -104,6 +104,7 @@ pub fn settings(hold: Duration) -> TcpSettings {
         keepalive: Some(Duration::from_secs(60)),
         idle_timeout: None,
         max_connections: 10_000,
+        proxy_protocol: Default::default(),
     }
 }
 
