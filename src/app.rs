@@ -166,7 +166,7 @@ pub async fn run(
             TcpSettings::from(&config),
             config.nodes.clone(),
             found.leader.clone(),
-        );
+        ).with_metrics(metrics.clone(), access_log.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve(l, jdbc_stop.clone()))
     });

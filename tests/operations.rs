@@ -70,6 +70,17 @@ async fn readiness_status_metrics_and_access_log_follow_the_leader_through_a_fai
         until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 200 }).await,
         "ready once a leader is known"
     );
+    // Both participants, once the latch's second child has been read.
+    assert!(
+        until_async(|| async {
+            json(&format!("{admin}/status")).await["participants"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        })
+        .await,
+        "/status lists both participants"
+    );
     let status = json(&format!("{admin}/status")).await;
     assert_eq!(status["leader"]["id"], leader_id.as_str(), "{status}");
     assert_eq!(status["source"], "zookeeper");
@@ -181,15 +192,14 @@ async fn drain_readiness_first_then_stop_accepting_held_requests_finish_exit_0()
     let held = tokio::spawn(async move { get(&format!("{url}/version")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal(libc::SIGTERM);
+    // Not ready already (no leader); from the signal on, because draining.
     assert!(
-        until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 503 }).await,
-        "readiness 503 at once"
-    );
-    assert!(
-        json(&format!("{admin}/readyz")).await["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("draining")
+        until_async(|| async {
+            let (status, body) = get(&format!("{admin}/readyz")).await;
+            status == 503 && body.contains("draining")
+        })
+        .await,
+        "readiness 503 (draining) at once"
     );
     assert_eq!(
         get(&format!("{admin}/healthz")).await.0,
@@ -460,4 +470,65 @@ async fn the_health_subcommand_answers_for_a_container_healthcheck() {
     assert_eq!(health(format!("{}/readyz", proxy.admin_url())), Some(1));
     let closed = format!("http://127.0.0.1:{}/healthz", common::free_port());
     assert_eq!(health(closed), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jdbc_connection_gets_an_access_line_and_its_metrics() {
+    use std::io::{Read, Write};
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let thrift_port = plan.thrift_port().to_string();
+    let _cluster = plan.start_static(0);
+    let jdbc_port = common::free_port();
+    let listen = format!("127.0.0.1:{jdbc_port}");
+    let proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--thrift-listen",
+        &listen,
+        "--thrift-port",
+        &thrift_port,
+    ]);
+    {
+        let mut jdbc = std::net::TcpStream::connect(&listen).unwrap();
+        jdbc.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        jdbc.write_all(b"hello").unwrap();
+        let mut got = [0u8; 5];
+        jdbc.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+    assert!(
+        wait_until(DEADLINE, || proxy
+            .logs()
+            .lines()
+            .any(|l| l.contains("access")
+                && l.contains("jdbc")
+                && l.contains("bytes_in=5"))),
+        "an access line when the JDBC connection ends: {}",
+        proxy.logs()
+    );
+    let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"livy_proxy_jdbc_connections_total{service="default"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"livy_proxy_jdbc_connections_open{service="default"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"livy_proxy_bytes_total{service="default",listener="jdbc",direction="received"}"#
+        ),
+        Some(5.0)
+    );
 }

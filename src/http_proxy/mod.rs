@@ -157,7 +157,8 @@ struct Shared {
 }
 
 /// What became of one request inside the proxy, for its access-log line and
-/// the metrics: carried out on the response's extensions.
+/// the metrics: handed out beside the response (not in its extensions,
+/// which would cost an allocation per request).
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     /// The Livy server the last attempt went to.
@@ -401,13 +402,13 @@ impl HttpProxy {
 
     /// Handles one client request end to end; never fails, errors become
     /// JSON responses.
-    pub async fn forward(&self, req: ClientRequest) -> Response<ProxyBody> {
+    pub async fn forward(&self, req: ClientRequest) -> (Response<ProxyBody>, Outcome) {
         let started = Instant::now();
         // Cheap clones (no copy of the bytes), kept for the log lines.
         let method = req.request.method().clone();
         let uri = req.request.uri().clone();
         let mut outcome = Outcome::default();
-        let mut response = match self.try_forward(req, started, &mut outcome).await {
+        let response = match self.try_forward(req, started, &mut outcome).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(%method, path = uri.path(), kind = e.kind(), error = %e, "request failed");
@@ -416,9 +417,8 @@ impl HttpProxy {
                     .map(Either::Right)
             }
         };
-        response.extensions_mut().insert(outcome);
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
-        response
+        (response, outcome)
     }
 
     async fn try_forward(

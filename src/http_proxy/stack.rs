@@ -6,18 +6,23 @@
 //! 1. [`Observe`]: the request id (an incoming `X-Request-Id` is kept, else
 //!    one is made by [`RequestIds`]; it goes to Livy and back to the
 //!    client), one access-log line (target `access`) and the request
-//!    metrics, from what the response carries back ([`super::Outcome`]).
-//!    The id is set here rather than by tower-http's `SetRequestId` and
-//!    `PropagateRequestId`, which also store it in the request's extensions:
-//!    with them the stack cost measurably more per request
-//!    (docs/benchmarks.md, "The tower stack").
-//! 3. [`Rescue`]: an error from the layers below (only load shedding makes one)
-//!    becomes the proxy's JSON answer, 503 `overloaded` with `Retry-After`.
-//! 4. `LoadShed` + `GlobalConcurrencyLimit` (tower): at most
-//!    `max-requests-in-flight` requests inside, one semaphore shared by all
-//!    connections; one more is refused at once rather than queued.
-//! 5. [`Forward`]: hold for a leader, follow redirects, retry what is safe
+//!    metrics, from the [`Outcome`] the inner layers hand back beside the
+//!    response.
+//! 2. [`Limit`]: at most `max-requests-in-flight` requests inside at once,
+//!    one semaphore for all connections; one more is answered 503
+//!    `overloaded` at once instead of queued.
+//! 3. [`Forward`]: hold for a leader, follow redirects, retry what is safe
 //!    (state that the three share, so they stay one service).
+//!
+//! Written here rather than taken from tower and tower-http, which have
+//! these layers (`SetRequestId`/`PropagateRequestId`, `ConcurrencyLimit` +
+//! `LoadShed`), because with them the stack cost about 6,000 instructions
+//! per request, a fifth of the proxy's: tower-http stores the id in the
+//! request's extensions and tower's `ConcurrencyLimit` allocates a
+//! `PollSemaphore` for every request's clone of the service
+//! (docs/benchmarks.md, "The tower stack"). The layers keep tower's
+//! `Service`/`Layer` shape, so they compose with tower's if a deployment
+//! needs more.
 //!
 //! Every layer is a concrete type (no `BoxService`): a request pays for
 //! what the layers do, not for dynamic dispatch between them. The stack is
@@ -82,7 +87,7 @@ impl Forward {
 }
 
 impl Service<Request<Incoming>> for Forward {
-    type Response = Response<ProxyBody>;
+    type Response = (Response<ProxyBody>, Outcome);
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -176,11 +181,11 @@ pub struct StackParts {
     shared: Arc<Shared>,
     retry_after: Duration,
     in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
 }
 
 /// One connection's stack (outermost first).
-pub type ConnectionStack =
-    Observe<Rescue<tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<Forward>>>>;
+pub type ConnectionStack = Observe<Limit<Forward>>;
 
 impl StackParts {
     /// The parts for `proxy`'s listener: at most `max_in_flight` requests
@@ -201,6 +206,7 @@ impl StackParts {
             }),
             retry_after,
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            max_in_flight,
         }
     }
 
@@ -212,13 +218,12 @@ impl StackParts {
                 parts: self.shared.clone(),
                 client: client.clone(),
             })
-            .layer(RescueLayer {
+            .layer_fn(|inner| Limit {
+                inner,
+                permits: self.in_flight.clone(),
                 retry_after: self.retry_after,
+                max: self.max_in_flight,
             })
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
-                self.in_flight.clone(),
-            ))
             .service(Forward::new(self.proxy.clone(), client.clone()))
     }
 }
@@ -238,7 +243,7 @@ struct Seen {
 
 impl<S> Service<Request<Incoming>> for Observe<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = (Response<ProxyBody>, Outcome), Error = Infallible>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -293,29 +298,25 @@ pin_project_lite::pin_project! {
 
 impl<F> Future for ObserveFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+    F: Future<Output = Result<(Response<ProxyBody>, Outcome), Infallible>>,
 {
     type Output = Result<Response<ProxyBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut resp) = ready!(this.inner.poll(cx));
+        let Ok((mut resp, outcome)) = ready!(this.inner.poll(cx));
         if let Some(seen) = this.seen.take() {
             resp.headers_mut()
                 .insert(X_REQUEST_ID, seen.request_id.clone());
-            record(&this.parts.metrics, &seen, &mut resp);
+            record(&this.parts.metrics, &seen, &resp, outcome);
         }
         Poll::Ready(Ok(resp))
     }
 }
 
-fn record(metrics: &Metrics, seen: &Seen, resp: &mut Response<ProxyBody>) {
+fn record(metrics: &Metrics, seen: &Seen, resp: &Response<ProxyBody>, outcome: Outcome) {
     let took = seen.started.elapsed();
     let status = resp.status();
-    let outcome = resp
-        .extensions_mut()
-        .remove::<Outcome>()
-        .unwrap_or_default();
     metrics.http_request(&seen.method, status, took);
     if outcome.held > Duration::ZERO {
         metrics.held(outcome.held);
@@ -360,94 +361,86 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &mut Response<ProxyBody>) {
     );
 }
 
-/// The rescue step: an error from the layers below (load shedding's) as
-/// the proxy's own answer, so that hyper only ever sees responses.
-/// Written out because tower's `MapResult` wants the new error type to be
-/// made from the old one, and "no error" (`Infallible`) cannot be.
+/// The in-flight limit: a permit per request, held until its response head
+/// is ready; none left means 503 `overloaded` at once.
 #[derive(Clone)]
-pub struct Rescue<S> {
+pub struct Limit<S> {
     inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
     retry_after: Duration,
+    max: usize,
 }
 
-/// Layer making [`Rescue`].
-#[derive(Clone)]
-pub struct RescueLayer {
-    /// `Retry-After` on the 503 it makes.
-    pub retry_after: Duration,
-}
-
-impl<S> tower::Layer<S> for RescueLayer {
-    type Service = Rescue<S>;
-    fn layer(&self, inner: S) -> Rescue<S> {
-        Rescue {
-            inner,
-            retry_after: self.retry_after,
-        }
-    }
-}
-
-impl<S> Service<Request<Incoming>> for Rescue<S>
+impl<S> Service<Request<Incoming>> for Limit<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>>,
-    S::Error: Into<tower::BoxError>,
+    S: Service<Request<Incoming>, Response = (Response<ProxyBody>, Outcome), Error = Infallible>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = (Response<ProxyBody>, Outcome);
     type Error = Infallible;
-    type Future = RescueFuture<S::Future>;
+    type Future = LimitFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The layers below refuse in `call` (load shedding is ready at once
-        // and errs there); an error here would have nowhere to go.
-        let _ = ready!(self.inner.poll_ready(cx));
-        Poll::Ready(Ok(()))
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        RescueFuture {
-            inner: self.inner.call(req),
-            retry_after: self.retry_after,
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => LimitFuture {
+                inner: Some(self.inner.call(req)),
+                permit: Some(permit),
+                shed: None,
+            },
+            Err(_) => {
+                let error = ProxyError::Overloaded(format!(
+                    "{} requests are in flight (max-requests-in-flight)",
+                    self.max
+                ));
+                let outcome = Outcome {
+                    error: Some(error.kind()),
+                    ..Outcome::default()
+                };
+                let resp = error
+                    .into_response(self.retry_after)
+                    .map(http_body_util::Either::Right);
+                LimitFuture {
+                    inner: None,
+                    permit: None,
+                    shed: Some((resp, outcome)),
+                }
+            }
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// [`Rescue`]'s future.
-    pub struct RescueFuture<F> {
+    /// [`Limit`]'s future: the inner one holding its permit, or the 503.
+    pub struct LimitFuture<F> {
         #[pin]
-        inner: F,
-        retry_after: Duration,
+        inner: Option<F>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        shed: Option<(Response<ProxyBody>, Outcome)>,
     }
 }
 
-impl<F, E> Future for RescueFuture<F>
+impl<F> Future for LimitFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, E>>,
-    E: Into<tower::BoxError>,
+    F: Future<Output = Result<(Response<ProxyBody>, Outcome), Infallible>>,
 {
-    type Output = Result<Response<ProxyBody>, Infallible>;
+    type Output = Result<(Response<ProxyBody>, Outcome), Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        Poll::Ready(Ok(result.unwrap_or_else(|e| {
-            let e: tower::BoxError = e.into();
-            let why = if e.is::<tower::load_shed::error::Overloaded>() {
-                "too many requests in flight (max-requests-in-flight)".to_string()
-            } else {
-                e.to_string()
-            };
-            let error = ProxyError::Overloaded(why);
-            let kind = error.kind();
-            let mut resp = error
-                .into_response(*this.retry_after)
-                .map(http_body_util::Either::Right);
-            resp.extensions_mut().insert(Outcome {
-                error: Some(kind),
-                ..Outcome::default()
-            });
-            resp
-        })))
+        if let Some(shed) = this.shed.take() {
+            return Poll::Ready(Ok(shed));
+        }
+        match this.inner.as_pin_mut() {
+            Some(inner) => {
+                let out = ready!(inner.poll(cx));
+                this.permit.take();
+                Poll::Ready(out)
+            }
+            None => Poll::Pending,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
+use crate::metrics::{Direction, Listener, Metrics};
 use crate::node::LivyNode;
 use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
@@ -110,6 +111,8 @@ pub struct TcpProxy {
     /// `settings.proxy_protocol` as it is now: live, a reload replaces it
     /// for the connections accepted after it.
     proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
+    metrics: Arc<Metrics>,
+    access_log: crate::http_proxy::stack::AccessLogSwitch,
 }
 
 impl TcpProxy {
@@ -124,7 +127,20 @@ impl TcpProxy {
                 settings.proxy_protocol.clone(),
             )),
             settings: Arc::new(settings),
+            metrics: Arc::new(Metrics::new("default", false)),
+            access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
+    }
+
+    /// Joins the proxy to the process's metrics and access-log switch.
+    pub fn with_metrics(
+        mut self,
+        metrics: Arc<Metrics>,
+        access_log: crate::http_proxy::stack::AccessLogSwitch,
+    ) -> Self {
+        self.metrics = metrics;
+        self.access_log = access_log;
+        self
     }
 
     /// Replaces the PROXY protocol settings for the connections accepted
@@ -161,6 +177,7 @@ impl TcpProxy {
     }
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+        let _open = self.metrics.connection(Listener::Jdbc);
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
         // names; the header is consumed, the Thrift bytes after it are not.
@@ -185,10 +202,29 @@ impl TcpProxy {
         };
         self.tune(&upstream);
         tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
+        let relayed = self.metrics.jdbc_connection();
         let (end, up, down) = self
             .pipe(client, upstream, &node, generation, shutdown)
             .await;
+        drop(relayed);
+        if end == "leader_changed" {
+            self.metrics.jdbc_closed_on_failover();
+        }
+        self.metrics.bytes(Listener::Jdbc, Direction::Received, up);
+        self.metrics.bytes(Listener::Jdbc, Direction::Sent, down);
         tracing::debug!(%peer, node = %node, bytes_up = up, bytes_down = down, duration = ?started.elapsed(), end, "JDBC connection ended");
+        if self.access_log.load(Ordering::Relaxed) {
+            tracing::info!(
+                target: "access",
+                client = %peer,
+                upstream = %node.id,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                bytes_in = up,
+                bytes_out = down,
+                end,
+                "jdbc"
+            );
+        }
     }
 
     fn tune(&self, stream: &TcpStream) {
