@@ -1,6 +1,6 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
-# venv; for the tests also kubectl, promtool and systemd-analyze) when it is
+# venv; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
 # missing. Safe to run again: it installs nothing that is
 # already there.
 
@@ -26,6 +26,9 @@ if [ "${deps_deploy_checks:-}" = 1 ]; then
   command -v kubectl >/dev/null 2>&1 || need_pkgs+=(kubernetes-client)
   command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+  # The gateway recipe's end-to-end drain (tests/gateway_drain.rs) puts
+  # HAProxy in front as the load balancer.
+  command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
 fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "installing from Debian: ${need_pkgs[*]}" >&2
