@@ -7,10 +7,10 @@
 //! 1. `/readyz` answers 503 at once;
 //! 2. the listeners keep accepting for `shutdown-delay`, so a load balancer
 //!    that polls readiness deregisters the proxy before it stops serving;
-//! 3. the HTTP listener stops accepting; requests in flight (held ones and
-//!    retries included: discovery still runs) get `shutdown-grace-period`
-//!    to finish, then are cut;
-//! 4. JDBC streams are closed;
+//! 3. the HTTP and JDBC listeners stop accepting; HTTP requests in flight
+//!    (held ones and retries included: discovery still runs) get
+//!    `shutdown-grace-period` to finish, then are cut;
+//! 4. JDBC streams are closed (they have no request boundary to wait for);
 //! 5. discovery, then the admin listener, stop last.
 //!
 //! [`Control::force`] (a second signal) cuts whatever step is running.
@@ -168,7 +168,7 @@ pub async fn run(
             found.leader.clone(),
         ).with_metrics(metrics.clone(), access_log.clone());
         jdbc_proxy = Some(tcp.clone());
-        tokio::spawn(tcp.serve(l, jdbc_stop.clone()))
+        tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
 
     let admin_stop = CancellationToken::new();

@@ -532,3 +532,57 @@ async fn a_jdbc_connection_gets_an_access_line_and_its_metrics() {
         Some(5.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_drain_jdbc_stops_accepting_with_http_and_its_streams_close_after_the_http_requests() {
+    use std::io::{Read, Write};
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let thrift_port = plan.thrift_port().to_string();
+    let _cluster = plan.start_static(0);
+    let jdbc_port = common::free_port();
+    let listen = format!("127.0.0.1:{jdbc_port}");
+    let mut proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--thrift-listen",
+        &listen,
+        "--thrift-port",
+        &thrift_port,
+        "--shutdown-delay",
+        "1s",
+        "--shutdown-grace-period",
+        "30s",
+    ]);
+    let mut jdbc = std::net::TcpStream::connect(&listen).unwrap();
+    jdbc.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut echo = |msg: &[u8]| -> bool {
+        let mut got = vec![0u8; msg.len()];
+        jdbc.write_all(msg).is_ok() && jdbc.read_exact(&mut got).is_ok() && got == msg
+    };
+    assert!(echo(b"before"));
+    let url = proxy.url();
+    let slow = tokio::spawn(async move {
+        http_request("GET", &format!("{url}/slow?ms=4000"), &[], vec![]).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(libc::SIGTERM);
+    // After shutdown-delay: no new JDBC connection, the open stream works.
+    assert!(
+        wait_until(Duration::from_secs(20), || std::net::TcpStream::connect(
+            &listen
+        )
+        .is_err()),
+        "the JDBC listener stopped accepting"
+    );
+    assert!(
+        echo(b"during"),
+        "the open JDBC stream works while HTTP drains"
+    );
+    let (status, _, _) = slow.await.unwrap();
+    assert_eq!(status, 200, "the HTTP request in flight finished");
+    // Then the JDBC stream is closed, and the proxy exits cleanly.
+    assert_eq!(proxy.wait_exit(DEADLINE), Some(0));
+    assert!(!echo(b"after"), "the JDBC stream was closed");
+}

@@ -153,9 +153,24 @@ impl TcpProxy {
     /// Accepts connections until `shutdown`, then closes the open ones and
     /// returns when all are gone.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_until(listener, shutdown.clone(), shutdown).await
+    }
+
+    /// [`TcpProxy::serve`] with the two steps of a drain apart: accepting
+    /// stops on `stop_accepting`, the open streams are closed on
+    /// `close_streams` (which the drain cancels after the HTTP requests in
+    /// flight have finished).
+    pub async fn serve_until(
+        self,
+        listener: TcpListener,
+        stop_accepting: CancellationToken,
+        close_streams: CancellationToken,
+    ) {
         let tracker = TaskTracker::new();
+        let shutdown = close_streams;
         loop {
-            let Some((client, peer)) = crate::listener::accept(&listener, &shutdown, "JDBC").await
+            let Some((client, peer)) =
+                crate::listener::accept(&listener, &stop_accepting, "JDBC").await
             else {
                 break;
             };
