@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, Draining};
 use crate::config::{Config, ConfigError};
-use crate::discovery;
+use crate::discovery::{self, DiscoveryConfig};
 use crate::http_proxy::{HttpProxy, HttpSettings, Wiring};
 use crate::metrics::Metrics;
+use crate::node::NodeList;
 use crate::tcp_proxy::{TcpProxy, TcpSettings};
 
 /// Why the proxy could not start.
@@ -132,14 +133,22 @@ pub async fn run(
 ) -> Ended {
     let metrics = Arc::new(Metrics::new("default", config.zookeeper.is_some()));
     let discovery_stop = CancellationToken::new();
-    let found = discovery::start(config.discovery(), discovery_stop.clone());
+    // One node list for discovery and both proxies: a reload replaces it.
+    let nodes = NodeList::from(config.nodes.clone());
+    let found = discovery::start(
+        DiscoveryConfig {
+            nodes: nodes.clone(),
+            ..config.discovery()
+        },
+        discovery_stop.clone(),
+    );
     let draining = Arc::new(Draining::default());
     let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.access_log));
 
     let http_stop = CancellationToken::new();
     let proxy = HttpProxy::wired(
         HttpSettings::from(&config),
-        config.nodes.clone(),
+        nodes.clone(),
         found.leader.clone(),
         Wiring {
             hints: found.hints.clone(),
@@ -164,7 +173,7 @@ pub async fn run(
         tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
         let tcp = TcpProxy::new(
             TcpSettings::from(&config),
-            config.nodes.clone(),
+            nodes.clone(),
             found.leader.clone(),
         ).with_metrics(metrics.clone(), access_log.clone());
         jdbc_proxy = Some(tcp.clone());
@@ -192,7 +201,7 @@ pub async fn run(
             _ = control.drain.cancelled() => break,
             _ = control.reload.notified() => {
                 if let Some(r) = &reloader {
-                    current = reload(current, r, &proxy, &access_log, &metrics);
+                    current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {
                         tcp.update_proxy_protocol(current.proxy_protocol.clone());
                     }
@@ -258,6 +267,7 @@ fn reload(
     current: Config,
     reloader: &Reloader,
     proxy: &HttpProxy,
+    nodes: &NodeList,
     access_log: &std::sync::atomic::AtomicBool,
     metrics: &Metrics,
 ) -> Config {
@@ -280,6 +290,7 @@ fn reload(
     }
     let applied = keep_restart_only(&current, new);
     proxy.update_settings(HttpSettings::from(&applied));
+    nodes.store(applied.nodes.clone());
     access_log.store(applied.access_log, Ordering::Relaxed);
     metrics.config_reload(true);
     tracing::info!("configuration reloaded");
@@ -314,7 +325,6 @@ restart_only! {
     admin_listen => "admin-listen",
     zookeeper => "zookeeper",
     leader_path => "leader-path",
-    nodes => "node",
     defaults => "default-scheme/default-port",
     zk_session_timeout => "zk-session-timeout",
     probe_interval => "probe-interval",

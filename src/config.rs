@@ -900,7 +900,7 @@ impl Config {
             zookeeper: self.zookeeper.clone(),
             leader_path: self.leader_path.clone(),
             zk_session_timeout: self.zk_session_timeout,
-            nodes: self.nodes.clone(),
+            nodes: self.nodes.clone().into(),
             defaults: self.defaults,
             probe_interval: self.probe_interval,
             probe_timeout: self.probe_timeout,

@@ -205,6 +205,36 @@ impl fmt::Display for LivyNode {
     }
 }
 
+/// The known Livy servers, shared by discovery and both proxies and
+/// replaced whole by a reload (the `node` key is live): each reader takes
+/// the list as it is when it needs it (a probe round, a latch read, a
+/// redirect to check, a JDBC fallback), without a lock.
+#[derive(Clone, Debug)]
+pub struct NodeList(std::sync::Arc<arc_swap::ArcSwap<Vec<LivyNode>>>);
+
+impl NodeList {
+    /// The list now.
+    pub fn load(&self) -> arc_swap::Guard<std::sync::Arc<Vec<LivyNode>>> {
+        self.0.load()
+    }
+
+    /// The list now, to hold across an `.await`.
+    pub fn snapshot(&self) -> std::sync::Arc<Vec<LivyNode>> {
+        self.0.load_full()
+    }
+
+    /// Replaces the list for every reader.
+    pub fn store(&self, nodes: std::sync::Arc<Vec<LivyNode>>) {
+        self.0.store(nodes);
+    }
+}
+
+impl From<std::sync::Arc<Vec<LivyNode>>> for NodeList {
+    fn from(nodes: std::sync::Arc<Vec<LivyNode>>) -> Self {
+        NodeList(std::sync::Arc::new(arc_swap::ArcSwap::new(nodes)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

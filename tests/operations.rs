@@ -586,3 +586,46 @@ async fn in_a_drain_jdbc_stops_accepting_with_http_and_its_streams_close_after_t
     assert_eq!(proxy.wait_exit(DEADLINE), Some(0));
     assert!(!echo(b"after"), "the JDBC stream was closed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_replaces_the_node_list() {
+    let plan = SimCluster::plan(2);
+    let (first, second) = (plan.node_arg(0), plan.node_arg(1));
+    let cluster = plan.start_static(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("livy-proxy.toml");
+    let write = |node: &str| {
+        std::fs::write(
+            &file,
+            format!("node = [\"{node}\"]\nprobe-interval = \"200ms\"\n"),
+        )
+        .unwrap()
+    };
+    write(&first);
+    let proxy = Proxy::start(&["--config", file.to_str().unwrap()]);
+    let url = format!("{}/version", proxy.url());
+    assert_eq!(get(&url).await.0, 200);
+    // livy-2 takes over; the proxy knows only livy-1, which now redirects
+    // to a node outside its list: not followed.
+    cluster.set_role(1, 1);
+    cluster.set_role(0, 1);
+    assert!(
+        until_async(|| async { get(&url).await.0 == 307 }).await,
+        "a redirect to an unknown node goes to the client"
+    );
+    write(&second);
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        until_async(|| async {
+            let (status, headers, _) = http_request("GET", &url, &[], vec![]).await;
+            status == 200 && headers.get("x-livy-node").is_some_and(|v| v == "livy-2")
+        })
+        .await,
+        "after the reload the new list is probed and served: {}",
+        proxy.logs()
+    );
+    assert!(
+        !proxy.logs().contains("only change on a restart"),
+        "node is live"
+    );
+}

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{AddressDefaults, LivyNode};
+use crate::node::{AddressDefaults, LivyNode, NodeList};
 pub use hint::{Hint, HintListener, Hints};
 pub use status::{LeaderChange, Participant, Status};
 
@@ -127,8 +127,9 @@ pub struct DiscoveryConfig {
     pub leader_path: String,
     /// ZooKeeper session timeout the proxy asks for.
     pub zk_session_timeout: Duration,
-    /// The known Livy servers: id table, static list and redirect allow-list.
-    pub nodes: Arc<Vec<LivyNode>>,
+    /// The known Livy servers: id table, static list and redirect
+    /// allow-list; live (a reload replaces them).
+    pub nodes: NodeList,
     /// Scheme and port for a participant id read as an address.
     pub defaults: AddressDefaults,
     /// How often the static list is probed.

@@ -307,23 +307,25 @@ pub async fn run(
 ) {
     let prober = Prober::new(&config.probe_path, config.probe_timeout);
     let mut roles = RoleLog::default();
-    tracing::info!(nodes = config.nodes.len(), interval = ?config.probe_interval, "probing the static node list");
+    tracing::info!(nodes = config.nodes.load().len(), interval = ?config.probe_interval, "probing the static node list");
     let mut next_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next_round) => {
+                let nodes = config.nodes.snapshot();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = round(&prober, &config.nodes, &publisher, &mut roles) => {}
+                    _ = round(&prober, &nodes, &publisher, &mut roles) => {}
                 }
                 next_round = tokio::time::Instant::now() + config.probe_interval;
             }
             hint = hints.next() => {
                 if hint.concerns(&publisher.current()) {
+                    let nodes = config.nodes.snapshot();
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = check_hint(&prober, &config.nodes, &publisher, &mut roles, &hint) => {}
+                        _ = check_hint(&prober, &nodes, &publisher, &mut roles, &hint) => {}
                     }
                 }
                 hints.answered(&hint);

@@ -78,7 +78,7 @@ pub async fn run(
             Err(e) => {
                 publisher.status.set_zookeeper("unreachable");
                 let problem = format!("ZooKeeper {connect} unreachable: {e}");
-                if !ever_connected && !config.nodes.is_empty() {
+                if !ever_connected && !config.nodes.load().is_empty() {
                     if fallback.is_none() {
                         tracing::warn!(%problem, "probing the node list until ZooKeeper answers");
                         let token = shutdown.child_token();
@@ -306,7 +306,7 @@ async fn read_latch(
                 };
                 let id = String::from_utf8_lossy(&data).trim().to_string();
                 record_participants(client, path, &children, child, &id, publisher).await;
-                match latch::resolve(&id, &config.nodes, config.defaults) {
+                match latch::resolve(&id, &config.nodes.snapshot(), config.defaults) {
                     Ok(node) => publisher.set_leader(Some(node), Source::ZooKeeper, None),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot route to the latch leader");

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
 use crate::metrics::{Listener, Metrics};
-use crate::node::LivyNode;
+use crate::node::{LivyNode, NodeList};
 use body::{BodyLimits, UpstreamBody};
 use error::ProxyError;
 use sniff::ClientProtocol;
@@ -148,7 +148,7 @@ struct Shared {
     access_log: stack::AccessLogSwitch,
     retry_budget: retry::RetryBudget,
     authority: AuthorityCache,
-    nodes: Arc<Vec<LivyNode>>,
+    nodes: NodeList,
     upstream: Arc<Upstream>,
     bodies: BodyLimits,
     /// Swapped whole by a reload; the keys read per request take effect
@@ -239,7 +239,7 @@ impl HttpProxy {
     /// Builds the proxy: a pool of keep-alive HTTP/1.1 connections to Livy and a
     /// receiver of discovery's leader channel, with nowhere to report hints
     /// (for a view no discovery task owns).
-    pub fn new(settings: HttpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
+    pub fn new(settings: HttpSettings, nodes: impl Into<NodeList>, leader: LeaderRx) -> Self {
         Self::wired(settings, nodes, leader, Wiring::default())
     }
 
@@ -248,10 +248,11 @@ impl HttpProxy {
     /// log's switch.
     pub fn wired(
         settings: HttpSettings,
-        nodes: Arc<Vec<LivyNode>>,
+        nodes: impl Into<NodeList>,
         leader: LeaderRx,
         wiring: Wiring,
     ) -> Self {
+        let nodes = nodes.into();
         let Wiring {
             hints,
             metrics,
@@ -683,11 +684,8 @@ impl HttpProxy {
         }
         let location = resp.headers().get(header::LOCATION)?.to_str().ok()?;
         let current = self.shared.leader.borrow().leader.clone();
-        let candidates = self
-            .shared
-            .nodes
-            .iter()
-            .chain(current.as_ref().map(|l| &*l.node));
+        let nodes = self.shared.nodes.load();
+        let candidates = nodes.iter().chain(current.as_ref().map(|l| &*l.node));
         let (node, _) = headers::known_node(location, candidates)?;
         // A redirect to itself (the UI's `/` -> `/ui`) is an ordinary one.
         (node.origin != from.origin).then(|| Arc::new(node.clone()))
@@ -714,12 +712,10 @@ impl HttpProxy {
             .and_then(|l| l.to_str().ok())
         {
             let current = self.shared.leader.borrow().leader.clone();
+            let nodes = self.shared.nodes.load();
             let known = headers::known_node(
                 location,
-                self.shared
-                    .nodes
-                    .iter()
-                    .chain(current.as_ref().map(|l| &*l.node)),
+                nodes.iter().chain(current.as_ref().map(|l| &*l.node)),
             )
             .is_some();
             if known {

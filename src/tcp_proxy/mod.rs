@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::metrics::{Direction, Listener, Metrics};
-use crate::node::LivyNode;
+use crate::node::{LivyNode, NodeList};
 use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
 
@@ -105,7 +105,7 @@ pub enum TcpError {
 #[derive(Clone)]
 pub struct TcpProxy {
     leader: LeaderRx,
-    nodes: Arc<Vec<LivyNode>>,
+    nodes: NodeList,
     settings: Arc<TcpSettings>,
     limit: Arc<Semaphore>,
     /// `settings.proxy_protocol` as it is now: live, a reload replaces it
@@ -118,10 +118,10 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// A proxy reading discovery's channel; `nodes` are the fallbacks tried
     /// when the leader refuses.
-    pub fn new(settings: TcpSettings, nodes: Arc<Vec<LivyNode>>, leader: LeaderRx) -> Self {
+    pub fn new(settings: TcpSettings, nodes: impl Into<NodeList>, leader: LeaderRx) -> Self {
         TcpProxy {
             leader,
-            nodes,
+            nodes: nodes.into(),
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             proxy_protocol: Arc::new(arc_swap::ArcSwap::from_pointee(
                 settings.proxy_protocol.clone(),
@@ -322,20 +322,17 @@ impl TcpProxy {
     }
 
     async fn first_accepting_other(&self, leader: &LivyNode) -> Option<(TcpStream, LivyNode)> {
-        let attempts = self
-            .nodes
-            .iter()
-            .filter(|n| n.origin != leader.origin)
-            .map(|n| {
-                let addr = n.thrift_addr(self.settings.thrift_port);
-                let node = n.clone();
-                Box::pin(async move {
-                    match self.try_connect(&addr).await {
-                        Ok(s) => Ok((s, node)),
-                        Err(e) => Err(e),
-                    }
-                })
-            });
+        let nodes = self.nodes.snapshot();
+        let attempts = nodes.iter().filter(|n| n.origin != leader.origin).map(|n| {
+            let addr = n.thrift_addr(self.settings.thrift_port);
+            let node = n.clone();
+            Box::pin(async move {
+                match self.try_connect(&addr).await {
+                    Ok(s) => Ok((s, node)),
+                    Err(e) => Err(e),
+                }
+            })
+        });
         let attempts: Vec<_> = attempts.collect();
         if attempts.is_empty() {
             return None;
