@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Proxy, SimCluster};
@@ -169,8 +170,11 @@ fn a_silent_client_is_closed_after_client_header_timeout() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "closed after {waited:?}"
     );
+    // Logged just after the socket is dropped.
     assert!(
-        proxy.logs().contains("TLS handshake timed out"),
+        common::wait_until(Duration::from_secs(5), || proxy
+            .logs()
+            .contains("TLS handshake timed out")),
         "{}",
         proxy.logs()
     );
@@ -278,4 +282,42 @@ fn one_of_the_two_keys_or_a_bad_pem_is_a_config_error_naming_it() {
     ]);
     assert_config_error(&out, "tls-key");
     assert!(String::from_utf8_lossy(&out.stderr).contains("config file"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_connection_over_tls_is_closed_after_client_header_timeout() {
+    use rustls_pki_types::pem::PemObject;
+
+    let pki = Pki::new();
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = tls_proxy(&pki, &sim, &["--client-header-timeout", "1s"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(pki.path("ca.pem")).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // Preface and SETTINGS, then nothing: the handle is kept, so the
+    // client does not close the connection itself.
+    let (_send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    let waited = started.elapsed();
+    assert!(ended.is_ok(), "still open after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
 }
