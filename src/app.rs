@@ -288,7 +288,9 @@ fn reload(
     if !ignored.is_empty() {
         tracing::warn!(keys = %ignored.join(", "), "reload: these keys only change on a restart; their running values are kept");
     }
-    let applied = keep_restart_only(&current, new);
+    let mut applied = keep_restart_only(&current, new);
+    // The listener keeps the certificate it started with (restart-only).
+    applied.tls = current.tls.clone();
     proxy.update_settings(HttpSettings::from(&applied));
     nodes.store(applied.nodes.clone());
     access_log.store(applied.access_log, Ordering::Relaxed);
@@ -350,4 +352,6 @@ restart_only! {
     tcp_idle_timeout => "tcp-idle-timeout",
     max_tcp_connections => "max-tcp-connections",
     ready_requires_fresh => "ready-requires-fresh",
+    tls_cert => "tls-cert",
+    tls_key => "tls-key",
 }

@@ -195,6 +195,16 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_PROXY_PROTOCOL_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub proxy_protocol_timeout: Option<Duration>,
 
+    /// PEM certificate chain (server certificate first): with --tls-key,
+    /// the HTTP listener speaks TLS (HTTP/1.1 and HTTP/2 by ALPN) [default:
+    /// none, plain HTTP].
+    #[arg(long, env = "LIVY_PROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "LIVY_PROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -349,6 +359,8 @@ struct FileConfig {
     #[serde(default)]
     proxy_protocol_from: Vec<String>,
     proxy_protocol_timeout: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -422,6 +434,12 @@ pub struct Config {
     /// Whose PROXY protocol headers are believed (`proxy-protocol-from`),
     /// and how long one may take (`proxy-protocol-timeout`).
     pub proxy_protocol: ProxyProtocol,
+    /// The HTTP listener's certificate chain file (`tls-cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// The HTTP listener's private key file (`tls-key`).
+    pub tls_key: Option<PathBuf>,
+    /// Both, loaded: the HTTP listener speaks TLS with it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -670,6 +688,39 @@ impl Config {
             ));
         }
 
+        // Both or neither; each from the flag (or env), else the file.
+        let from_file = |flag: &Option<PathBuf>, file: &Option<PathBuf>| match (flag, file) {
+            (Some(p), _) => Some((p.clone(), false)),
+            (None, Some(p)) => Some((p.clone(), true)),
+            (None, None) => None,
+        };
+        let tls_cert = from_file(&cli.tls_cert, &file.tls_cert);
+        let tls_key = from_file(&cli.tls_key, &file.tls_key);
+        let tls = match (&tls_cert, &tls_key) {
+            (None, None) => None,
+            (Some((_, in_f)), None) => {
+                let e = invalid("tls-cert", "set without tls-key (TLS needs both)");
+                return Err(if *in_f { in_file(e) } else { e });
+            }
+            (None, Some((_, in_f))) => {
+                let e = invalid("tls-key", "set without tls-cert (TLS needs both)");
+                return Err(if *in_f { in_file(e) } else { e });
+            }
+            (Some((cert, cert_in_f)), Some((key, key_in_f))) => {
+                match crate::tls::server_config(cert, key) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let in_f = if e.key == "tls-cert" {
+                            *cert_in_f
+                        } else {
+                            *key_in_f
+                        };
+                        let e = invalid(e.key, e.problem);
+                        return Err(if in_f { in_file(e) } else { e });
+                    }
+                }
+            }
+        };
         let mut config = Config {
             listen,
             zookeeper,
@@ -736,6 +787,9 @@ impl Config {
             emit_forwarded: cli.emit_forwarded.or(file.emit_forwarded).unwrap_or(false),
             public_url,
             proxy_protocol,
+            tls_cert: tls_cert.map(|(p, _)| p),
+            tls_key: tls_key.map(|(p, _)| p),
+            tls,
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli

@@ -29,3 +29,4 @@ pub mod metrics;
 pub mod node;
 pub mod proxy_protocol;
 pub mod tcp_proxy;
+pub mod tls;

@@ -1,4 +1,5 @@
-//! Serving one h2c client connection, with the idle timeout HTTP/2 lacks.
+//! Serving one HTTP/2 client connection (h2c, or h2 over TLS), with the
+//! idle timeout HTTP/2 lacks.
 //!
 //! hyper closes an HTTP/1.1 connection that sends no request within
 //! `client-header-timeout`, but its HTTP/2 side has no such timer: a client
@@ -29,7 +30,7 @@ use hyper::server::conn::http2;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::Watcher;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -46,15 +47,16 @@ type InFlight = Arc<watch::Sender<usize>>;
 /// Boxed: left to infer it, the compiler cannot prove the spawned task
 /// `Send` through hyper's HTTP/2 connection (a "higher-ranked lifetime
 /// error"); the box proves it here, where the bounds are written.
-pub(crate) fn serve<'a, S>(
+pub(crate) fn serve<'a, I, S>(
     builder: &'a http2::Builder<TokioExecutor>,
-    io: TokioIo<TcpStream>,
+    io: TokioIo<I>,
     service: S,
     idle_timeout: Duration,
     shutdown: &'a CancellationToken,
     watcher: Watcher,
 ) -> Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send + 'a>>
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Send
         + Sync
@@ -64,15 +66,16 @@ where
     Box::pin(run(builder, io, service, idle_timeout, shutdown, watcher))
 }
 
-async fn run<S>(
+async fn run<I, S>(
     builder: &http2::Builder<TokioExecutor>,
-    io: TokioIo<TcpStream>,
+    io: TokioIo<I>,
     service: S,
     idle_timeout: Duration,
     shutdown: &CancellationToken,
     _watcher: Watcher,
 ) -> Result<(), hyper::Error>
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Send
         + Sync
@@ -94,7 +97,7 @@ where
         }
         _ = idle(&in_flight, idle_timeout) => {}
     }
-    tracing::debug!("closing an idle h2c client connection (client-header-timeout)");
+    tracing::debug!("closing an idle HTTP/2 client connection (client-header-timeout)");
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         ended = conn.as_mut() => ended,

@@ -21,7 +21,8 @@
 //!    anything else gets a 502 — never a POST twice.
 //!
 //! Clients speak HTTP/1.1 (keep-alive, pipelining) or h2c with prior
-//! knowledge on the same port; Livy is spoken to in HTTP/1.1.
+//! knowledge on the same port, or, with `tls-cert`, only TLS (HTTP/2 by
+//! ALPN `h2`, else HTTP/1.1: [`crate::tls`]); Livy is spoken to in HTTP/1.1.
 
 pub mod body;
 pub mod error;
@@ -113,6 +114,8 @@ pub struct HttpSettings {
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer.
     pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
+    /// TLS on the listener (`tls-cert`, `tls-key`), read when it starts.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl From<&Config> for HttpSettings {
@@ -137,6 +140,7 @@ impl From<&Config> for HttpSettings {
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             h2_max_header_list_size: c.h2_max_header_list_size,
             proxy_protocol: c.proxy_protocol.clone(),
+            tls: c.tls.clone(),
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct ClientRequest {
     /// local address, concrete even when the listener is bound to
     /// 0.0.0.0): what a rewritten `Location` names without `public-url`.
     pub local: Option<SocketAddr>,
+    /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 impl ClientRequest {
@@ -225,6 +231,7 @@ impl ClientRequest {
             peer,
             peer_ip: peer_ip_header(peer),
             local: None,
+            tls: false,
         }
     }
 }
@@ -309,6 +316,8 @@ impl HttpProxy {
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
         let settings = self.shared.settings.load_full();
+        // Read once: a reload does not change the listener's certificate.
+        let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         // The tower stack (stack.rs): its shared parts built once, each
         // connection's around its client.
         let stack = stack::StackParts::new(
@@ -355,8 +364,11 @@ impl HttpProxy {
             let builders = builders.clone();
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
+            let tls = tls.clone();
             let header_timeout = self.shared.settings.load().client_header_timeout;
             tokio::spawn(async move {
+                // Held for the connection's life, whichever way it ends.
+                let _held = (open, permit);
                 // Behind a load balancer, the client is whom its PROXY
                 // header names (`proxy_protocol`); the header is consumed,
                 // the request after it is not.
@@ -364,30 +376,74 @@ impl HttpProxy {
                     Ok(client) => client,
                     Err(e) => return e.log("HTTP", peer),
                 };
-                let info = Arc::new(stack::ClientInfo::new(peer, local));
-                let service = TowerToHyperService::new(stack.for_connection(info));
-                // HTTP/1.1 or h2c, told apart without taking a byte from the
-                // socket (`sniff`); a connection that says nothing before
-                // the header timeout, or before shutdown, is dropped.
-                let protocol = tokio::select! {
-                    p = sniff::client_protocol(&stream, header_timeout) => p,
-                    _ = shutdown.cancelled() => None,
+                let service = |tls| {
+                    let info = Arc::new(stack::ClientInfo::new(peer, local, tls));
+                    TowerToHyperService::new(stack.for_connection(info))
                 };
-                let io = TokioIo::new(stream);
-                let (http1, http2) = &*builders;
-                let ended = match protocol {
-                    Some(ClientProtocol::Http1) => {
-                        watcher.watch(http1.serve_connection(io, service)).await
+                let ended = match &tls {
+                    None => {
+                        // HTTP/1.1 or h2c, told apart without taking a
+                        // byte from the socket (`sniff`); a connection that
+                        // says nothing before the header timeout, or before
+                        // shutdown, is dropped.
+                        let protocol = tokio::select! {
+                            p = sniff::client_protocol(&stream, header_timeout) => p,
+                            _ = shutdown.cancelled() => None,
+                        };
+                        let h2 = match protocol {
+                            Some(ClientProtocol::Http1) => false,
+                            Some(ClientProtocol::H2c) => true,
+                            None => return,
+                        };
+                        let io = TokioIo::new(stream);
+                        serve_client(
+                            io,
+                            h2,
+                            service(false),
+                            &builders,
+                            header_timeout,
+                            &shutdown,
+                            watcher,
+                        )
+                        .await
                     }
-                    Some(ClientProtocol::H2c) => {
-                        h2c::serve(http2, io, service, header_timeout, &shutdown, watcher).await
+                    Some(tls) => {
+                        // The handshake, within `client-header-timeout` (a
+                        // client that connects and sends nothing is
+                        // dropped), then HTTP/2 if ALPN chose `h2`, else
+                        // HTTP/1.1.
+                        let handshake = tokio::select! {
+                            h = tokio::time::timeout(header_timeout, tls.accept(stream)) => h,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let stream = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out (client-header-timeout)");
+                                return;
+                            }
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(stream);
+                        serve_client(
+                            io,
+                            h2,
+                            service(true),
+                            &builders,
+                            header_timeout,
+                            &shutdown,
+                            watcher,
+                        )
+                        .await
                     }
-                    None => Ok(()),
                 };
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
-                drop((open, permit));
             });
         }
         drop(listener);
@@ -461,7 +517,7 @@ impl HttpProxy {
             &mut upstream_headers,
             &headers::ClientSide {
                 client_ip: &req.peer_ip,
-                proto: "http",
+                proto: if req.tls { "https" } else { "http" },
                 host: client_host.as_ref(),
                 trust_forwarded: settings.trust_forwarded,
                 emit_forwarded: settings.emit_forwarded,
@@ -557,7 +613,7 @@ impl HttpProxy {
                         body.put_back(take_body(&mut upstream_req));
                     }
                     let Some(target) = self.redirect_target(&resp, &node) else {
-                        return Ok(self.relay_response(resp, req.local));
+                        return Ok(self.relay_response(resp, req.local, req.tls));
                     };
                     // Evidence that the view is out of date. Discovery checks
                     // it at once; the request waits (briefly) for its answer,
@@ -606,7 +662,7 @@ impl HttpProxy {
                         });
                     }
                     tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
-                    return Ok(self.relay_response(resp, req.local));
+                    return Ok(self.relay_response(resp, req.local, req.tls));
                 }
                 Err(UpstreamError::ClientBody(e)) => return Err(e.into()),
                 Err(e) if e.nothing_sent() => {
@@ -700,6 +756,7 @@ impl HttpProxy {
         &self,
         resp: Response<PooledBody>,
         local: Option<SocketAddr>,
+        tls: bool,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -724,6 +781,7 @@ impl HttpProxy {
                 let settings = self.shared.settings.load();
                 let origin = match (&settings.public_url, local) {
                     (Some(url), _) => url.clone(),
+                    (None, Some(addr)) if tls => format!("https://{addr}"),
                     (None, Some(addr)) => format!("http://{addr}"),
                     (None, None) => String::new(),
                 };
@@ -898,6 +956,31 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// The HTTP/1.1 and HTTP/2 connection builders every connection shares.
+type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
+
+/// Serves one client connection (plain or TLS) in HTTP/2 if `h2`, else in
+/// HTTP/1.1, until it ends or, after `shutdown`, its requests finish.
+async fn serve_client<I>(
+    io: TokioIo<I>,
+    h2: bool,
+    service: TowerToHyperService<stack::ConnectionStack>,
+    builders: &Builders,
+    header_timeout: Duration,
+    shutdown: &CancellationToken,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (http1, http2) = builders;
+    if h2 {
+        h2c::serve(http2, io, service, header_timeout, shutdown, watcher).await
+    } else {
+        watcher.watch(http1.serve_connection(io, service)).await
+    }
 }
 
 #[cfg(test)]

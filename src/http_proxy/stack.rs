@@ -59,15 +59,18 @@ pub struct ClientInfo {
     pub peer_ip: HeaderValue,
     /// The listener address the connection came in on.
     pub local: Option<SocketAddr>,
+    /// Whether the connection is TLS (the listener's `tls-cert`).
+    pub tls: bool,
 }
 
 impl ClientInfo {
-    /// The client at `peer`, connected to `local`.
-    pub fn new(peer: SocketAddr, local: Option<SocketAddr>) -> Self {
+    /// The client at `peer`, connected to `local` (over TLS if `tls`).
+    pub fn new(peer: SocketAddr, local: Option<SocketAddr>, tls: bool) -> Self {
         ClientInfo {
             peer,
             peer_ip: peer_ip_header(peer),
             local,
+            tls,
         }
     }
 }
@@ -102,6 +105,7 @@ impl Service<Request<Incoming>> for Forward {
             peer: self.client.peer,
             peer_ip: self.client.peer_ip.clone(),
             local: self.client.local,
+            tls: self.client.tls,
         };
         Box::pin(async move { Ok(proxy.forward(req).await) })
     }
