@@ -629,3 +629,50 @@ async fn sighup_replaces_the_node_list() {
         "node is live"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
+    use livy_proxy::app::{self, Control, Ended, Listeners};
+    use livy_proxy::config::{Cli, Config};
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let port = common::free_port();
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "livy-proxy",
+        "--node",
+        &node,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        "off",
+        "--shutdown-grace-period",
+        "500ms",
+    ])
+    .unwrap();
+    let config = Config::load(cli).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let control = Control::default();
+    let running = tokio::spawn(app::run(config, listeners, control.clone(), None));
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(until_async(|| async { get(&format!("{url}/version")).await.0 == 200 }).await);
+    let slow = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        client
+            .get(format!("{url}/slow?ms=30000").parse().unwrap())
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control.drain.cancel();
+    assert_eq!(running.await.unwrap(), Ended::Cut);
+    // The cut request's connection is gone with the proxy's tasks: the
+    // client learns at once, not when Livy would have answered.
+    let answer = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the cut request ended within 10 s")
+        .unwrap();
+    assert!(answer.is_err(), "cut, not answered: {answer:?}");
+}

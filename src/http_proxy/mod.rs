@@ -315,6 +315,7 @@ impl HttpProxy {
         // Shared by every connection's task; a connection uses one of them.
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
+        let mut connections_tasks = tokio::task::JoinSet::new();
         let settings = self.shared.settings.load_full();
         // Read once: a reload does not change the listener's certificate.
         let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
@@ -366,7 +367,11 @@ impl HttpProxy {
             let shutdown = shutdown.clone();
             let tls = tls.clone();
             let header_timeout = self.shared.settings.load().client_header_timeout;
-            tokio::spawn(async move {
+            // Owned by this future: if it is dropped (the drain's grace
+            // period over, `app::run` aborting it), every connection's task
+            // goes with it instead of running on unowned.
+            while connections_tasks.try_join_next().is_some() {}
+            connections_tasks.spawn(async move {
                 // Held for the connection's life, whichever way it ends.
                 let _held = (open, permit);
                 // Behind a load balancer, the client is whom its PROXY
@@ -448,6 +453,7 @@ impl HttpProxy {
         }
         drop(listener);
         graceful.shutdown().await;
+        connections_tasks.shutdown().await;
     }
 
     /// Replaces the settings for the requests that start from now on (a
