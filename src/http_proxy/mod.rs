@@ -456,6 +456,57 @@ impl HttpProxy {
         connections_tasks.shutdown().await;
     }
 
+    /// Applies the request-side header rules before the request is
+    /// forwarded: hop-by-hop fields removed, `Content-Length` normalised,
+    /// `Cookie` fields joined, `Expect` dropped (the proxy holds the body),
+    /// the forwarding headers replaced or extended, `Via` added. Called by
+    /// the stack's `ForwardingHeaders` layer.
+    pub fn prepare_headers(
+        &self,
+        req: &mut Request<Incoming>,
+        client_ip: &HeaderValue,
+        tls: bool,
+    ) -> Result<(), ProxyError> {
+        let settings = self.shared.settings.load();
+        // The authority the client addressed, for X-Forwarded-Host.
+        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let version = req.version();
+        let headers = req.headers_mut();
+        headers::strip_hop_by_hop(headers);
+        // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
+        // repeated identical fields on, which would reach Livy as two lines.
+        framing::normalize_content_length(headers)
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        headers::join_cookies(headers);
+        // The client's Host stays for now: every attempt replaces it with
+        // the Livy server's own (`aim_at`).
+        // The proxy already holds the body (or streams it): Livy must not
+        // wait for a 100-continue exchange the client started with us.
+        headers.remove(header::EXPECT);
+        headers::add_forwarded(
+            headers,
+            &headers::ClientSide {
+                client_ip,
+                proto: if tls { "https" } else { "http" },
+                host: client_host.as_ref(),
+                trust_forwarded: settings.trust_forwarded,
+                emit_forwarded: settings.emit_forwarded,
+                strip: &settings.strip_headers,
+            },
+        );
+        headers::add_via(headers, version);
+        Ok(())
+    }
+
+    /// The `Retry-After` the proxy's own 502/503 answers carry now.
+    pub fn retry_after(&self) -> Duration {
+        self.shared.settings.load().retry_after
+    }
+
     /// Replaces the settings for the requests that start from now on (a
     /// reload). Only the keys read per request change anything: see
     /// docs/configuration.md for which are live.
@@ -499,38 +550,9 @@ impl HttpProxy {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
         }
-        // The authority the client addressed, for X-Forwarded-Host.
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-
-        let mut upstream_headers = parts.headers;
-        headers::strip_hop_by_hop(&mut upstream_headers);
-        // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
-        // repeated identical fields on, which would reach Livy as two lines.
-        framing::normalize_content_length(&mut upstream_headers)
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        headers::join_cookies(&mut upstream_headers);
-        // The client's Host stays for now: every attempt replaces it with
-        // the Livy server's own (`aim_at`).
-        // The proxy already holds the body (or streams it): Livy must not
-        // wait for a 100-continue exchange the client started with us.
-        upstream_headers.remove(header::EXPECT);
-        headers::add_forwarded(
-            &mut upstream_headers,
-            &headers::ClientSide {
-                client_ip: &req.peer_ip,
-                proto: if req.tls { "https" } else { "http" },
-                host: client_host.as_ref(),
-                trust_forwarded: settings.trust_forwarded,
-                emit_forwarded: settings.emit_forwarded,
-                strip: &settings.strip_headers,
-            },
-        );
-        headers::add_via(&mut upstream_headers, parts.version);
+        // Hop-by-hop, framing and forwarding headers were settled by the
+        // stack's `ForwardingHeaders` layer (stack.rs).
+        let upstream_headers = parts.headers;
         let path_and_query = framing::origin_form(&parts.uri)
             .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 

@@ -11,7 +11,10 @@
 //! 2. [`Limit`]: at most `max-requests-in-flight` requests inside at once,
 //!    one semaphore for all connections; one more is answered 503
 //!    `overloaded` at once instead of queued.
-//! 3. [`Forward`]: hold for a leader, follow redirects, retry what is safe
+//! 3. [`ForwardingHeaders`]: hop-by-hop fields out, forwarding headers
+//!    replaced (or extended when trusted), `Via` in, a bad
+//!    `Content-Length` answered 400.
+//! 4. [`Forward`]: hold for a leader, follow redirects, retry what is safe
 //!    (state that the three share, so they stay one service).
 //!
 //! Written here rather than taken from tower and tower-http, which have
@@ -189,7 +192,7 @@ pub struct StackParts {
 }
 
 /// One connection's stack (outermost first).
-pub type ConnectionStack = Observe<Limit<Forward>>;
+pub type ConnectionStack = Observe<Limit<ForwardingHeaders<Forward>>>;
 
 impl StackParts {
     /// The parts for `proxy`'s listener: at most `max_in_flight` requests
@@ -227,6 +230,11 @@ impl StackParts {
                 permits: self.in_flight.clone(),
                 retry_after: self.retry_after,
                 max: self.max_in_flight,
+            })
+            .layer_fn(|inner| ForwardingHeaders {
+                inner,
+                proxy: self.proxy.clone(),
+                client: client.clone(),
             })
             .service(Forward::new(self.proxy.clone(), client.clone()))
     }
@@ -363,6 +371,55 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &Response<ProxyBody>, outcome: O
         request_id = id,
         "http"
     );
+}
+
+/// The request-side header rules ([`HttpProxy::prepare_headers`]): what
+/// Livy must not see from the client (hop-by-hop fields, forged forwarding
+/// headers, `Expect`) and what it should (the proxy's `X-Forwarded-*`,
+/// `Via`), before the forwarding loop sees the request. A request whose
+/// headers cannot be forwarded (a bad `Content-Length`) is answered 400 here.
+#[derive(Clone)]
+pub struct ForwardingHeaders<S> {
+    inner: S,
+    proxy: HttpProxy,
+    client: Arc<ClientInfo>,
+}
+
+impl<S> Service<Request<Incoming>> for ForwardingHeaders<S>
+where
+    S: Service<Request<Incoming>, Response = (Response<ProxyBody>, Outcome), Error = Infallible>,
+{
+    type Response = (Response<ProxyBody>, Outcome);
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::future::Ready<Result<(Response<ProxyBody>, Outcome), Infallible>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        match self
+            .proxy
+            .prepare_headers(&mut req, &self.client.peer_ip, self.client.tls)
+        {
+            Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
+            Err(error) => {
+                tracing::warn!(method = %req.method(), path = req.uri().path(), kind = error.kind(), error = %error, "request failed");
+                let outcome = Outcome {
+                    error: Some(error.kind()),
+                    ..Outcome::default()
+                };
+                let retry_after = self.proxy.retry_after();
+                let resp = error
+                    .into_response(retry_after)
+                    .map(http_body_util::Either::Right);
+                futures_util::future::Either::Right(std::future::ready(Ok((resp, outcome))))
+            }
+        }
+    }
 }
 
 /// The in-flight limit: a permit per request, held until its response head
