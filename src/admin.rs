@@ -46,6 +46,16 @@ impl Draining {
     }
 }
 
+/// The admin listener's settings: configuration section `admin`, built by
+/// [`crate::config`].
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Its address (`admin-listen`); `None` when `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Readiness also requires a fresh view (`ready-requires-fresh`).
+    pub ready_requires_fresh: bool,
+}
+
 /// Everything the admin endpoints read.
 pub struct AdminState {
     /// Discovery's view.

@@ -25,12 +25,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, Draining};
-use crate::config::{Config, ConfigError};
-use crate::discovery::{self, DiscoveryConfig};
-use crate::http_proxy::{HttpProxy, HttpSettings, Wiring};
+use crate::config::{self, Config, ConfigError};
+use crate::discovery;
+use crate::http_proxy::{HttpProxy, Wiring};
 use crate::metrics::Metrics;
 use crate::node::NodeList;
-use crate::tcp_proxy::{TcpProxy, TcpSettings};
+use crate::tcp_proxy::TcpProxy;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +77,12 @@ impl Listeners {
                     source,
                 })
         }
-        let http = bind("HTTP", "listen", config.listen).await?;
-        let jdbc = match config.thrift_listen {
+        let http = bind("HTTP", "listen", config.http.listen).await?;
+        let jdbc = match config.tcp.listen {
             Some(a) => Some(bind("JDBC", "thrift-listen", a).await?),
             None => None,
         };
-        let admin = match config.admin_listen {
+        let admin = match config.admin.listen {
             Some(a) => Some(bind("admin", "admin-listen", a).await?),
             None => None,
         };
@@ -131,23 +131,20 @@ pub async fn run(
     control: Control,
     reloader: Option<Reloader>,
 ) -> Ended {
-    let metrics = Arc::new(Metrics::new("default", config.zookeeper.is_some()));
+    let metrics = Arc::new(Metrics::new(
+        "default",
+        config.discovery.zookeeper.is_some(),
+    ));
     let discovery_stop = CancellationToken::new();
     // One node list for discovery and both proxies: a reload replaces it.
-    let nodes = NodeList::from(config.nodes.clone());
-    let found = discovery::start(
-        DiscoveryConfig {
-            nodes: nodes.clone(),
-            ..config.discovery()
-        },
-        discovery_stop.clone(),
-    );
+    let nodes = config.discovery.nodes.clone();
+    let found = discovery::start(config.discovery.clone(), discovery_stop.clone());
     let draining = Arc::new(Draining::default());
-    let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.access_log));
+    let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.log.access_log));
 
     let http_stop = CancellationToken::new();
     let proxy = HttpProxy::wired(
-        HttpSettings::from(&config),
+        config.http.clone(),
         nodes.clone(),
         found.leader.clone(),
         Wiring {
@@ -158,9 +155,9 @@ pub async fn run(
     );
     tracing::info!(
         listen = %listeners.http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        zookeeper = config.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
-        leader_path = %config.leader_path,
-        nodes = config.nodes.len(),
+        zookeeper = config.discovery.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
+        leader_path = %config.discovery.leader_path,
+        nodes = nodes.load().len(),
         "livy-proxy {} starting",
         env!("CARGO_PKG_VERSION")
     );
@@ -170,9 +167,9 @@ pub async fn run(
     // Kept for reloads (PROXY protocol keys are live on this listener too).
     let mut jdbc_proxy = None;
     let jdbc = listeners.jdbc.map(|l| {
-        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
+        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.tcp.thrift_port, "JDBC listener ready");
         let tcp = TcpProxy::new(
-            TcpSettings::from(&config),
+            config.tcp.clone(),
             nodes.clone(),
             found.leader.clone(),
         ).with_metrics(metrics.clone(), access_log.clone());
@@ -188,7 +185,7 @@ pub async fn run(
             discovery: found.status.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
-            ready_requires_fresh: config.ready_requires_fresh,
+            ready_requires_fresh: config.admin.ready_requires_fresh,
             service: "default".to_string(),
         });
         tokio::spawn(state.serve(l, admin_stop.clone()))
@@ -203,7 +200,7 @@ pub async fn run(
                 if let Some(r) = &reloader {
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {
-                        tcp.update_proxy_protocol(current.proxy_protocol.clone());
+                        tcp.update_settings(current.tcp.clone());
                     }
                 }
             }
@@ -213,20 +210,20 @@ pub async fn run(
     // The drain.
     draining.start();
     tracing::info!(
-        shutdown_delay = ?current.shutdown_delay,
-        grace = ?current.shutdown_grace_period,
+        shutdown_delay = ?current.runtime.shutdown_delay,
+        grace = ?current.runtime.shutdown_grace_period,
         "draining: readiness is 503; still accepting for shutdown-delay"
     );
     let mut ended = Ended::Clean;
-    if !wait_or_forced(current.shutdown_delay, &control.force).await {
+    if !wait_or_forced(current.runtime.shutdown_delay, &control.force).await {
         ended = Ended::Cut;
     }
     tracing::info!("draining: no new connections; finishing requests in flight");
     http_stop.cancel();
     tokio::select! {
         _ = &mut http => {}
-        _ = tokio::time::sleep(current.shutdown_grace_period) => {
-            tracing::warn!(grace = ?current.shutdown_grace_period, "shutdown-grace-period over: cutting the requests still in flight");
+        _ = tokio::time::sleep(current.runtime.shutdown_grace_period) => {
+            tracing::warn!(grace = ?current.runtime.shutdown_grace_period, "shutdown-grace-period over: cutting the requests still in flight");
             http.abort();
             ended = Ended::Cut;
         }
@@ -279,79 +276,31 @@ fn reload(
             return current;
         }
     };
-    if let Err(e) = (reloader.set_log_level)(&new.log_level) {
+    if let Err(e) = (reloader.set_log_level)(&new.log.level) {
         tracing::warn!(error = %e, "reload failed: keeping the running configuration");
         metrics.config_reload(false);
         return current;
     }
-    let ignored = restart_only_changes(&current, &new);
-    if !ignored.is_empty() {
+    let ignored = config::restart_only_changes(&current.keys, &new.keys);
+    let applied = if ignored.is_empty() {
+        new
+    } else {
         tracing::warn!(keys = %ignored.join(", "), "reload: these keys only change on a restart; their running values are kept");
-    }
-    let mut applied = keep_restart_only(&current, new);
-    // The listener keeps the certificate it started with (restart-only).
-    applied.tls = current.tls.clone();
-    proxy.update_settings(HttpSettings::from(&applied));
-    nodes.store(applied.nodes.clone());
-    access_log.store(applied.access_log, Ordering::Relaxed);
+        // The new keys with the running restart-only values: checked once
+        // already (each half was), so this builds.
+        match Config::from_keys(&config::keep_restart_only(&current.keys, &new.keys)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reload failed: keeping the running configuration");
+                metrics.config_reload(false);
+                return current;
+            }
+        }
+    };
+    proxy.update_settings(applied.http.clone());
+    nodes.store(applied.discovery.nodes.snapshot());
+    access_log.store(applied.log.access_log, Ordering::Relaxed);
     metrics.config_reload(true);
     tracing::info!("configuration reloaded");
     applied
-}
-
-/// Compares the restart-only keys; their names, as in the file, where they
-/// differ.
-macro_rules! restart_only {
-    ($($field:ident => $key:literal),* $(,)?) => {
-        /// The restart-only keys that differ between `a` and `b`.
-        pub fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
-            let mut out = Vec::new();
-            $(if a.$field != b.$field { out.push($key); })*
-            out
-        }
-
-        /// `new` with every restart-only key set back to `running`'s.
-        fn keep_restart_only(running: &Config, mut new: Config) -> Config {
-            $(new.$field = running.$field.clone();)*
-            new
-        }
-
-        /// Every restart-only key, for the docs test.
-        pub const RESTART_ONLY: &[&str] = &[$($key),*];
-    };
-}
-
-restart_only! {
-    listen => "listen",
-    thrift_listen => "thrift-listen",
-    admin_listen => "admin-listen",
-    zookeeper => "zookeeper",
-    leader_path => "leader-path",
-    defaults => "default-scheme/default-port",
-    zk_session_timeout => "zk-session-timeout",
-    probe_interval => "probe-interval",
-    probe_timeout => "probe-timeout",
-    probe_path => "probe-path",
-    connect_timeout => "connect-timeout",
-    client_header_timeout => "client-header-timeout",
-    client_body_timeout => "client-body-timeout",
-    max_replay_body => "max-replay-body",
-    max_buffered_bodies => "max-buffered-bodies",
-    max_streaming_uploads => "max-streaming-uploads",
-    max_upstream_connections => "max-upstream-connections",
-    max_client_connections => "max-client-connections",
-    max_requests_in_flight => "max-requests-in-flight",
-    h2_max_concurrent_streams => "h2-max-concurrent-streams",
-    h2_max_header_list_size => "h2-max-header-list-size",
-    log_json => "log-format",
-    worker_threads => "worker-threads",
-    thrift_port => "thrift-port",
-    thrift_close_on_failover => "thrift-on-failover",
-    tcp_nodelay => "tcp-nodelay",
-    tcp_keepalive => "tcp-keepalive",
-    tcp_idle_timeout => "tcp-idle-timeout",
-    max_tcp_connections => "max-tcp-connections",
-    ready_requires_fresh => "ready-requires-fresh",
-    tls_cert => "tls-cert",
-    tls_key => "tls-key",
 }

@@ -171,6 +171,7 @@ async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) 
 
 fn settings(hold: Duration) -> HttpSettings {
     HttpSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
         max_requests_in_flight: 4096,
         max_client_connections: 10_000,
         hold_timeout: hold,

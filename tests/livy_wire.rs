@@ -179,6 +179,7 @@ impl Drop for Proxy {
 
 async fn proxy_to(node: &LivyNode) -> Proxy {
     let settings = HttpSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
         max_requests_in_flight: 4096,
         max_client_connections: 10_000,
         hold_timeout: Duration::from_secs(2),

@@ -49,7 +49,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
 use crate::metrics::{Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
@@ -70,9 +69,12 @@ pub const HINT_ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// The body of a response to the client: Livy's, streamed, or the proxy's own.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
-/// The settings the HTTP proxy reads on every request.
+/// The settings the HTTP proxy reads on every request: configuration
+/// section `http`, built by [`crate::config`].
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
+    /// The listener's address (`listen`).
+    pub listen: std::net::SocketAddr,
     /// How long a request waits for a usable leader.
     pub hold_timeout: Duration,
     /// How long Livy may take to send response headers.
@@ -118,33 +120,6 @@ pub struct HttpSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl From<&Config> for HttpSettings {
-    fn from(c: &Config) -> Self {
-        HttpSettings {
-            max_requests_in_flight: c.max_requests_in_flight,
-            max_client_connections: c.max_client_connections,
-            hold_timeout: c.hold_timeout,
-            upstream_timeout: c.upstream_timeout,
-            client_header_timeout: c.client_header_timeout,
-            connect_timeout: c.connect_timeout,
-            max_replay_body: c.max_replay_body,
-            trust_forwarded: c.trust_forwarded,
-            strip_headers: c.strip_headers.clone(),
-            emit_forwarded: c.emit_forwarded,
-            public_url: c.public_url.clone(),
-            retry_after: c.retry_after,
-            max_upstream_connections: c.max_upstream_connections,
-            client_body_timeout: c.client_body_timeout,
-            max_buffered_bodies: c.max_buffered_bodies,
-            max_streaming_uploads: c.max_streaming_uploads,
-            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
-            h2_max_header_list_size: c.h2_max_header_list_size,
-            proxy_protocol: c.proxy_protocol.clone(),
-            tls: c.tls.clone(),
-        }
-    }
-}
-
 struct Shared {
     leader: LeaderRx,
     hints: Hints,
@@ -158,6 +133,10 @@ struct Shared {
     /// Swapped whole by a reload; the keys read per request take effect
     /// for the next request, the others were used at start.
     settings: arc_swap::ArcSwap<HttpSettings>,
+    /// `max-requests-in-flight`, across the listener's connections (live).
+    in_flight: Arc<crate::limit::LiveLimit>,
+    /// `max-client-connections` on the listener (live).
+    connections: Arc<crate::limit::LiveLimit>,
 }
 
 /// What became of one request inside the proxy, for its access-log line and
@@ -289,6 +268,8 @@ impl HttpProxy {
                     settings.max_streaming_uploads,
                     settings.client_body_timeout,
                 ),
+                in_flight: crate::limit::LiveLimit::new(settings.max_requests_in_flight),
+                connections: crate::limit::LiveLimit::new(settings.max_client_connections),
                 settings: arc_swap::ArcSwap::from_pointee(settings),
             }),
         }
@@ -325,30 +306,24 @@ impl HttpProxy {
             self.clone(),
             self.shared.metrics.clone(),
             self.shared.access_log.clone(),
-            settings.retry_after,
-            settings.max_requests_in_flight,
+            self.shared.in_flight.clone(),
         );
         // A permit per open client connection, taken before accepting (as
         // mini-redis does): at the limit, accepting pauses and new clients
         // wait in the kernel's backlog instead of costing memory here.
-        let connections = Arc::new(tokio::sync::Semaphore::new(
-            settings.max_client_connections.max(1),
-        ));
+        let connections = self.shared.connections.clone();
         loop {
-            let permit = match connections.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
+            let permit = match connections.try_acquire() {
+                Some(p) => p,
+                None => {
                     self.shared.metrics.connections_at_limit();
                     tracing::warn!(
-                        limit = settings.max_client_connections,
+                        limit = connections.max(),
                         "max-client-connections reached: accepting paused"
                     );
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        p = connections.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
+                        p = connections.acquire() => p,
                     }
                 }
             };
@@ -511,6 +486,12 @@ impl HttpProxy {
     /// reload). Only the keys read per request change anything: see
     /// docs/configuration.md for which are live.
     pub fn update_settings(&self, settings: HttpSettings) {
+        self.shared
+            .in_flight
+            .set_max(settings.max_requests_in_flight);
+        self.shared
+            .connections
+            .set_max(settings.max_client_connections);
         self.shared.settings.store(Arc::new(settings));
     }
 

@@ -50,6 +50,7 @@ use tower::Service;
 
 use super::error::ProxyError;
 use super::{ClientRequest, HttpProxy, Outcome, ProxyBody, peer_ip_header};
+use crate::limit::{LiveLimit, Permit};
 use crate::metrics::{Direction, Listener, Metrics};
 
 /// Who sent a request: set per connection, read by the layers and the
@@ -186,23 +187,20 @@ struct Shared {
 pub struct StackParts {
     proxy: HttpProxy,
     shared: Arc<Shared>,
-    retry_after: Duration,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    max_in_flight: usize,
+    in_flight: Arc<LiveLimit>,
 }
 
 /// One connection's stack (outermost first).
 pub type ConnectionStack = Observe<Limit<ForwardingHeaders<Forward>>>;
 
 impl StackParts {
-    /// The parts for `proxy`'s listener: at most `max_in_flight` requests
-    /// inside at once, across all its connections.
+    /// The parts for `proxy`'s listener: at most `in_flight`'s maximum
+    /// of requests inside at once, across all its connections.
     pub fn new(
         proxy: HttpProxy,
         metrics: Arc<Metrics>,
         access_log: AccessLogSwitch,
-        retry_after: Duration,
-        max_in_flight: usize,
+        in_flight: Arc<LiveLimit>,
     ) -> Self {
         StackParts {
             proxy,
@@ -211,9 +209,7 @@ impl StackParts {
                 access_log,
                 ids: RequestIds::default(),
             }),
-            retry_after,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
-            max_in_flight,
+            in_flight,
         }
     }
 
@@ -228,8 +224,7 @@ impl StackParts {
             .layer_fn(|inner| Limit {
                 inner,
                 permits: self.in_flight.clone(),
-                retry_after: self.retry_after,
-                max: self.max_in_flight,
+                proxy: self.proxy.clone(),
             })
             .layer_fn(|inner| ForwardingHeaders {
                 inner,
@@ -427,9 +422,9 @@ where
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
-    permits: Arc<tokio::sync::Semaphore>,
-    retry_after: Duration,
-    max: usize,
+    permits: Arc<LiveLimit>,
+    /// For the `Retry-After` of a shed request (live).
+    proxy: HttpProxy,
 }
 
 impl<S> Service<Request<Incoming>> for Limit<S>
@@ -445,23 +440,23 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => LimitFuture {
+        match self.permits.try_acquire() {
+            Some(permit) => LimitFuture {
                 inner: Some(self.inner.call(req)),
                 permit: Some(permit),
                 shed: None,
             },
-            Err(_) => {
+            None => {
                 let error = ProxyError::Overloaded(format!(
                     "{} requests are in flight (max-requests-in-flight)",
-                    self.max
+                    self.permits.max()
                 ));
                 let outcome = Outcome {
                     error: Some(error.kind()),
                     ..Outcome::default()
                 };
                 let resp = error
-                    .into_response(self.retry_after)
+                    .into_response(self.proxy.retry_after())
                     .map(http_body_util::Either::Right);
                 LimitFuture {
                     inner: None,
@@ -478,7 +473,7 @@ pin_project_lite::pin_project! {
     pub struct LimitFuture<F> {
         #[pin]
         inner: Option<F>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<Permit>,
         shed: Option<(Response<ProxyBody>, Outcome)>,
     }
 }

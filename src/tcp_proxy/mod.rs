@@ -33,16 +33,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::metrics::{Direction, Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
 use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
 
-/// The settings of the JDBC listener.
+/// The settings of the JDBC listener: configuration section `tcp`, built
+/// by [`crate::config`].
 #[derive(Clone, Debug)]
 pub struct TcpSettings {
+    /// The JDBC listener's address (`thrift-listen`); `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
     /// How long a connection waits for a reachable active server.
     pub hold_timeout: Duration,
     /// Timeout of one TCP connect to a Livy Thrift server.
@@ -61,24 +63,8 @@ pub struct TcpSettings {
     pub max_connections: usize,
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer. The
-    /// value at start; [`TcpProxy::update_proxy_protocol`] replaces it.
+    /// value at start; [`TcpProxy::update_settings`] replaces it.
     pub proxy_protocol: ProxyProtocol,
-}
-
-impl From<&Config> for TcpSettings {
-    fn from(c: &Config) -> Self {
-        TcpSettings {
-            hold_timeout: c.hold_timeout,
-            connect_timeout: c.connect_timeout,
-            thrift_port: c.thrift_port,
-            close_on_failover: c.thrift_close_on_failover,
-            nodelay: c.tcp_nodelay,
-            keepalive: c.tcp_keepalive,
-            idle_timeout: c.tcp_idle_timeout,
-            max_connections: c.max_tcp_connections,
-            proxy_protocol: c.proxy_protocol.clone(),
-        }
-    }
 }
 
 /// Why a JDBC connection could not be forwarded.
@@ -106,11 +92,11 @@ pub enum TcpError {
 pub struct TcpProxy {
     leader: LeaderRx,
     nodes: NodeList,
-    settings: Arc<TcpSettings>,
+    /// Swapped whole by a reload: the live keys (hold-timeout, PROXY
+    /// protocol) apply to the connections accepted after it; the others
+    /// keep their running values (config::RESTART_ONLY).
+    settings: Arc<arc_swap::ArcSwap<TcpSettings>>,
     limit: Arc<Semaphore>,
-    /// `settings.proxy_protocol` as it is now: live, a reload replaces it
-    /// for the connections accepted after it.
-    proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
     metrics: Arc<Metrics>,
     access_log: crate::http_proxy::stack::AccessLogSwitch,
 }
@@ -123,10 +109,7 @@ impl TcpProxy {
             leader,
             nodes: nodes.into(),
             limit: Arc::new(Semaphore::new(settings.max_connections)),
-            proxy_protocol: Arc::new(arc_swap::ArcSwap::from_pointee(
-                settings.proxy_protocol.clone(),
-            )),
-            settings: Arc::new(settings),
+            settings: Arc::new(arc_swap::ArcSwap::from_pointee(settings)),
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
@@ -143,11 +126,10 @@ impl TcpProxy {
         self
     }
 
-    /// Replaces the PROXY protocol settings for the connections accepted
-    /// from now on (a reload: `proxy-protocol-from` and
-    /// `proxy-protocol-timeout` are live keys; the others here are not).
-    pub fn update_proxy_protocol(&self, proxy_protocol: ProxyProtocol) {
-        self.proxy_protocol.store(Arc::new(proxy_protocol));
+    /// Replaces the settings for the connections accepted from now on (a
+    /// reload; open connections keep theirs).
+    pub fn update_settings(&self, settings: TcpSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Accepts connections until `shutdown`, then closes the open ones and
@@ -175,7 +157,7 @@ impl TcpProxy {
                 break;
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = self.settings.max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");
+                tracing::warn!(%peer, limit = self.settings.load().max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");
                 drop(client);
                 continue;
             };
@@ -196,7 +178,7 @@ impl TcpProxy {
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
         // names; the header is consumed, the Thrift bytes after it are not.
-        let proxy_protocol = self.proxy_protocol.load_full();
+        let proxy_protocol = self.settings.load().proxy_protocol.clone();
         let peer = tokio::select! {
             _ = shutdown.cancelled() => return,
             resolved = proxy_protocol.resolve_peer(&client, peer) => match resolved {
@@ -207,7 +189,7 @@ impl TcpProxy {
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            connected = self.connect_upstream(started + self.settings.hold_timeout) => match connected {
+            connected = self.connect_upstream(started + self.settings.load().hold_timeout) => match connected {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "JDBC connection closed: no upstream");
@@ -243,8 +225,8 @@ impl TcpProxy {
     }
 
     fn tune(&self, stream: &TcpStream) {
-        let _ = stream.set_nodelay(self.settings.nodelay);
-        if let Some(idle) = self.settings.keepalive {
+        let _ = stream.set_nodelay(self.settings.load().nodelay);
+        if let Some(idle) = self.settings.load().keepalive {
             let sock = socket2::SockRef::from(stream);
             let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
         }
@@ -280,7 +262,7 @@ impl TcpProxy {
                         source,
                     },
                     None => TcpError::NoLeader(
-                        self.settings.hold_timeout,
+                        self.settings.load().hold_timeout,
                         rx.borrow()
                             .problem
                             .as_ref()
@@ -289,7 +271,7 @@ impl TcpProxy {
                     ),
                 });
             };
-            let addr = leader.thrift_addr(self.settings.thrift_port);
+            let addr = leader.thrift_addr(self.settings.load().thrift_port);
             match self.try_connect(&addr).await {
                 Ok(s) => return Ok((s, leader, generation)),
                 Err(e) => {
@@ -324,7 +306,7 @@ impl TcpProxy {
     async fn first_accepting_other(&self, leader: &LivyNode) -> Option<(TcpStream, LivyNode)> {
         let nodes = self.nodes.snapshot();
         let attempts = nodes.iter().filter(|n| n.origin != leader.origin).map(|n| {
-            let addr = n.thrift_addr(self.settings.thrift_port);
+            let addr = n.thrift_addr(self.settings.load().thrift_port);
             let node = n.clone();
             Box::pin(async move {
                 match self.try_connect(&addr).await {
@@ -347,7 +329,12 @@ impl TcpProxy {
     }
 
     async fn try_connect(&self, addr: &str) -> io::Result<TcpStream> {
-        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(
+            self.settings.load().connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
@@ -366,7 +353,7 @@ impl TcpProxy {
     ) -> (&'static str, u64, u64) {
         let traffic = Traffic::new();
         let mut rx = self.leader.clone();
-        let close_on_failover = self.settings.close_on_failover;
+        let close_on_failover = self.settings.load().close_on_failover;
         let leader_moved = async {
             if !close_on_failover {
                 return std::future::pending().await;
@@ -378,7 +365,7 @@ impl TcpProxy {
                 })
                 .await;
         };
-        let idle = idle_watch(self.settings.idle_timeout, &traffic);
+        let idle = idle_watch(self.settings.load().idle_timeout, &traffic);
         let end = tokio::select! {
             r = relay::relay(&client, &upstream, &traffic) => match r {
                 Ok(()) => "closed",

@@ -96,6 +96,7 @@ impl Drop for Setup {
 /// The proxy's settings in these tests, with `hold` as the hold timeout.
 pub fn settings(hold: Duration) -> TcpSettings {
     TcpSettings {
+        listen: None,
         hold_timeout: hold,
         connect_timeout: Duration::from_secs(2),
         thrift_port: 10090,
