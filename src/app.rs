@@ -329,6 +329,7 @@ restart_only! {
     leader_path => "leader-path",
     defaults => "default-scheme/default-port",
     zk_session_timeout => "zk-session-timeout",
+    zk_security => "zk-tls-ca/zk-tls-cert/zk-tls-key/zk-sasl-user/zk-sasl-password-file",
     probe_interval => "probe-interval",
     probe_timeout => "probe-timeout",
     probe_path => "probe-path",

@@ -17,6 +17,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use crate::discovery::DiscoveryConfig;
+use crate::discovery::zk_security::ZkSecurity;
 use crate::node::{AddressDefaults, LivyNode, Origin, Scheme};
 use crate::proxy_protocol::{ProxyProtocol, TrustedNetworks};
 
@@ -98,6 +99,28 @@ pub struct Cli {
     /// ZooKeeper session timeout the proxy asks for [default: 10s].
     #[arg(long, env = "LIVY_PROXY_ZK_SESSION_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub zk_session_timeout: Option<Duration>,
+
+    /// PEM CA bundle for ZooKeeper's secureClientPort: set, every host of
+    /// --zookeeper is reached over TLS [default: none, plain TCP].
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_CA", value_name = "FILE")]
+    pub zk_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain for ZooKeeper TLS (ssl.clientAuth=need).
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_CERT", value_name = "FILE")]
+    pub zk_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --zk-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_KEY", value_name = "FILE")]
+    pub zk_tls_key: Option<PathBuf>,
+
+    /// SASL DIGEST-MD5 user for ZooKeeper (the JAAS user_<name> entry).
+    #[arg(long, env = "LIVY_PROXY_ZK_SASL_USER", value_name = "USER")]
+    pub zk_sasl_user: Option<String>,
+
+    /// File holding the --zk-sasl-user password (never the password itself
+    /// on a command line).
+    #[arg(long, env = "LIVY_PROXY_ZK_SASL_PASSWORD_FILE", value_name = "FILE")]
+    pub zk_sasl_password_file: Option<PathBuf>,
 
     /// How often the static node list is probed [default: 2s].
     #[arg(long, env = "LIVY_PROXY_PROBE_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -339,6 +362,11 @@ struct FileConfig {
     node: Vec<NodeEntry>,
     hold_timeout: Option<String>,
     zk_session_timeout: Option<String>,
+    zk_tls_ca: Option<PathBuf>,
+    zk_tls_cert: Option<PathBuf>,
+    zk_tls_key: Option<PathBuf>,
+    zk_sasl_user: Option<String>,
+    zk_sasl_password_file: Option<PathBuf>,
     probe_interval: Option<String>,
     probe_timeout: Option<String>,
     probe_path: Option<String>,
@@ -399,6 +427,8 @@ pub struct Config {
     pub hold_timeout: Duration,
     /// ZooKeeper session timeout.
     pub zk_session_timeout: Duration,
+    /// TLS and SASL to ZooKeeper (`zk-tls-*`, `zk-sasl-*`).
+    pub zk_security: ZkSecurity,
     /// Probe period for the static list.
     pub probe_interval: Duration,
     /// Timeout of one probe.
@@ -721,6 +751,8 @@ impl Config {
                 }
             }
         };
+        let zk_security = zk_security(&cli, &file, zookeeper.is_some())
+            .map_err(|(e, in_f)| if in_f { in_file(e) } else { e })?;
         let mut config = Config {
             listen,
             zookeeper,
@@ -733,6 +765,7 @@ impl Config {
                 &file.zk_session_timeout,
                 "10s",
             )?,
+            zk_security,
             probe_interval: dur(
                 "probe-interval",
                 cli.probe_interval,
@@ -954,6 +987,7 @@ impl Config {
             zookeeper: self.zookeeper.clone(),
             leader_path: self.leader_path.clone(),
             zk_session_timeout: self.zk_session_timeout,
+            zk_security: self.zk_security.clone(),
             nodes: self.nodes.clone().into(),
             defaults: self.defaults,
             probe_interval: self.probe_interval,
@@ -1109,6 +1143,42 @@ fn check_unique(nodes: &[LivyNode]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The `zk-tls-*` and `zk-sasl-*` keys, each from its flag (or env), else
+/// the file; their files read once. The error says whether the key at fault
+/// came from the file.
+fn zk_security(
+    cli: &Cli,
+    file: &FileConfig,
+    zookeeper: bool,
+) -> Result<ZkSecurity, (ConfigError, bool)> {
+    let pick = |flag: &Option<PathBuf>, f: &Option<PathBuf>| flag.clone().or(f.clone());
+    let from_file = |key: &str| match key {
+        "zk-tls-ca" => cli.zk_tls_ca.is_none(),
+        "zk-tls-cert" => cli.zk_tls_cert.is_none(),
+        "zk-tls-key" => cli.zk_tls_key.is_none(),
+        "zk-sasl-user" => cli.zk_sasl_user.is_none(),
+        _ => cli.zk_sasl_password_file.is_none(),
+    };
+    let security = ZkSecurity::from_keys(
+        pick(&cli.zk_tls_ca, &file.zk_tls_ca),
+        pick(&cli.zk_tls_cert, &file.zk_tls_cert),
+        pick(&cli.zk_tls_key, &file.zk_tls_key),
+        cli.zk_sasl_user.clone().or(file.zk_sasl_user.clone()),
+        pick(&cli.zk_sasl_password_file, &file.zk_sasl_password_file),
+    )
+    .and_then(|s| s.check().map(|()| s))
+    .map_err(|e| (invalid(e.key, e.problem), from_file(e.key)))?;
+    if !zookeeper && security != ZkSecurity::default() {
+        let key = if security.tls() {
+            "zk-tls-ca"
+        } else {
+            "zk-sasl-user"
+        };
+        return Err((invalid(key, "set without zookeeper"), from_file(key)));
+    }
+    Ok(security)
 }
 
 /// Checks `host:port,host:port[/chroot]` the way Livy and ZooKeeper take it.
