@@ -57,7 +57,7 @@ pub async fn run(
     let mut ever_connected = false;
     let mut backoff = MIN_BACKOFF;
     let mut fallback: Option<(CancellationToken, JoinHandle<()>)> = None;
-    let mut refusing = false;
+    let mut refusing: Option<String> = None;
     tracing::info!(zookeeper = %connect, path = %config.leader_path, security = %config.zk_security.describe(), "connecting to ZooKeeper");
     publisher.status.set_zookeeper("connecting");
     loop {
@@ -88,7 +88,7 @@ pub async fn run(
         };
         let tls = config.zk_security.tls();
         let connecting = async {
-            // TLS: every host without a `tcp://` prefix is reached over TLS.
+            // With TLS, every host of the connect string is reached over TLS.
             if tls {
                 connector.secure_connect(&connect).await
             } else {
@@ -99,16 +99,12 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             c = connecting => c,
         };
-        // ZooKeeper answered and refused us: credentials (SASL) or the TLS
-        // handshake (certificates).
         let refused = match &connected {
-            Err(zk::Error::AuthFailed) => Some(("auth-failed", auth_problem(&connect, &config))),
-            Err(_) if tls => config
-                .zk_security
-                .diagnose_tls(&connect, config.zk_session_timeout.min(MAX_BACKOFF))
-                .await
-                .map(|p| ("tls-failed", format!("{p}; check zk-tls-ca, zk-tls-cert and zk-tls-key against the server's ssl.* settings"))),
-            _ => None,
+            Ok(_) => None,
+            Err(e) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = refusal(e, &connect, &config) => r,
+            },
         };
         match connected {
             Err(_) if let Some((state, problem)) = refused => {
@@ -121,10 +117,10 @@ pub async fn run(
                     let _ = task.await;
                 }
                 publisher.status.set_zookeeper(state);
-                // Once per run of failures: the retries say nothing new.
-                if !refusing {
+                // Once per cause: the retries say nothing new.
+                if refusing.as_deref() != Some(problem.as_str()) {
                     tracing::error!(%problem, "ZooKeeper refused the proxy: not routing until it lets the proxy in");
-                    refusing = true;
+                    refusing = Some(problem.clone());
                 } else {
                     tracing::debug!(%problem, "ZooKeeper refused the proxy again");
                 }
@@ -161,7 +157,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Ok(client) => {
-                refusing = false;
+                refusing = None;
                 if let Some((token, task)) = fallback.take() {
                     token.cancel();
                     let _ = task.await;
@@ -204,6 +200,32 @@ pub async fn run(
         token.cancel();
         let _ = task.await;
     }
+}
+
+/// Whether a failed connect was ZooKeeper refusing the proxy (its SASL
+/// login, or the TLS handshake) rather than an outage: the status to show
+/// and the problem, naming the cause.
+async fn refusal(
+    e: &zk::Error,
+    connect: &str,
+    config: &DiscoveryConfig,
+) -> Option<(&'static str, String)> {
+    if matches!(e, zk::Error::AuthFailed) {
+        return Some(("auth-failed", auth_problem(connect, config)));
+    }
+    if !config.zk_security.tls() {
+        return None;
+    }
+    let problem = config
+        .zk_security
+        .diagnose_tls(connect, config.zk_session_timeout.min(MAX_BACKOFF))
+        .await?;
+    Some((
+        "tls-failed",
+        format!(
+            "{problem}; check zk-tls-ca, zk-tls-cert and zk-tls-key against the server's ssl.* settings"
+        ),
+    ))
 }
 
 /// What a refused SASL login means, for the log and readiness.
