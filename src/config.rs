@@ -29,6 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::admin::AdminSettings;
 use crate::discovery::DiscoveryConfig;
+use crate::discovery::zk_security::ZkSecurity;
 use crate::http_proxy::HttpSettings;
 use crate::node::{AddressDefaults, LivyNode, NodeList, Origin, Scheme};
 use crate::proxy_protocol::{ProxyProtocol, TrustedNetworks};
@@ -257,6 +258,28 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_ZK_SESSION_TIMEOUT", value_name = "DURATION")]
     pub zk_session_timeout: Option<Dur>,
 
+    /// PEM CA bundle for ZooKeeper's secureClientPort: set, every host of
+    /// --zookeeper is reached over TLS [default: none, plain TCP].
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_CA", value_name = "FILE")]
+    pub zk_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain for ZooKeeper TLS (ssl.clientAuth=need).
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_CERT", value_name = "FILE")]
+    pub zk_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --zk-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_ZK_TLS_KEY", value_name = "FILE")]
+    pub zk_tls_key: Option<PathBuf>,
+
+    /// SASL DIGEST-MD5 user for ZooKeeper (the JAAS user_<name> entry).
+    #[arg(long, env = "LIVY_PROXY_ZK_SASL_USER", value_name = "USER")]
+    pub zk_sasl_user: Option<String>,
+
+    /// File holding the --zk-sasl-user password (never the password itself
+    /// on a command line).
+    #[arg(long, env = "LIVY_PROXY_ZK_SASL_PASSWORD_FILE", value_name = "FILE")]
+    pub zk_sasl_password_file: Option<PathBuf>,
+
     /// How often the static node list is probed [default: 2s].
     #[arg(long, env = "LIVY_PROXY_PROBE_INTERVAL", value_name = "DURATION")]
     pub probe_interval: Option<Dur>,
@@ -361,6 +384,11 @@ pub const RESTART_ONLY: &[&str] = &[
     "default-scheme",
     "default-port",
     "zk-session-timeout",
+    "zk-tls-ca",
+    "zk-tls-cert",
+    "zk-tls-key",
+    "zk-sasl-user",
+    "zk-sasl-password-file",
     "probe-interval",
     "probe-timeout",
     "probe-path",
@@ -871,6 +899,23 @@ impl Build<'_> {
                 "neither zookeeper nor any node is set: nothing to discover the active Livy server from",
             ));
         }
+        let zk_security = ZkSecurity::from_keys(
+            k.zk_tls_ca.clone(),
+            k.zk_tls_cert.clone(),
+            k.zk_tls_key.clone(),
+            k.zk_sasl_user.clone(),
+            k.zk_sasl_password_file.clone(),
+        )
+        .and_then(|s| s.check().map(|()| s))
+        .map_err(|e| self.invalid(e.key, e.problem))?;
+        if k.zookeeper.is_none() && zk_security != ZkSecurity::default() {
+            let key = if zk_security.tls() {
+                "zk-tls-ca"
+            } else {
+                "zk-sasl-user"
+            };
+            return Err(self.invalid(key, "set without zookeeper"));
+        }
         let probe_path = k
             .probe_path
             .clone()
@@ -886,6 +931,7 @@ impl Build<'_> {
                 k.zk_session_timeout,
                 Duration::from_secs(10),
             )?,
+            zk_security,
             nodes: NodeList::from(Arc::new(nodes)),
             defaults,
             probe_interval: self.duration(
