@@ -28,9 +28,10 @@ use crate::admin::{AdminState, Draining};
 use crate::config::{Config, ConfigError};
 use crate::discovery::{self, DiscoveryConfig};
 use crate::http_proxy::{HttpProxy, HttpSettings, Wiring};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::node::NodeList;
 use crate::tcp_proxy::{TcpProxy, TcpSettings};
+use crate::tls::TlsSource;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,10 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listener's certificate, key or client CA did not load; names the
+    /// key (the binary reports it as a configuration error).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
 }
 
 /// The listening sockets, bound before [`run`] so that a test can bind
@@ -58,6 +63,47 @@ pub struct Listeners {
     pub jdbc: Option<TcpListener>,
     /// The admin listener, unless `off`.
     pub admin: Option<TcpListener>,
+    /// The TLS HTTP listener beside the plain one (`tls-listen`).
+    pub https: Option<TcpListener>,
+    /// The listeners' TLS configurations, read from their files.
+    pub tls: TlsSources,
+}
+
+/// Each listener's TLS, when it has a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSources {
+    /// The HTTP listener's (`tls-*`).
+    pub http: Option<Arc<TlsSource>>,
+    /// The admin listener's (`admin-tls-*`).
+    pub admin: Option<Arc<TlsSource>>,
+    /// The JDBC listener's (`thrift-tls-*`).
+    pub jdbc: Option<Arc<TlsSource>>,
+}
+
+impl TlsSources {
+    /// Reads every listener's TLS files; one handshake limit for all.
+    pub fn load(config: &Config) -> Result<TlsSources, crate::tls::TlsFileError> {
+        let handshakes =
+            crate::tls::Handshakes::new(config.max_tls_handshakes, config.tls_handshake_timeout);
+        let one = |spec: &Option<crate::tls::TlsSpec>, listener, alpn| {
+            spec.clone()
+                .map(|s| TlsSource::load(s, listener, alpn, handshakes.clone()))
+                .transpose()
+        };
+        Ok(TlsSources {
+            http: one(&config.tls, Listener::Http, crate::tls::ALPN)?,
+            admin: one(&config.admin_tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
+            jdbc: one(&config.thrift_tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<TlsSource>> {
+        [&self.http, &self.admin, &self.jdbc]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 impl Listeners {
@@ -77,7 +123,12 @@ impl Listeners {
                     source,
                 })
         }
+        let tls = TlsSources::load(config)?;
         let http = bind("HTTP", "listen", config.listen).await?;
+        let https = match config.tls_listen {
+            Some(a) => Some(bind("HTTPS", "tls-listen", a).await?),
+            None => None,
+        };
         let jdbc = match config.thrift_listen {
             Some(a) => Some(bind("JDBC", "thrift-listen", a).await?),
             None => None,
@@ -86,7 +137,13 @@ impl Listeners {
             Some(a) => Some(bind("admin", "admin-listen", a).await?),
             None => None,
         };
-        Ok(Listeners { http, jdbc, admin })
+        Ok(Listeners {
+            http,
+            jdbc,
+            admin,
+            https,
+            tls,
+        })
     }
 }
 
@@ -132,6 +189,13 @@ pub async fn run(
     reloader: Option<Reloader>,
 ) -> Ended {
     let metrics = Arc::new(Metrics::new("default", config.zookeeper.is_some()));
+    let tls = listeners.tls.clone();
+    for source in tls.all() {
+        source.attach(metrics.clone());
+    }
+    // Renewed certificates are picked up from disk; SIGHUP reloads too.
+    let tls_stop = CancellationToken::new();
+    crate::tls::source::watch(tls.all(), tls_stop.clone());
     let discovery_stop = CancellationToken::new();
     // One node list for discovery and both proxies: a reload replaces it.
     let nodes = NodeList::from(config.nodes.clone());
@@ -164,7 +228,24 @@ pub async fn run(
         "livy-proxy {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let mut http = tokio::spawn(proxy.clone().serve(listeners.http, http_stop.clone()));
+    // With `tls-listen`, `listen` stays plain and TLS is served there.
+    let (plain_tls, https) = match listeners.https {
+        Some(l) => (None, Some((l, tls.http.clone()))),
+        None => (tls.http.clone(), None),
+    };
+    let plain = proxy
+        .clone()
+        .serve_tls(listeners.http, plain_tls, http_stop.clone());
+    let https = https.map(|(l, t)| proxy.clone().serve_tls(l, t, http_stop.clone()));
+    // One task for both: the drain waits for (or cuts) them together.
+    let mut http = tokio::spawn(async move {
+        match https {
+            Some(https) => {
+                tokio::join!(plain, https);
+            }
+            None => plain.await,
+        }
+    });
 
     let jdbc_stop = CancellationToken::new();
     // Kept for reloads (PROXY protocol keys are live on this listener too).
@@ -175,7 +256,7 @@ pub async fn run(
             TcpSettings::from(&config),
             nodes.clone(),
             found.leader.clone(),
-        ).with_metrics(metrics.clone(), access_log.clone());
+        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
@@ -191,7 +272,7 @@ pub async fn run(
             ready_requires_fresh: config.ready_requires_fresh,
             service: "default".to_string(),
         });
-        tokio::spawn(state.serve(l, admin_stop.clone()))
+        tokio::spawn(state.serve_tls(l, tls.admin.clone(), admin_stop.clone()))
     });
 
     // Serving: reloads until the drain begins.
@@ -201,6 +282,9 @@ pub async fn run(
             _ = control.drain.cancelled() => break,
             _ = control.reload.notified() => {
                 if let Some(r) = &reloader {
+                    for source in tls.all() {
+                        source.reload("SIGHUP");
+                    }
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {
                         tcp.update_proxy_protocol(current.proxy_protocol.clone());
@@ -245,6 +329,7 @@ pub async fn run(
     }
     discovery_stop.cancel();
     admin_stop.cancel();
+    tls_stop.cancel();
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
@@ -288,9 +373,7 @@ fn reload(
     if !ignored.is_empty() {
         tracing::warn!(keys = %ignored.join(", "), "reload: these keys only change on a restart; their running values are kept");
     }
-    let mut applied = keep_restart_only(&current, new);
-    // The listener keeps the certificate it started with (restart-only).
-    applied.tls = current.tls.clone();
+    let applied = keep_restart_only(&current, new);
     proxy.update_settings(HttpSettings::from(&applied));
     nodes.store(applied.nodes.clone());
     access_log.store(applied.access_log, Ordering::Relaxed);
@@ -352,6 +435,10 @@ restart_only! {
     tcp_idle_timeout => "tcp-idle-timeout",
     max_tcp_connections => "max-tcp-connections",
     ready_requires_fresh => "ready-requires-fresh",
-    tls_cert => "tls-cert",
-    tls_key => "tls-key",
+    tls => "tls-cert/tls-key/tls-client-ca/tls-client-auth",
+    tls_listen => "tls-listen",
+    tls_handshake_timeout => "tls-handshake-timeout",
+    max_tls_handshakes => "max-tls-handshakes",
+    admin_tls => "admin-tls-cert/admin-tls-key/admin-tls-client-ca/admin-tls-client-auth",
+    thrift_tls => "thrift-tls-cert/thrift-tls-key/thrift-tls-client-ca/thrift-tls-client-auth",
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::discovery::DiscoveryConfig;
 use crate::node::{AddressDefaults, LivyNode, Origin, Scheme};
 use crate::proxy_protocol::{ProxyProtocol, TrustedNetworks};
+use crate::tls::TlsSpec;
 
 /// A configuration problem, always naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +206,87 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA bundle: client certificates on the HTTP TLS listener are
+    /// verified against it (mTLS) [default: none, no client certificates].
+    #[arg(long, env = "LIVY_PROXY_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: required (no verified certificate, no
+    /// connection) or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub tls_client_auth: Option<String>,
+
+    /// Header that carries the verified client certificate's subject and
+    /// SANs to Livy; any copy a client sends is removed [default: none].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_TLS_CLIENT_IDENTITY_HEADER",
+        value_name = "NAME"
+    )]
+    pub tls_client_identity_header: Option<String>,
+
+    /// A second HTTP listener, speaking TLS (--tls-cert), while --listen
+    /// stays plain HTTP [default: none, --listen speaks TLS when
+    /// --tls-cert is set].
+    #[arg(long, env = "LIVY_PROXY_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Time a client has to finish the TLS handshake, on every TLS
+    /// listener [default: 10s].
+    #[arg(long, env = "LIVY_PROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Option<Duration>,
+
+    /// Most TLS handshakes in progress at once, all listeners together; at
+    /// the limit, accepting waits [default: 256].
+    #[arg(long, env = "LIVY_PROXY_MAX_TLS_HANDSHAKES", value_name = "N")]
+    pub max_tls_handshakes: Option<usize>,
+
+    /// PEM certificate chain of the admin listener: with --admin-tls-key,
+    /// it speaks HTTPS [default: none].
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates on the admin listener.
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_CLIENT_CA", value_name = "FILE")]
+    pub admin_tls_client_ca: Option<PathBuf>,
+
+    /// With --admin-tls-client-ca: required or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_ADMIN_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub admin_tls_client_auth: Option<String>,
+
+    /// PEM certificate chain of the JDBC listener: with --thrift-tls-key,
+    /// it terminates TLS [default: none, bytes relayed as they come].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_CERT", value_name = "FILE")]
+    pub thrift_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --thrift-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_KEY", value_name = "FILE")]
+    pub thrift_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates on the JDBC listener.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub thrift_tls_client_ca: Option<PathBuf>,
+
+    /// With --thrift-tls-client-ca: required or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_THRIFT_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub thrift_tls_client_auth: Option<String>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -361,6 +443,20 @@ struct FileConfig {
     proxy_protocol_timeout: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_client_auth: Option<String>,
+    tls_client_identity_header: Option<String>,
+    tls_listen: Option<String>,
+    tls_handshake_timeout: Option<String>,
+    max_tls_handshakes: Option<usize>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
+    admin_tls_client_ca: Option<PathBuf>,
+    admin_tls_client_auth: Option<String>,
+    thrift_tls_cert: Option<PathBuf>,
+    thrift_tls_key: Option<PathBuf>,
+    thrift_tls_client_ca: Option<PathBuf>,
+    thrift_tls_client_auth: Option<String>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -438,8 +534,22 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// The HTTP listener's private key file (`tls-key`).
     pub tls_key: Option<PathBuf>,
-    /// Both, loaded: the HTTP listener speaks TLS with it.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The HTTP listener's TLS files (`tls-cert`, `tls-key`,
+    /// `tls-client-ca`, `tls-client-auth`); read by the listener.
+    pub tls: Option<TlsSpec>,
+    /// The header Livy gets the verified client identity in
+    /// (`tls-client-identity-header`).
+    pub tls_client_identity_header: Option<HeaderName>,
+    /// A TLS HTTP listener beside the plain `listen` (`tls-listen`).
+    pub tls_listen: Option<SocketAddr>,
+    /// Time a TLS handshake may take (`tls-handshake-timeout`).
+    pub tls_handshake_timeout: Duration,
+    /// Most TLS handshakes at once (`max-tls-handshakes`).
+    pub max_tls_handshakes: usize,
+    /// The admin listener's TLS files (`admin-tls-*`).
+    pub admin_tls: Option<TlsSpec>,
+    /// The JDBC listener's TLS files (`thrift-tls-*`).
+    pub thrift_tls: Option<TlsSpec>,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -688,39 +798,83 @@ impl Config {
             ));
         }
 
-        // Both or neither; each from the flag (or env), else the file.
-        let from_file = |flag: &Option<PathBuf>, file: &Option<PathBuf>| match (flag, file) {
-            (Some(p), _) => Some((p.clone(), false)),
-            (None, Some(p)) => Some((p.clone(), true)),
+        let tls_spec = |prefix: &'static str,
+                        cert: (&Option<PathBuf>, &Option<PathBuf>),
+                        key: (&Option<PathBuf>, &Option<PathBuf>),
+                        ca: (&Option<PathBuf>, &Option<PathBuf>),
+                        auth: (&Option<String>, &Option<String>)| {
+            tls_spec(prefix, &origin, cert, key, ca, auth)
+        };
+        let tls = tls_spec(
+            "",
+            (&cli.tls_cert, &file.tls_cert),
+            (&cli.tls_key, &file.tls_key),
+            (&cli.tls_client_ca, &file.tls_client_ca),
+            (&cli.tls_client_auth, &file.tls_client_auth),
+        )?;
+        let admin_tls = tls_spec(
+            "admin-",
+            (&cli.admin_tls_cert, &file.admin_tls_cert),
+            (&cli.admin_tls_key, &file.admin_tls_key),
+            (&cli.admin_tls_client_ca, &file.admin_tls_client_ca),
+            (&cli.admin_tls_client_auth, &file.admin_tls_client_auth),
+        )?;
+        let thrift_tls = tls_spec(
+            "thrift-",
+            (&cli.thrift_tls_cert, &file.thrift_tls_cert),
+            (&cli.thrift_tls_key, &file.thrift_tls_key),
+            (&cli.thrift_tls_client_ca, &file.thrift_tls_client_ca),
+            (&cli.thrift_tls_client_auth, &file.thrift_tls_client_auth),
+        )?;
+        let tls_client_identity_header = match (
+            &cli.tls_client_identity_header,
+            &file.tls_client_identity_header,
+        ) {
+            (Some(h), _) => Some(
+                header_names(std::slice::from_ref(h))
+                    .map_err(|p| invalid("tls-client-identity-header", p))?
+                    .remove(0),
+            ),
+            (None, Some(h)) => Some(
+                header_names(std::slice::from_ref(h))
+                    .map_err(|p| in_file(invalid("tls-client-identity-header", p)))?
+                    .remove(0),
+            ),
             (None, None) => None,
         };
-        let tls_cert = from_file(&cli.tls_cert, &file.tls_cert);
-        let tls_key = from_file(&cli.tls_key, &file.tls_key);
-        let tls = match (&tls_cert, &tls_key) {
+        let tls_listen = match (cli.tls_listen, &file.tls_listen) {
+            (Some(a), _) => Some(a),
+            (None, Some(s)) => Some(
+                s.parse()
+                    .map_err(|e| in_file(invalid("tls-listen", format!("{s:?}: {e}"))))?,
+            ),
             (None, None) => None,
-            (Some((_, in_f)), None) => {
-                let e = invalid("tls-cert", "set without tls-key (TLS needs both)");
-                return Err(if *in_f { in_file(e) } else { e });
-            }
-            (None, Some((_, in_f))) => {
-                let e = invalid("tls-key", "set without tls-cert (TLS needs both)");
-                return Err(if *in_f { in_file(e) } else { e });
-            }
-            (Some((cert, cert_in_f)), Some((key, key_in_f))) => {
-                match crate::tls::server_config(cert, key) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        let in_f = if e.key == "tls-cert" {
-                            *cert_in_f
-                        } else {
-                            *key_in_f
-                        };
-                        let e = invalid(e.key, e.problem);
-                        return Err(if in_f { in_file(e) } else { e });
-                    }
-                }
-            }
         };
+        if tls_listen.is_some() && tls.is_none() {
+            return Err(invalid(
+                "tls-listen",
+                "set without tls-cert and tls-key (the TLS listener needs them)",
+            ));
+        }
+        let max_tls_handshakes = cli
+            .max_tls_handshakes
+            .or(file.max_tls_handshakes)
+            .unwrap_or(256);
+        if max_tls_handshakes == 0 {
+            return Err(invalid("max-tls-handshakes", "must be at least 1"));
+        }
+        let tls_handshake_timeout = dur(
+            "tls-handshake-timeout",
+            cli.tls_handshake_timeout,
+            &file.tls_handshake_timeout,
+            "10s",
+        )?;
+        if tls_handshake_timeout.is_zero() {
+            return Err(invalid(
+                "tls-handshake-timeout",
+                "must be greater than zero",
+            ));
+        }
         let mut config = Config {
             listen,
             zookeeper,
@@ -787,9 +941,15 @@ impl Config {
             emit_forwarded: cli.emit_forwarded.or(file.emit_forwarded).unwrap_or(false),
             public_url,
             proxy_protocol,
-            tls_cert: tls_cert.map(|(p, _)| p),
-            tls_key: tls_key.map(|(p, _)| p),
+            tls_cert: tls.as_ref().map(|t| t.cert.clone()),
+            tls_key: tls.as_ref().map(|t| t.key.clone()),
             tls,
+            tls_client_identity_header,
+            tls_listen,
+            tls_handshake_timeout,
+            max_tls_handshakes,
+            admin_tls,
+            thrift_tls,
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli
@@ -992,6 +1152,106 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let line = text[start..].lines().next()?;
     let key = line.split('=').next()?.trim().trim_matches(['[', ']', '"']);
     (!key.is_empty()).then(|| key.to_string())
+}
+
+/// One listener's TLS keys (`{prefix}tls-cert` and so on, each from the
+/// flag or env, else the file): none, or a cert and key both, with maybe a
+/// client CA and its mode. The files are read by the listener, not here,
+/// so that a reload with a bad certificate keeps the other keys' changes.
+fn tls_spec(
+    prefix: &'static str,
+    file_origin: &str,
+    cert: (&Option<PathBuf>, &Option<PathBuf>),
+    key: (&Option<PathBuf>, &Option<PathBuf>),
+    ca: (&Option<PathBuf>, &Option<PathBuf>),
+    auth: (&Option<String>, &Option<String>),
+) -> Result<Option<crate::tls::TlsSpec>, ConfigError> {
+    let mut from_file = false;
+    let mut pick = |(flag, file): (&Option<PathBuf>, &Option<PathBuf>)| match (flag, file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) => {
+            from_file = true;
+            Some(p.clone())
+        }
+        (None, None) => None,
+    };
+    let (cert, key, ca) = (pick(cert), pick(key), pick(ca));
+    let auth_in_file = auth.0.is_none() && auth.1.is_some();
+    let auth = auth.0.clone().or(auth.1.clone());
+    let origin = |in_file: bool| {
+        if in_file {
+            file_origin.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let err = |what: &str, in_file: bool, problem: &str| ConfigError::Invalid {
+        origin: origin(in_file),
+        key: format!("{prefix}tls-{what}"),
+        problem: problem.to_string(),
+    };
+    let (cert, key) = match (cert, key) {
+        (None, None) => {
+            if ca.is_some() {
+                return Err(err(
+                    "client-ca",
+                    from_file,
+                    &format!("set without {prefix}tls-cert and {prefix}tls-key"),
+                ));
+            }
+            if auth.is_some() {
+                return Err(err(
+                    "client-auth",
+                    auth_in_file,
+                    &format!("set without {prefix}tls-client-ca"),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "cert",
+                from_file,
+                &format!("set without {prefix}tls-key (TLS needs both)"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "key",
+                from_file,
+                &format!("set without {prefix}tls-cert (TLS needs both)"),
+            ));
+        }
+        (Some(c), Some(k)) => (c, k),
+    };
+    let mode = match auth.as_deref() {
+        None => crate::tls::ClientAuth::Required,
+        Some(s) => crate::tls::ClientAuth::parse(s).ok_or_else(|| {
+            err(
+                "client-auth",
+                auth_in_file,
+                &format!("{s:?} is not required or optional"),
+            )
+        })?,
+    };
+    let client_ca = match ca {
+        Some(ca) => Some((ca, mode)),
+        None if auth.is_some() => {
+            return Err(err(
+                "client-auth",
+                auth_in_file,
+                &format!("set without {prefix}tls-client-ca"),
+            ));
+        }
+        None => None,
+    };
+    Ok(Some(crate::tls::TlsSpec {
+        prefix,
+        cert,
+        key,
+        client_ca,
+        origin: origin(from_file),
+    }))
 }
 
 fn resolve_duration(

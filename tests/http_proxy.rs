@@ -190,7 +190,7 @@ fn settings(hold: Duration) -> HttpSettings {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol: Default::default(),
-        tls: None,
+        client_identity_header: None,
     }
 }
 

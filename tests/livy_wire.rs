@@ -198,7 +198,7 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol: Default::default(),
-        tls: None,
+        client_identity_header: None,
     };
     let (tx, rx) = watch::channel(LeaderView::fixed(Some(node.clone()), 1));
     let proxy = HttpProxy::new(settings, Arc::new(vec![node.clone()]), rx);

@@ -114,8 +114,10 @@ pub struct HttpSettings {
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer.
     pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
-    /// TLS on the listener (`tls-cert`, `tls-key`), read when it starts.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The header Livy gets a verified client certificate's identity in
+    /// (`tls-client-identity-header`); any copy from the client is
+    /// removed, on every listener.
+    pub client_identity_header: Option<http::HeaderName>,
 }
 
 impl From<&Config> for HttpSettings {
@@ -140,7 +142,7 @@ impl From<&Config> for HttpSettings {
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             h2_max_header_list_size: c.h2_max_header_list_size,
             proxy_protocol: c.proxy_protocol.clone(),
-            tls: c.tls.clone(),
+            client_identity_header: c.tls_client_identity_header.clone(),
         }
     }
 }
@@ -158,6 +160,10 @@ struct Shared {
     /// Swapped whole by a reload; the keys read per request take effect
     /// for the next request, the others were used at start.
     settings: arc_swap::ArcSwap<HttpSettings>,
+    /// `max-requests-in-flight`, shared by the plain and the TLS listener.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// `max-client-connections`, shared likewise.
+    client_connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// What became of one request inside the proxy, for its access-log line and
@@ -289,14 +295,33 @@ impl HttpProxy {
                     settings.max_streaming_uploads,
                     settings.client_body_timeout,
                 ),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_requests_in_flight.max(1),
+                )),
+                client_connections: Arc::new(tokio::sync::Semaphore::new(
+                    settings.max_client_connections.max(1),
+                )),
                 settings: arc_swap::ArcSwap::from_pointee(settings),
             }),
         }
     }
 
-    /// Accepts connections on `listener` until `shutdown`, then lets
-    /// in-flight requests finish (hyper's graceful shutdown) before returning.
+    /// Accepts plain HTTP (HTTP/1.1 or h2c) connections on `listener` until
+    /// `shutdown`, then lets in-flight requests finish (hyper's graceful
+    /// shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`HttpProxy::serve`], speaking TLS with `tls` when given (HTTP/2 by
+    /// ALPN `h2`, else HTTP/1.1). A plain and a TLS listener can serve side
+    /// by side (`tls-listen`): they share the proxy, its limits and pool.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        shutdown: CancellationToken,
+    ) {
         // A client has `client-header-timeout` to send a request's headers:
         // a slow or stuck client cannot pin a connection forever.
         // Head and body copied into one buffer and sent with one write(2):
@@ -317,8 +342,6 @@ impl HttpProxy {
         let graceful = GracefulShutdown::new();
         let mut connections_tasks = tokio::task::JoinSet::new();
         let settings = self.shared.settings.load_full();
-        // Read once: a reload does not change the listener's certificate.
-        let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         // The tower stack (stack.rs): its shared parts built once, each
         // connection's around its client.
         let stack = stack::StackParts::new(
@@ -326,14 +349,13 @@ impl HttpProxy {
             self.shared.metrics.clone(),
             self.shared.access_log.clone(),
             settings.retry_after,
+            self.shared.in_flight.clone(),
             settings.max_requests_in_flight,
         );
         // A permit per open client connection, taken before accepting (as
         // mini-redis does): at the limit, accepting pauses and new clients
         // wait in the kernel's backlog instead of costing memory here.
-        let connections = Arc::new(tokio::sync::Semaphore::new(
-            settings.max_client_connections.max(1),
-        ));
+        let connections = self.shared.client_connections.clone();
         loop {
             let permit = match connections.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -351,6 +373,15 @@ impl HttpProxy {
                         },
                     }
                 }
+            };
+            // And a handshake permit (`max-tls-handshakes`), given back when
+            // the handshake ends.
+            let handshake = match &tls {
+                Some(t) => match t.handshakes().permit(&shutdown).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
             };
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
             else {
@@ -381,12 +412,44 @@ impl HttpProxy {
                     Ok(client) => client,
                     Err(e) => return e.log("HTTP", peer),
                 };
-                let service = |tls| {
-                    let info = Arc::new(stack::ClientInfo::new(peer, local, tls));
+                let service = |tls, identity| {
+                    let info =
+                        Arc::new(stack::ClientInfo::new(peer, local, tls).with_identity(identity));
                     TowerToHyperService::new(stack.for_connection(info))
                 };
-                let ended = match &tls {
-                    None => {
+                let ended = match (&tls, handshake) {
+                    (Some(tls), Some(handshake)) => {
+                        // The handshake, within `tls-handshake-timeout` (a
+                        // client that connects and sends nothing is
+                        // dropped), with the configuration in force now,
+                        // then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+                        let done = tokio::select! {
+                            h = tls.handshakes().accept(tls.acceptor(), stream, handshake) => h,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let stream = match done {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%peer, listener = "http", error = %e, "TLS handshake did not complete");
+                                return;
+                            }
+                        };
+                        let conn = stream.get_ref().1;
+                        let h2 = conn.alpn_protocol() == Some(b"h2");
+                        let identity = crate::tls::identity::of_connection(conn).map(Arc::new);
+                        let io = TokioIo::new(stream);
+                        serve_client(
+                            io,
+                            h2,
+                            service(true, identity),
+                            &builders,
+                            header_timeout,
+                            &shutdown,
+                            watcher,
+                        )
+                        .await
+                    }
+                    _ => {
                         // HTTP/1.1 or h2c, told apart without taking a
                         // byte from the socket (`sniff`); a connection that
                         // says nothing before the header timeout, or before
@@ -404,40 +467,7 @@ impl HttpProxy {
                         serve_client(
                             io,
                             h2,
-                            service(false),
-                            &builders,
-                            header_timeout,
-                            &shutdown,
-                            watcher,
-                        )
-                        .await
-                    }
-                    Some(tls) => {
-                        // The handshake, within `client-header-timeout` (a
-                        // client that connects and sends nothing is
-                        // dropped), then HTTP/2 if ALPN chose `h2`, else
-                        // HTTP/1.1.
-                        let handshake = tokio::select! {
-                            h = tokio::time::timeout(header_timeout, tls.accept(stream)) => h,
-                            _ = shutdown.cancelled() => return,
-                        };
-                        let stream = match handshake {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out (client-header-timeout)");
-                                return;
-                            }
-                        };
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = TokioIo::new(stream);
-                        serve_client(
-                            io,
-                            h2,
-                            service(true),
+                            service(false, None),
                             &builders,
                             header_timeout,
                             &shutdown,
@@ -466,6 +496,7 @@ impl HttpProxy {
         req: &mut Request<Incoming>,
         client_ip: &HeaderValue,
         tls: bool,
+        identity: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
         let settings = self.shared.settings.load();
         // The authority the client addressed, for X-Forwarded-Host.
@@ -498,6 +529,14 @@ impl HttpProxy {
                 strip: &settings.strip_headers,
             },
         );
+        // Only the proxy says who a client certificate named: a copy the
+        // client sent is removed, whatever trust-forwarded says.
+        if let Some(name) = &settings.client_identity_header {
+            headers.remove(name);
+            if let Some(value) = identity {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         headers::add_via(headers, version);
         Ok(())
     }

@@ -113,6 +113,9 @@ pub struct TcpProxy {
     proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
     metrics: Arc<Metrics>,
     access_log: crate::http_proxy::stack::AccessLogSwitch,
+    /// TLS terminated on the listener (`thrift-tls-*`); Livy's Thrift
+    /// port is then spoken to in plain TCP.
+    tls: Option<Arc<crate::tls::TlsSource>>,
 }
 
 impl TcpProxy {
@@ -129,7 +132,15 @@ impl TcpProxy {
             settings: Arc::new(settings),
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            tls: None,
         }
+    }
+
+    /// Terminates TLS on the listener with `tls` (none: the bytes are
+    /// relayed as they come, TLS from the client included: passthrough).
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::TlsSource>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Joins the proxy to the process's metrics and access-log switch.
@@ -169,6 +180,14 @@ impl TcpProxy {
         let tracker = TaskTracker::new();
         let shutdown = close_streams;
         loop {
+            // A handshake permit (`max-tls-handshakes`) before accepting.
+            let handshake = match &self.tls {
+                Some(t) => match t.handshakes().permit(&stop_accepting).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
+            };
             let Some((client, peer)) =
                 crate::listener::accept(&listener, &stop_accepting, "JDBC").await
             else {
@@ -182,7 +201,7 @@ impl TcpProxy {
             let proxy = self.clone();
             let stop = shutdown.child_token();
             tracker.spawn(async move {
-                proxy.handle(client, peer, stop).await;
+                proxy.handle(client, peer, handshake, stop).await;
                 drop(permit);
             });
         }
@@ -191,7 +210,13 @@ impl TcpProxy {
         tracker.wait().await;
     }
 
-    async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn handle(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+        shutdown: CancellationToken,
+    ) {
         let _open = self.metrics.connection(Listener::Jdbc);
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
@@ -203,6 +228,24 @@ impl TcpProxy {
                 Ok(client) => client,
                 Err(e) => return e.log("JDBC", peer),
             },
+        };
+        // TLS on the listener: the handshake before Livy is chosen, so a
+        // client that fails it never costs an upstream connection.
+        let client = match (&self.tls, handshake) {
+            (Some(tls), Some(handshake)) => {
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = tls.handshakes().accept(tls.acceptor(), client, handshake) => h,
+                };
+                match done {
+                    Ok(s) => Client::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::debug!(%peer, listener = "jdbc", error = %e, "TLS handshake did not complete");
+                        return;
+                    }
+                }
+            }
+            _ => Client::Plain(client),
         };
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
@@ -243,6 +286,7 @@ impl TcpProxy {
     }
 
     fn tune(&self, stream: &TcpStream) {
+        // (Called on the client socket before any TLS.)
         let _ = stream.set_nodelay(self.settings.nodelay);
         if let Some(idle) = self.settings.keepalive {
             let sock = socket2::SockRef::from(stream);
@@ -358,7 +402,7 @@ impl TcpProxy {
     /// and the bytes sent up and down.
     async fn pipe(
         &self,
-        client: TcpStream,
+        client: Client,
         upstream: TcpStream,
         node: &LivyNode,
         generation: u64,
@@ -380,7 +424,12 @@ impl TcpProxy {
         };
         let idle = idle_watch(self.settings.idle_timeout, &traffic);
         let end = tokio::select! {
-            r = relay::relay(&client, &upstream, &traffic) => match r {
+            r = async {
+                match client {
+                    Client::Plain(c) => relay::relay(&c, &upstream, &traffic).await,
+                    Client::Tls(c) => relay::relay_io(c, upstream, &traffic).await,
+                }
+            } => match r {
                 Ok(()) => "closed",
                 Err(_) => "error",
             },
@@ -397,6 +446,12 @@ impl TcpProxy {
             traffic.down.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A JDBC client connection: the socket, or TLS terminated on it.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).
