@@ -382,7 +382,7 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &Response<ProxyBody>, outcome: O
         target: "access",
         client = %seen.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
         client_cert = seen.client_cert.as_ref().map_or("-", |c| c.subject.as_str()),
-        client_san = %seen.client_cert.as_ref().map_or_else(|| "-".to_string(), |c| c.sans_text()),
+        client_san = seen.client_cert.as_ref().map_or_else(|| "-".to_string(), |c| c.sans_text()).as_str(),
         method = %seen.method,
         path = %path,
         status = status.as_u16(),
