@@ -78,6 +78,8 @@ pub struct TlsSources {
     pub admin: Option<Arc<TlsSource>>,
     /// The JDBC listener's (`thrift-tls-*`).
     pub jdbc: Option<Arc<TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    pub jdbc_upstream: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl TlsSources {
@@ -94,6 +96,12 @@ impl TlsSources {
             http: one(&config.tls, Listener::Http, crate::tls::ALPN)?,
             admin: one(&config.admin_tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
             jdbc: one(&config.thrift_tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
+            jdbc_upstream: match &config.thrift_tls_mode {
+                crate::tls::ThriftTlsMode::Reencrypt { upstream_ca } => {
+                    Some(crate::tls::thrift_client_config(upstream_ca)?)
+                }
+                _ => None,
+            },
         })
     }
 
@@ -256,7 +264,7 @@ pub async fn run(
             TcpSettings::from(&config),
             nodes.clone(),
             found.leader.clone(),
-        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone());
+        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone(), tls.jdbc_upstream.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
@@ -441,4 +449,5 @@ restart_only! {
     max_tls_handshakes => "max-tls-handshakes",
     admin_tls => "admin-tls-cert/admin-tls-key/admin-tls-client-ca/admin-tls-client-auth",
     thrift_tls => "thrift-tls-cert/thrift-tls-key/thrift-tls-client-ca/thrift-tls-client-auth",
+    thrift_tls_mode => "thrift-tls-mode/thrift-upstream-ca",
 }

@@ -287,6 +287,18 @@ pub struct Cli {
     )]
     pub thrift_tls_client_auth: Option<String>,
 
+    /// JDBC and TLS: passthrough (bytes relayed, TLS end to end), terminate
+    /// (TLS on the listener, plain to Livy) or reencrypt (TLS on the
+    /// listener and to Livy) [default: terminate with --thrift-tls-cert,
+    /// else passthrough].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_MODE", value_name = "MODE")]
+    pub thrift_tls_mode: Option<String>,
+
+    /// PEM CA bundle Livy's Thrift certificates are verified against, with
+    /// --thrift-tls-mode reencrypt.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_UPSTREAM_CA", value_name = "FILE")]
+    pub thrift_upstream_ca: Option<PathBuf>,
+
     /// Scheme for a participant id or node given without one [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
@@ -457,6 +469,8 @@ struct FileConfig {
     thrift_tls_key: Option<PathBuf>,
     thrift_tls_client_ca: Option<PathBuf>,
     thrift_tls_client_auth: Option<String>,
+    thrift_tls_mode: Option<String>,
+    thrift_upstream_ca: Option<PathBuf>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -550,6 +564,9 @@ pub struct Config {
     pub admin_tls: Option<TlsSpec>,
     /// The JDBC listener's TLS files (`thrift-tls-*`).
     pub thrift_tls: Option<TlsSpec>,
+    /// What the JDBC listener does with TLS (`thrift-tls-mode`,
+    /// `thrift-upstream-ca`).
+    pub thrift_tls_mode: crate::tls::ThriftTlsMode,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -826,6 +843,63 @@ impl Config {
             (&cli.thrift_tls_client_ca, &file.thrift_tls_client_ca),
             (&cli.thrift_tls_client_auth, &file.thrift_tls_client_auth),
         )?;
+        let thrift_tls_mode = {
+            use crate::tls::ThriftTlsMode;
+            let in_f = cli.thrift_tls_mode.is_none() && file.thrift_tls_mode.is_some();
+            let fix = |e: ConfigError| if in_f { in_file(e) } else { e };
+            let ca = cli
+                .thrift_upstream_ca
+                .clone()
+                .or(file.thrift_upstream_ca.clone());
+            let mode = match cli
+                .thrift_tls_mode
+                .as_deref()
+                .or(file.thrift_tls_mode.as_deref())
+            {
+                None if thrift_tls.is_some() => ThriftTlsMode::Terminate,
+                None | Some("passthrough") => ThriftTlsMode::Passthrough,
+                Some("terminate") => ThriftTlsMode::Terminate,
+                Some("reencrypt") => match &ca {
+                    Some(ca) => ThriftTlsMode::Reencrypt {
+                        upstream_ca: ca.clone(),
+                    },
+                    None => {
+                        return Err(fix(invalid(
+                            "thrift-tls-mode",
+                            "reencrypt needs thrift-upstream-ca (the CA of Livy's Thrift certificates)",
+                        )));
+                    }
+                },
+                Some(other) => {
+                    return Err(fix(invalid(
+                        "thrift-tls-mode",
+                        format!("{other:?} is not passthrough, terminate or reencrypt"),
+                    )));
+                }
+            };
+            match (&mode, thrift_tls.is_some()) {
+                (ThriftTlsMode::Passthrough, true) => {
+                    return Err(fix(invalid(
+                        "thrift-tls-mode",
+                        "passthrough relays the client's TLS to Livy: thrift-tls-cert would not be used",
+                    )));
+                }
+                (ThriftTlsMode::Terminate | ThriftTlsMode::Reencrypt { .. }, false) => {
+                    return Err(fix(invalid(
+                        "thrift-tls-mode",
+                        "terminate and reencrypt need thrift-tls-cert and thrift-tls-key",
+                    )));
+                }
+                _ => {}
+            }
+            if ca.is_some() && !matches!(mode, ThriftTlsMode::Reencrypt { .. }) {
+                return Err(invalid(
+                    "thrift-upstream-ca",
+                    "only used with thrift-tls-mode = reencrypt",
+                ));
+            }
+            mode
+        };
         let tls_client_identity_header = match (
             &cli.tls_client_identity_header,
             &file.tls_client_identity_header,
@@ -950,6 +1024,7 @@ impl Config {
             max_tls_handshakes,
             admin_tls,
             thrift_tls,
+            thrift_tls_mode,
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli

@@ -61,6 +61,52 @@ impl ClientAuth {
     }
 }
 
+/// What the JDBC listener does with TLS (`thrift-tls-mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ThriftTlsMode {
+    /// Bytes relayed as they come: a client's TLS to a Livy Thrift port
+    /// with `livy.server.thrift.use.SSL` stays end to end.
+    Passthrough,
+    /// TLS ends on the listener (`thrift-tls-cert`); plain TCP to Livy.
+    Terminate,
+    /// TLS ends on the listener and a new TLS connection goes to Livy,
+    /// whose certificate must chain to `upstream_ca` and name the node's
+    /// Thrift host.
+    Reencrypt {
+        /// `thrift-upstream-ca`.
+        upstream_ca: PathBuf,
+    },
+}
+
+/// The rustls client configuration for Livy's Thrift port
+/// (`thrift-tls-mode = reencrypt`): the roots from the CA bundle at `ca`,
+/// TLS 1.2 and 1.3, no client certificate.
+pub fn thrift_client_config(
+    ca: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsFileError> {
+    let bad = |e: &dyn std::fmt::Display| TlsFileError {
+        origin: String::new(),
+        key: "thrift-upstream-ca".to_string(),
+        problem: format!("{}: {e}", ca.display()),
+    };
+    let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| bad(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// One listener's TLS files, as configured (the paths are restart-only;
 /// their contents are re-read on reload).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -854,13 +854,9 @@ fn the_jdbc_listener_terminates_tls_in_front_of_a_plain_thrift_port() {
     assert_eq!(served_serial(jdbc, &ca_file).as_deref(), Some("05"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jdbc_passthrough_carries_tls_end_to_end_to_a_tls_thrift_port() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ca = Ca::new("Livy Thrift CA");
-    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c, k) = ca.server(9);
-    // Livy's Thrift port with livy.server.thrift.use.SSL: a TLS echo.
+/// Livy's Thrift port with `livy.server.thrift.use.SSL`: a TLS echo
+/// serving `cert`/`key` (PEM) on a loopback port.
+async fn tls_echo(c: &str, k: &str) -> SocketAddr {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -888,6 +884,16 @@ async fn jdbc_passthrough_carries_tls_end_to_end_to_a_tls_thrift_port() {
             });
         }
     });
+    thrift_addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_passthrough_carries_tls_end_to_end_to_a_tls_thrift_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Livy Thrift CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(9);
+    let thrift_addr = tls_echo(&c, &k).await;
     let sim = SimCluster::plan(1).start_static(0);
     let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let node = sim.node_arg(0);
@@ -922,6 +928,99 @@ async fn jdbc_passthrough_carries_tls_end_to_end_to_a_tls_thrift_port() {
     // Livy's own certificate: the proxy did not terminate anything.
     assert_eq!(serial, "09");
     assert_eq!(back, b"TCLIService.OpenSession");
+}
+
+/// A proxy whose JDBC listener terminates TLS with `listener_ca`'s
+/// certificate (serial 5) and re-encrypts to a TLS echo with
+/// `livy_ca`'s (serial 9), trusting `trusted` for it; the JDBC address
+/// and the sim node it probes.
+async fn reencrypting_proxy(
+    tmp: &Path,
+    listener_ca: &Ca,
+    livy_ca: &Ca,
+    trusted: &str,
+) -> (Proxy, SocketAddr, SimCluster) {
+    let (lc, lk) = listener_ca.server(5);
+    let (c, k) = livy_ca.server(9);
+    let thrift_addr = tls_echo(&c, &k).await;
+    let sim = SimCluster::plan(1).start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = sim.node_arg(0);
+    let id = node.split('=').next().unwrap().to_string();
+    let proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-node",
+        &format!("{id}={thrift_addr}"),
+        "--thrift-tls-cert",
+        &write(tmp, "lc.pem", &lc),
+        "--thrift-tls-key",
+        &write(tmp, "lk.pem", &lk),
+        "--thrift-tls-mode",
+        "reencrypt",
+        "--thrift-upstream-ca",
+        trusted,
+    ]);
+    let url = format!("{}/version", proxy.url());
+    assert!(
+        tokio::task::spawn_blocking(
+            move || wait_until(DEADLINE, || curl_body(&url).contains("version"))
+        )
+        .await
+        .unwrap(),
+        "{}",
+        proxy.logs()
+    );
+    (proxy, jdbc, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_terminates_tls_and_originates_it_to_a_tls_thrift_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca) = (Ca::new("proxy CA"), Ca::new("Livy CA"));
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    let livy_ca_file = write(tmp.path(), "livy-ca.pem", &livy_ca.pem());
+    let (_proxy, jdbc, _sim) =
+        reencrypting_proxy(tmp.path(), &listener_ca, &livy_ca, &livy_ca_file).await;
+    let (serial, back) = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::open(jdbc, client_config(&client_ca, None)).expect("TLS");
+        let back = echo(&mut conn.0, b"TCLIService.OpenSession");
+        (conn.serial(), back)
+    })
+    .await
+    .unwrap();
+    // The proxy's certificate to the client, Livy's verified behind it.
+    assert_eq!(serial, "05");
+    assert_eq!(back, b"TCLIService.OpenSession");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_refuses_a_thrift_port_whose_certificate_it_does_not_trust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca) = (Ca::new("proxy CA"), Ca::new("Livy CA"));
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    // Trusting the proxy's own CA, not Livy's.
+    let (proxy, jdbc, _sim) =
+        reencrypting_proxy(tmp.path(), &listener_ca, &livy_ca, &client_ca).await;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::open(jdbc, client_config(&client_ca, None)).expect("TLS");
+        conn.0.write_all(b"TCLIService.OpenSession").unwrap();
+        let _ = conn.0.flush();
+        let mut buf = [0u8; 8];
+        matches!(conn.0.read(&mut buf), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the connection was relayed");
+    assert!(
+        wait_until(DEADLINE, || proxy
+            .logs()
+            .contains("TLS to Livy's Thrift port failed")),
+        "{}",
+        proxy.logs()
+    );
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -976,6 +1075,32 @@ fn tls_key_combinations_and_bad_files_are_config_errors_naming_the_key() {
             "thrift-tls-cert",
         ),
         (vec!["--tls-listen", "127.0.0.1:0"], "tls-listen"),
+        (vec!["--thrift-tls-mode", "reencrypt"], "thrift-tls-mode"),
+        (
+            vec![
+                "--thrift-tls-cert",
+                &cert,
+                "--thrift-tls-key",
+                &key,
+                "--thrift-tls-mode",
+                "passthrough",
+            ],
+            "thrift-tls-mode",
+        ),
+        (vec!["--thrift-upstream-ca", &ca_file], "thrift-upstream-ca"),
+        (
+            vec![
+                "--thrift-tls-cert",
+                &cert,
+                "--thrift-tls-key",
+                &key,
+                "--thrift-tls-mode",
+                "reencrypt",
+                "--thrift-upstream-ca",
+                &garbage,
+            ],
+            "thrift-upstream-ca",
+        ),
         (vec!["--max-tls-handshakes", "0"], "max-tls-handshakes"),
         (
             vec!["--tls-handshake-timeout", "0s"],

@@ -116,6 +116,8 @@ pub struct TcpProxy {
     /// TLS terminated on the listener (`thrift-tls-*`); Livy's Thrift
     /// port is then spoken to in plain TCP.
     tls: Option<Arc<crate::tls::TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl TcpProxy {
@@ -133,13 +135,20 @@ impl TcpProxy {
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             tls: None,
+            upstream_tls: None,
         }
     }
 
     /// Terminates TLS on the listener with `tls` (none: the bytes are
-    /// relayed as they come, TLS from the client included: passthrough).
-    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::TlsSource>>) -> Self {
+    /// relayed as they come, TLS from the client included: passthrough),
+    /// and speaks TLS to Livy's Thrift port with `upstream` (reencrypt).
+    pub fn with_tls(
+        mut self,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        upstream: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         self.tls = tls;
+        self.upstream_tls = upstream.map(tokio_rustls::TlsConnector::from);
         self
     }
 
@@ -259,6 +268,34 @@ impl TcpProxy {
             },
         };
         self.tune(&upstream);
+        let upstream = match &self.upstream_tls {
+            None => Upstream::Plain(upstream),
+            Some(connector) => {
+                let addr = node.thrift_addr(self.settings.thrift_port);
+                let handshake = async {
+                    let name = thrift_server_name(&addr)?;
+                    tokio::time::timeout(
+                        self.settings.connect_timeout,
+                        connector.connect(name, upstream),
+                    )
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })?
+                };
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = handshake => h,
+                };
+                match done {
+                    Ok(s) => Upstream::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(%peer, node = %node, %addr, error = %e, "JDBC connection closed: TLS to Livy's Thrift port failed (thrift-tls-mode reencrypt)");
+                        return;
+                    }
+                }
+            }
+        };
         tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
         let relayed = self.metrics.jdbc_connection();
         let (end, up, down) = self
@@ -403,7 +440,7 @@ impl TcpProxy {
     async fn pipe(
         &self,
         client: Client,
-        upstream: TcpStream,
+        upstream: Upstream,
         node: &LivyNode,
         generation: u64,
         shutdown: CancellationToken,
@@ -425,9 +462,11 @@ impl TcpProxy {
         let idle = idle_watch(self.settings.idle_timeout, &traffic);
         let end = tokio::select! {
             r = async {
-                match client {
-                    Client::Plain(c) => relay::relay(&c, &upstream, &traffic).await,
-                    Client::Tls(c) => relay::relay_io(c, upstream, &traffic).await,
+                match (client, upstream) {
+                    (Client::Plain(c), Upstream::Plain(u)) => relay::relay(&c, &u, &traffic).await,
+                    (Client::Tls(c), Upstream::Plain(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Plain(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Tls(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
                 }
             } => match r {
                 Ok(()) => "closed",
@@ -452,6 +491,21 @@ impl TcpProxy {
 enum Client {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The connection to Livy's Thrift port: plain, or TLS (reencrypt).
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The name Livy's Thrift certificate must carry: the host of its
+/// `host:port` address (an IP address as such; IPv6 without brackets).
+fn thrift_server_name(addr: &str) -> io::Result<rustls_pki_types::ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).
