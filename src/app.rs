@@ -28,9 +28,10 @@ use crate::admin::{AdminState, Draining};
 use crate::config::{self, Config, ConfigError};
 use crate::discovery;
 use crate::http_proxy::{HttpProxy, Wiring};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
 use crate::node::NodeList;
 use crate::tcp_proxy::TcpProxy;
+use crate::tls::TlsSource;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,10 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listener's certificate, key or client CA did not load; names the
+    /// key (the binary reports it as a configuration error).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
 }
 
 /// The listening sockets, bound before [`run`] so that a test can bind
@@ -58,6 +63,57 @@ pub struct Listeners {
     pub jdbc: Option<TcpListener>,
     /// The admin listener, unless `off`.
     pub admin: Option<TcpListener>,
+    /// The TLS HTTP listener beside the plain one (`tls-listen`).
+    pub https: Option<TcpListener>,
+    /// The listeners' TLS configurations, read from their files.
+    pub tls: TlsSources,
+}
+
+/// Each listener's TLS, when it has a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSources {
+    /// The HTTP listener's (`tls-*`).
+    pub http: Option<Arc<TlsSource>>,
+    /// The admin listener's (`admin-tls-*`).
+    pub admin: Option<Arc<TlsSource>>,
+    /// The JDBC listener's (`thrift-tls-*`).
+    pub jdbc: Option<Arc<TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    pub jdbc_upstream: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsSources {
+    /// Reads every listener's TLS files; one handshake limit for all.
+    pub fn load(config: &Config) -> Result<TlsSources, crate::tls::TlsFileError> {
+        let handshakes = crate::tls::Handshakes::new(
+            config.runtime.max_tls_handshakes,
+            config.runtime.tls_handshake_timeout,
+        );
+        let one = |spec: &Option<crate::tls::TlsSpec>, listener, alpn| {
+            spec.clone()
+                .map(|s| TlsSource::load(s, listener, alpn, handshakes.clone()))
+                .transpose()
+        };
+        Ok(TlsSources {
+            http: one(&config.http.tls, Listener::Http, crate::tls::ALPN)?,
+            admin: one(&config.admin.tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
+            jdbc: one(&config.tcp.tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
+            jdbc_upstream: match &config.tcp.tls_mode {
+                crate::tls::ThriftTlsMode::Reencrypt { upstream_ca } => {
+                    Some(crate::tls::thrift_client_config(upstream_ca)?)
+                }
+                _ => None,
+            },
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<TlsSource>> {
+        [&self.http, &self.admin, &self.jdbc]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 impl Listeners {
@@ -77,7 +133,12 @@ impl Listeners {
                     source,
                 })
         }
+        let tls = TlsSources::load(config)?;
         let http = bind("HTTP", "listen", config.http.listen).await?;
+        let https = match config.http.tls_listen {
+            Some(a) => Some(bind("HTTPS", "tls-listen", a).await?),
+            None => None,
+        };
         let jdbc = match config.tcp.listen {
             Some(a) => Some(bind("JDBC", "thrift-listen", a).await?),
             None => None,
@@ -86,7 +147,13 @@ impl Listeners {
             Some(a) => Some(bind("admin", "admin-listen", a).await?),
             None => None,
         };
-        Ok(Listeners { http, jdbc, admin })
+        Ok(Listeners {
+            http,
+            jdbc,
+            admin,
+            https,
+            tls,
+        })
     }
 }
 
@@ -135,6 +202,13 @@ pub async fn run(
         "default",
         config.discovery.zookeeper.is_some(),
     ));
+    let tls = listeners.tls.clone();
+    for source in tls.all() {
+        source.attach(metrics.clone());
+    }
+    // Renewed certificates are picked up from disk; SIGHUP reloads too.
+    let tls_stop = CancellationToken::new();
+    crate::tls::source::watch(tls.all(), tls_stop.clone());
     let discovery_stop = CancellationToken::new();
     // One node list for discovery and both proxies: a reload replaces it.
     let nodes = config.discovery.nodes.clone();
@@ -161,7 +235,24 @@ pub async fn run(
         "livy-proxy {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let mut http = tokio::spawn(proxy.clone().serve(listeners.http, http_stop.clone()));
+    // With `tls-listen`, `listen` stays plain and TLS is served there.
+    let (plain_tls, https) = match listeners.https {
+        Some(l) => (None, Some((l, tls.http.clone()))),
+        None => (tls.http.clone(), None),
+    };
+    let plain = proxy
+        .clone()
+        .serve_tls(listeners.http, plain_tls, http_stop.clone());
+    let https = https.map(|(l, t)| proxy.clone().serve_tls(l, t, http_stop.clone()));
+    // One task for both: the drain waits for (or cuts) them together.
+    let mut http = tokio::spawn(async move {
+        match https {
+            Some(https) => {
+                tokio::join!(plain, https);
+            }
+            None => plain.await,
+        }
+    });
 
     let jdbc_stop = CancellationToken::new();
     // Kept for reloads (PROXY protocol keys are live on this listener too).
@@ -172,7 +263,7 @@ pub async fn run(
             config.tcp.clone(),
             nodes.clone(),
             found.leader.clone(),
-        ).with_metrics(metrics.clone(), access_log.clone());
+        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone(), tls.jdbc_upstream.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
@@ -188,7 +279,7 @@ pub async fn run(
             ready_requires_fresh: config.admin.ready_requires_fresh,
             service: "default".to_string(),
         });
-        tokio::spawn(state.serve(l, admin_stop.clone()))
+        tokio::spawn(state.serve_tls(l, tls.admin.clone(), admin_stop.clone()))
     });
 
     // Serving: reloads until the drain begins.
@@ -198,6 +289,9 @@ pub async fn run(
             _ = control.drain.cancelled() => break,
             _ = control.reload.notified() => {
                 if let Some(r) = &reloader {
+                    for source in tls.all() {
+                        source.reload("SIGHUP");
+                    }
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {
                         tcp.update_settings(current.tcp.clone());
@@ -242,6 +336,7 @@ pub async fn run(
     }
     discovery_stop.cancel();
     admin_stop.cancel();
+    tls_stop.cancel();
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }

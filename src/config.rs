@@ -193,6 +193,49 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM CA bundle: client certificates on the HTTP TLS listener are
+    /// verified against it (mTLS) [default: none, no client certificates].
+    #[arg(long, env = "LIVY_PROXY_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: required (no verified certificate, no
+    /// connection) or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub tls_client_auth: Option<ClientAuthKey>,
+
+    /// Header that carries the verified client certificate's subject and
+    /// SANs to Livy; any copy a client sends is removed [default: none].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_TLS_CLIENT_IDENTITY_HEADER",
+        value_name = "NAME"
+    )]
+    pub tls_client_identity_header: Option<String>,
+
+    /// A second HTTP listener, speaking TLS (--tls-cert), while --listen
+    /// stays plain HTTP [default: none, --listen speaks TLS when
+    /// --tls-cert is set].
+    #[arg(long, env = "LIVY_PROXY_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// Time a client has to finish the TLS handshake, on every TLS
+    /// listener [default: 10s].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_TLS_HANDSHAKE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub tls_handshake_timeout: Option<Dur>,
+
+    /// Most TLS handshakes in progress at once, all listeners together; at
+    /// the limit, accepting waits [default: 256].
+    #[arg(long, env = "LIVY_PROXY_MAX_TLS_HANDSHAKES", value_name = "N")]
+    pub max_tls_handshakes: Option<usize>,
+
     /// Retry-After sent with a 502 or 503 [default: 5s].
     #[arg(long, env = "LIVY_PROXY_RETRY_AFTER", value_name = "DURATION")]
     pub retry_after: Option<Dur>,
@@ -326,6 +369,39 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_MAX_TCP_CONNECTIONS", value_name = "N")]
     pub max_tcp_connections: Option<usize>,
 
+    /// PEM certificate chain of the JDBC listener: with --thrift-tls-key,
+    /// it terminates TLS [default: none, bytes relayed as they come].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_CERT", value_name = "FILE")]
+    pub thrift_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --thrift-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_KEY", value_name = "FILE")]
+    pub thrift_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates on the JDBC listener.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub thrift_tls_client_ca: Option<PathBuf>,
+
+    /// With --thrift-tls-client-ca: required or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_THRIFT_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub thrift_tls_client_auth: Option<ClientAuthKey>,
+
+    /// JDBC and TLS: passthrough (bytes relayed, TLS end to end), terminate
+    /// (TLS on the listener, plain to Livy) or reencrypt (TLS on the
+    /// listener and to Livy) [default: terminate with --thrift-tls-cert,
+    /// else passthrough].
+    #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_MODE", value_name = "MODE")]
+    pub thrift_tls_mode: Option<ThriftTlsModeKey>,
+
+    /// PEM CA bundle Livy's Thrift certificates are verified against, with
+    /// --thrift-tls-mode reencrypt.
+    #[arg(long, env = "LIVY_PROXY_THRIFT_UPSTREAM_CA", value_name = "FILE")]
+    pub thrift_upstream_ca: Option<PathBuf>,
+
     // ---- Admin listener (section `admin`) ----
     /// Address of the admin listener (/healthz, /readyz, /status, /metrics),
     /// or `off` [default: 127.0.0.1:9998].
@@ -336,6 +412,27 @@ pub struct Keys {
     /// answering) [default: false].
     #[arg(long, env = "LIVY_PROXY_READY_REQUIRES_FRESH", value_name = "BOOL")]
     pub ready_requires_fresh: Option<bool>,
+
+    /// PEM certificate chain of the admin listener: with --admin-tls-key,
+    /// it speaks HTTPS [default: none].
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_CERT", value_name = "FILE")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert.
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_KEY", value_name = "FILE")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates on the admin listener.
+    #[arg(long, env = "LIVY_PROXY_ADMIN_TLS_CLIENT_CA", value_name = "FILE")]
+    pub admin_tls_client_ca: Option<PathBuf>,
+
+    /// With --admin-tls-client-ca: required or optional [default: required].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_ADMIN_TLS_CLIENT_AUTH",
+        value_name = "required|optional"
+    )]
+    pub admin_tls_client_auth: Option<ClientAuthKey>,
 
     // ---- Logging (section `log`) ----
     /// Log filter when RUST_LOG is unset, e.g. info or livy_proxy=debug [default: info].
@@ -351,7 +448,8 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_ACCESS_LOG", value_name = "BOOL")]
     pub access_log: Option<bool>,
 
-    // ---- The process (section `runtime`) ----
+    // ---- The process (section `runtime`; the TLS handshake bounds are
+    // shared by every listener) ----
     /// Runtime worker threads [default: one per CPU core].
     #[arg(long, env = "LIVY_PROXY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -412,6 +510,21 @@ pub const RESTART_ONLY: &[&str] = &[
     "ready-requires-fresh",
     "tls-cert",
     "tls-key",
+    "tls-client-ca",
+    "tls-client-auth",
+    "tls-listen",
+    "tls-handshake-timeout",
+    "max-tls-handshakes",
+    "admin-tls-cert",
+    "admin-tls-key",
+    "admin-tls-client-ca",
+    "admin-tls-client-auth",
+    "thrift-tls-cert",
+    "thrift-tls-key",
+    "thrift-tls-client-ca",
+    "thrift-tls-client-auth",
+    "thrift-tls-mode",
+    "thrift-upstream-ca",
 ];
 
 /// A duration as humans write it (`15s`, `500ms`, `1m 30s`).
@@ -501,6 +614,28 @@ pub enum OnFailover {
     Close,
     /// Left to the old leader until they end.
     Keep,
+}
+
+/// `*tls-client-auth`: whether a client certificate is demanded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthKey {
+    /// No verified certificate, no connection.
+    Required,
+    /// A certificate is verified when sent.
+    Optional,
+}
+
+/// `thrift-tls-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThriftTlsModeKey {
+    /// Bytes relayed, TLS end to end.
+    Passthrough,
+    /// TLS ends on the listener, plain TCP to Livy.
+    Terminate,
+    /// TLS on the listener and to Livy.
+    Reencrypt,
 }
 
 /// How log lines are written.
@@ -633,6 +768,10 @@ pub struct RuntimeSettings {
     pub shutdown_delay: Duration,
     /// Time requests in flight get to finish in a drain.
     pub shutdown_grace_period: Duration,
+    /// Time a TLS handshake may take, on every listener.
+    pub tls_handshake_timeout: Duration,
+    /// Most TLS handshakes at once, all listeners together.
+    pub max_tls_handshakes: usize,
 }
 
 impl Config {
@@ -756,15 +895,20 @@ struct Build<'a> {
 }
 
 impl Build<'_> {
+    /// `config file F, ` when the file set `key` (flags did not), else empty.
+    fn origin_of(&self, key: &str) -> String {
+        let top = key.split('.').next().unwrap_or(key);
+        if self.given.contains(top) {
+            String::new()
+        } else {
+            self.origin.to_string()
+        }
+    }
+
     /// The error for `key`, with the file named when the file set it.
     fn invalid(&self, key: &str, problem: impl ToString) -> ConfigError {
-        let top = key.split('.').next().unwrap_or(key);
         ConfigError::Invalid {
-            origin: if self.given.contains(top) {
-                String::new()
-            } else {
-                self.origin.to_string()
-            },
+            origin: self.origin_of(key),
             key: key.to_string(),
             problem: problem.to_string(),
         }
@@ -807,6 +951,13 @@ impl Build<'_> {
                     Some(a) => a.on(),
                     None => Some(SocketAddr::from(([127, 0, 0, 1], 9998))),
                 },
+                tls: self.tls_spec(
+                    "admin-",
+                    &k.admin_tls_cert,
+                    &k.admin_tls_key,
+                    &k.admin_tls_client_ca,
+                    k.admin_tls_client_auth,
+                )?,
                 ready_requires_fresh: k.ready_requires_fresh.unwrap_or(false),
             },
             log: LogSettings {
@@ -823,6 +974,12 @@ impl Build<'_> {
                 shutdown_grace_period: k
                     .shutdown_grace_period
                     .map_or(Duration::from_secs(25), |d| d.0),
+                tls_handshake_timeout: self.duration(
+                    "tls-handshake-timeout",
+                    k.tls_handshake_timeout,
+                    Duration::from_secs(10),
+                )?,
+                max_tls_handshakes: self.count("max-tls-handshakes", k.max_tls_handshakes, 256)?,
             },
         })
     }
@@ -1032,17 +1189,26 @@ impl Build<'_> {
             Some(u) => Some(public_origin(u).map_err(|p| self.invalid("public-url", p))?),
             None => None,
         };
-        let tls = match (&k.tls_cert, &k.tls_key) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(self.invalid("tls-cert", "set without tls-key (TLS needs both)"));
-            }
-            (None, Some(_)) => {
-                return Err(self.invalid("tls-key", "set without tls-cert (TLS needs both)"));
-            }
-            (Some(cert), Some(key)) => Some(
-                crate::tls::server_config(cert, key).map_err(|e| self.invalid(e.key, e.problem))?,
+        let tls = self.tls_spec(
+            "",
+            &k.tls_cert,
+            &k.tls_key,
+            &k.tls_client_ca,
+            k.tls_client_auth,
+        )?;
+        if k.tls_listen.is_some() && tls.is_none() {
+            return Err(self.invalid(
+                "tls-listen",
+                "set without tls-cert and tls-key (the TLS listener needs them)",
+            ));
+        }
+        let client_identity_header = match &k.tls_client_identity_header {
+            Some(h) => Some(
+                header_names(std::slice::from_ref(h))
+                    .map_err(|p| self.invalid("tls-client-identity-header", p))?
+                    .remove(0),
             ),
+            None => None,
         };
         Ok(HttpSettings {
             listen: k.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8998))),
@@ -1093,12 +1259,137 @@ impl Build<'_> {
             h2_max_header_list_size,
             proxy_protocol: self.proxy_protocol()?,
             tls,
+            tls_listen: k.tls_listen,
+            client_identity_header,
         })
+    }
+
+    /// One listener's TLS keys (`{prefix}tls-cert` and so on): none, or a
+    /// cert and key both, with maybe a client CA and its mode. The files
+    /// are read by the listener, not here, so that a reload with a bad
+    /// certificate keeps the other keys' changes.
+    fn tls_spec(
+        &self,
+        prefix: &'static str,
+        cert: &Option<PathBuf>,
+        key: &Option<PathBuf>,
+        ca: &Option<PathBuf>,
+        auth: Option<ClientAuthKey>,
+    ) -> Result<Option<crate::tls::TlsSpec>, ConfigError> {
+        let err =
+            |what: &str, problem: String| self.invalid(&format!("{prefix}tls-{what}"), problem);
+        let (cert, key) = match (cert, key) {
+            (None, None) => {
+                if ca.is_some() {
+                    return Err(err(
+                        "client-ca",
+                        format!("set without {prefix}tls-cert and {prefix}tls-key"),
+                    ));
+                }
+                if auth.is_some() {
+                    return Err(err(
+                        "client-auth",
+                        format!("set without {prefix}tls-client-ca"),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "cert",
+                    format!("set without {prefix}tls-key (TLS needs both)"),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "key",
+                    format!("set without {prefix}tls-cert (TLS needs both)"),
+                ));
+            }
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+        };
+        let mode = match auth {
+            None | Some(ClientAuthKey::Required) => crate::tls::ClientAuth::Required,
+            Some(ClientAuthKey::Optional) => crate::tls::ClientAuth::Optional,
+        };
+        let client_ca = match ca {
+            Some(ca) => Some((ca.clone(), mode)),
+            None if auth.is_some() => {
+                return Err(err(
+                    "client-auth",
+                    format!("set without {prefix}tls-client-ca"),
+                ));
+            }
+            None => None,
+        };
+        Ok(Some(crate::tls::TlsSpec {
+            prefix,
+            cert,
+            key,
+            client_ca,
+            // Errors about the files name the file when the file set them.
+            origin: self.origin_of(&format!("{prefix}tls-cert")),
+        }))
+    }
+
+    fn thrift_tls_mode(
+        &self,
+        tls: &Option<crate::tls::TlsSpec>,
+    ) -> Result<crate::tls::ThriftTlsMode, ConfigError> {
+        use crate::tls::ThriftTlsMode;
+        let k = self.keys;
+        let mode = match k.thrift_tls_mode {
+            None if tls.is_some() => ThriftTlsMode::Terminate,
+            None | Some(ThriftTlsModeKey::Passthrough) => ThriftTlsMode::Passthrough,
+            Some(ThriftTlsModeKey::Terminate) => ThriftTlsMode::Terminate,
+            Some(ThriftTlsModeKey::Reencrypt) => match &k.thrift_upstream_ca {
+                Some(ca) => ThriftTlsMode::Reencrypt {
+                    upstream_ca: ca.clone(),
+                },
+                None => {
+                    return Err(self.invalid(
+                        "thrift-tls-mode",
+                        "reencrypt needs thrift-upstream-ca (the CA of Livy's Thrift certificates)",
+                    ));
+                }
+            },
+        };
+        match (&mode, tls.is_some()) {
+            (ThriftTlsMode::Passthrough, true) => {
+                return Err(self.invalid(
+                    "thrift-tls-mode",
+                    "passthrough relays the client's TLS to Livy: thrift-tls-cert would not be used",
+                ));
+            }
+            (ThriftTlsMode::Terminate | ThriftTlsMode::Reencrypt { .. }, false) => {
+                return Err(self.invalid(
+                    "thrift-tls-mode",
+                    "terminate and reencrypt need thrift-tls-cert and thrift-tls-key",
+                ));
+            }
+            _ => {}
+        }
+        if k.thrift_upstream_ca.is_some() && !matches!(mode, ThriftTlsMode::Reencrypt { .. }) {
+            return Err(self.invalid(
+                "thrift-upstream-ca",
+                "only used with thrift-tls-mode = reencrypt",
+            ));
+        }
+        Ok(mode)
     }
 
     fn tcp(&self, http: &HttpSettings) -> Result<TcpSettings, ConfigError> {
         let k = self.keys;
+        let tls = self.tls_spec(
+            "thrift-",
+            &k.thrift_tls_cert,
+            &k.thrift_tls_key,
+            &k.thrift_tls_client_ca,
+            k.thrift_tls_client_auth,
+        )?;
         Ok(TcpSettings {
+            tls_mode: self.thrift_tls_mode(&tls)?,
+            tls,
             listen: k.thrift_listen,
             hold_timeout: http.hold_timeout,
             connect_timeout: http.connect_timeout,
@@ -1482,12 +1773,17 @@ mod tests {
                 .find(|l| l.starts_with(&format!("| `{name}` |")))
                 .unwrap_or_else(|| panic!("configuration.md has no row for `{name}`"));
             let reload = row.split('|').nth(3).unwrap_or("").trim();
-            let expected = if RESTART_ONLY.contains(&name.as_str()) {
-                "restart-only"
-            } else {
-                "**live**"
-            };
-            assert_eq!(reload, expected, "configuration.md's row for `{name}`");
+            // "restart-only (contents re-read)" is restart-only too.
+            let live = reload.starts_with("**live**");
+            assert!(
+                live || reload.starts_with("restart-only"),
+                "configuration.md's row for `{name}`: {reload}"
+            );
+            assert_eq!(
+                live,
+                !RESTART_ONLY.contains(&name.as_str()),
+                "configuration.md's row for `{name}` says {reload}"
+            );
         }
     }
 

@@ -76,6 +76,11 @@ fn main() -> ExitCode {
         Ok(Ended::Clean) => ExitCode::SUCCESS,
         Ok(Ended::Cut) => ExitCode::from(1),
         Err(e) => {
+            // A listener's TLS file is a configuration problem: exit 2, one line.
+            if let Some(app::AppError::Tls(tls)) = e.downcast_ref::<app::AppError>() {
+                eprintln!("livy-proxy: config error: {tls}");
+                return ExitCode::from(2);
+            }
             tracing::error!("{e:#}");
             eprintln!("livy-proxy: {e:#}");
             ExitCode::from(1)

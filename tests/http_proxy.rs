@@ -191,7 +191,9 @@ fn settings(hold: Duration) -> HttpSettings {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol: Default::default(),
+        client_identity_header: None,
         tls: None,
+        tls_listen: None,
     }
 }
 

@@ -466,7 +466,30 @@ async fn the_metrics_alerts_and_dashboards_use_are_the_ones_the_proxy_serves() {
     let node = plan.node_arg(0);
     let cluster = plan.start(&zk);
     cluster.wait_for_leader(DEADLINE);
-    let proxy = Proxy::start(&["--zookeeper", &zk.connect_string(), "--node", &node]);
+    // And with TLS on a listener (the JDBC one): the tls_ metrics are only
+    // served for listeners that speak it.
+    let tls = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let jdbc = format!("127.0.0.1:{}", common::free_port());
+    let proxy = Proxy::start(&[
+        "--zookeeper",
+        &zk.connect_string(),
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc,
+        "--thrift-tls-cert",
+        &cert_file.display().to_string(),
+        "--thrift-tls-key",
+        &key_file.display().to_string(),
+    ]);
     let admin = proxy.admin_url();
     assert!(
         until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 200 }).await,

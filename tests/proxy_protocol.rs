@@ -239,7 +239,9 @@ fn http_settings(proxy_protocol: ProxyProtocol) -> HttpSettings {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol,
+        client_identity_header: None,
         tls: None,
+        tls_listen: None,
     }
 }
 

@@ -116,8 +116,15 @@ pub struct HttpSettings {
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer.
     pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
-    /// TLS on the listener (`tls-cert`, `tls-key`), read when it starts.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener's TLS files (`tls-cert`, `tls-key`, `tls-client-ca`,
+    /// `tls-client-auth`), read by the listener (`app::TlsSources`).
+    pub tls: Option<crate::tls::TlsSpec>,
+    /// A TLS listener beside the plain `listen` (`tls-listen`).
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// The header Livy gets a verified client certificate's identity in
+    /// (`tls-client-identity-header`); any copy from the client is
+    /// removed, on every listener.
+    pub client_identity_header: Option<http::HeaderName>,
 }
 
 struct Shared {
@@ -275,9 +282,22 @@ impl HttpProxy {
         }
     }
 
-    /// Accepts connections on `listener` until `shutdown`, then lets
-    /// in-flight requests finish (hyper's graceful shutdown) before returning.
+    /// Accepts plain HTTP (HTTP/1.1 or h2c) connections on `listener` until
+    /// `shutdown`, then lets in-flight requests finish (hyper's graceful
+    /// shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`HttpProxy::serve`], speaking TLS with `tls` when given (HTTP/2 by
+    /// ALPN `h2`, else HTTP/1.1). A plain and a TLS listener can serve side
+    /// by side (`tls-listen`): they share the proxy, its limits and pool.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        shutdown: CancellationToken,
+    ) {
         // A client has `client-header-timeout` to send a request's headers:
         // a slow or stuck client cannot pin a connection forever.
         // Head and body copied into one buffer and sent with one write(2):
@@ -297,9 +317,6 @@ impl HttpProxy {
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
         let mut connections_tasks = tokio::task::JoinSet::new();
-        let settings = self.shared.settings.load_full();
-        // Read once: a reload does not change the listener's certificate.
-        let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         // The tower stack (stack.rs): its shared parts built once, each
         // connection's around its client.
         let stack = stack::StackParts::new(
@@ -326,6 +343,15 @@ impl HttpProxy {
                         p = connections.acquire() => p,
                     }
                 }
+            };
+            // And a handshake permit (`max-tls-handshakes`), given back when
+            // the handshake ends.
+            let handshake = match &tls {
+                Some(t) => match t.handshakes().permit(&shutdown).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
             };
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
             else {
@@ -356,12 +382,44 @@ impl HttpProxy {
                     Ok(client) => client,
                     Err(e) => return e.log("HTTP", peer),
                 };
-                let service = |tls| {
-                    let info = Arc::new(stack::ClientInfo::new(peer, local, tls));
+                let service = |tls, identity| {
+                    let info =
+                        Arc::new(stack::ClientInfo::new(peer, local, tls).with_identity(identity));
                     TowerToHyperService::new(stack.for_connection(info))
                 };
-                let ended = match &tls {
-                    None => {
+                let ended = match (&tls, handshake) {
+                    (Some(tls), Some(handshake)) => {
+                        // The handshake, within `tls-handshake-timeout` (a
+                        // client that connects and sends nothing is
+                        // dropped), with the configuration in force now,
+                        // then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+                        let done = tokio::select! {
+                            h = tls.handshakes().accept(tls.acceptor(), stream, handshake) => h,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let stream = match done {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%peer, listener = "http", error = %e, "TLS handshake did not complete");
+                                return;
+                            }
+                        };
+                        let conn = stream.get_ref().1;
+                        let h2 = conn.alpn_protocol() == Some(b"h2");
+                        let identity = crate::tls::identity::of_connection(conn).map(Arc::new);
+                        let io = TokioIo::new(stream);
+                        serve_client(
+                            io,
+                            h2,
+                            service(true, identity),
+                            &builders,
+                            header_timeout,
+                            &shutdown,
+                            watcher,
+                        )
+                        .await
+                    }
+                    _ => {
                         // HTTP/1.1 or h2c, told apart without taking a
                         // byte from the socket (`sniff`); a connection that
                         // says nothing before the header timeout, or before
@@ -379,40 +437,7 @@ impl HttpProxy {
                         serve_client(
                             io,
                             h2,
-                            service(false),
-                            &builders,
-                            header_timeout,
-                            &shutdown,
-                            watcher,
-                        )
-                        .await
-                    }
-                    Some(tls) => {
-                        // The handshake, within `client-header-timeout` (a
-                        // client that connects and sends nothing is
-                        // dropped), then HTTP/2 if ALPN chose `h2`, else
-                        // HTTP/1.1.
-                        let handshake = tokio::select! {
-                            h = tokio::time::timeout(header_timeout, tls.accept(stream)) => h,
-                            _ = shutdown.cancelled() => return,
-                        };
-                        let stream = match handshake {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out (client-header-timeout)");
-                                return;
-                            }
-                        };
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = TokioIo::new(stream);
-                        serve_client(
-                            io,
-                            h2,
-                            service(true),
+                            service(false, None),
                             &builders,
                             header_timeout,
                             &shutdown,
@@ -441,6 +466,7 @@ impl HttpProxy {
         req: &mut Request<Incoming>,
         client_ip: &HeaderValue,
         tls: bool,
+        identity: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
         let settings = self.shared.settings.load();
         // The authority the client addressed, for X-Forwarded-Host.
@@ -473,6 +499,14 @@ impl HttpProxy {
                 strip: &settings.strip_headers,
             },
         );
+        // Only the proxy says who a client certificate named: a copy the
+        // client sent is removed, whatever trust-forwarded says.
+        if let Some(name) = &settings.client_identity_header {
+            headers.remove(name);
+            if let Some(value) = identity {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         headers::add_via(headers, version);
         Ok(())
     }

@@ -52,6 +52,7 @@ use super::error::ProxyError;
 use super::{ClientRequest, HttpProxy, Outcome, ProxyBody, peer_ip_header};
 use crate::limit::{LiveLimit, Permit};
 use crate::metrics::{Direction, Listener, Metrics};
+use crate::tls::identity::ClientIdentity;
 
 /// Who sent a request: set per connection, read by the layers and the
 /// forwarding (X-Forwarded-For, the access log).
@@ -65,6 +66,11 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     /// Whether the connection is TLS (the listener's `tls-cert`).
     pub tls: bool,
+    /// The verified client certificate's identity (mTLS), for the access
+    /// log.
+    pub identity: Option<Arc<ClientIdentity>>,
+    /// `identity` as the identity header's value, made once per connection.
+    pub identity_header: Option<HeaderValue>,
 }
 
 impl ClientInfo {
@@ -75,7 +81,16 @@ impl ClientInfo {
             peer_ip: peer_ip_header(peer),
             local,
             tls,
+            identity: None,
+            identity_header: None,
         }
+    }
+
+    /// The same client, with the identity its verified certificate names.
+    pub fn with_identity(mut self, identity: Option<Arc<ClientIdentity>>) -> Self {
+        self.identity_header = identity.as_ref().and_then(|i| i.header_value());
+        self.identity = identity;
+        self
     }
 }
 
@@ -244,6 +259,8 @@ struct Seen {
     /// when the access log is on.
     path: Option<String>,
     peer: Option<SocketAddr>,
+    /// The client certificate's subject (mTLS), when logged.
+    client_cert: Option<Arc<ClientIdentity>>,
     request_id: HeaderValue,
     bytes_in: u64,
 }
@@ -278,6 +295,11 @@ where
             method: req.method().clone(),
             path: log.then(|| req.uri().path().to_string()),
             peer: log.then_some(self.client.peer),
+            client_cert: if log {
+                self.client.identity.clone()
+            } else {
+                None
+            },
             request_id,
             bytes_in: hyper::body::Body::size_hint(req.body())
                 .exact()
@@ -352,6 +374,8 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &Response<ProxyBody>, outcome: O
     tracing::info!(
         target: "access",
         client = %seen.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        client_cert = seen.client_cert.as_ref().map_or("-", |c| c.subject.as_str()),
+        client_san = seen.client_cert.as_ref().map_or_else(|| "-".to_string(), |c| c.sans_text()).as_str(),
         method = %seen.method,
         path = %path,
         status = status.as_u16(),
@@ -396,10 +420,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        match self
-            .proxy
-            .prepare_headers(&mut req, &self.client.peer_ip, self.client.tls)
-        {
+        match self.proxy.prepare_headers(
+            &mut req,
+            &self.client.peer_ip,
+            self.client.tls,
+            self.client.identity_header.as_ref(),
+        ) {
             Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
             Err(error) => {
                 tracing::warn!(method = %req.method(), path = req.uri().path(), kind = error.kind(), error = %error, "request failed");

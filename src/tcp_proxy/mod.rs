@@ -45,6 +45,10 @@ use relay::Traffic;
 pub struct TcpSettings {
     /// The JDBC listener's address (`thrift-listen`); `None`: no listener.
     pub listen: Option<std::net::SocketAddr>,
+    /// Its TLS files (`thrift-tls-*`), read by the listener.
+    pub tls: Option<crate::tls::TlsSpec>,
+    /// What it does with TLS (`thrift-tls-mode`, `thrift-upstream-ca`).
+    pub tls_mode: crate::tls::ThriftTlsMode,
     /// How long a connection waits for a reachable active server.
     pub hold_timeout: Duration,
     /// Timeout of one TCP connect to a Livy Thrift server.
@@ -99,6 +103,11 @@ pub struct TcpProxy {
     limit: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     access_log: crate::http_proxy::stack::AccessLogSwitch,
+    /// TLS terminated on the listener (`thrift-tls-*`); Livy's Thrift
+    /// port is then spoken to in plain TCP.
+    tls: Option<Arc<crate::tls::TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl TcpProxy {
@@ -112,7 +121,22 @@ impl TcpProxy {
             settings: Arc::new(arc_swap::ArcSwap::from_pointee(settings)),
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            tls: None,
+            upstream_tls: None,
         }
+    }
+
+    /// Terminates TLS on the listener with `tls` (none: the bytes are
+    /// relayed as they come, TLS from the client included: passthrough),
+    /// and speaks TLS to Livy's Thrift port with `upstream` (reencrypt).
+    pub fn with_tls(
+        mut self,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        upstream: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        self.tls = tls;
+        self.upstream_tls = upstream.map(tokio_rustls::TlsConnector::from);
+        self
     }
 
     /// Joins the proxy to the process's metrics and access-log switch.
@@ -151,6 +175,14 @@ impl TcpProxy {
         let tracker = TaskTracker::new();
         let shutdown = close_streams;
         loop {
+            // A handshake permit (`max-tls-handshakes`) before accepting.
+            let handshake = match &self.tls {
+                Some(t) => match t.handshakes().permit(&stop_accepting).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
+            };
             let Some((client, peer)) =
                 crate::listener::accept(&listener, &stop_accepting, "JDBC").await
             else {
@@ -164,7 +196,7 @@ impl TcpProxy {
             let proxy = self.clone();
             let stop = shutdown.child_token();
             tracker.spawn(async move {
-                proxy.handle(client, peer, stop).await;
+                proxy.handle(client, peer, handshake, stop).await;
                 drop(permit);
             });
         }
@@ -173,7 +205,13 @@ impl TcpProxy {
         tracker.wait().await;
     }
 
-    async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn handle(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+        shutdown: CancellationToken,
+    ) {
         let _open = self.metrics.connection(Listener::Jdbc);
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
@@ -185,6 +223,24 @@ impl TcpProxy {
                 Ok(client) => client,
                 Err(e) => return e.log("JDBC", peer),
             },
+        };
+        // TLS on the listener: the handshake before Livy is chosen, so a
+        // client that fails it never costs an upstream connection.
+        let client = match (&self.tls, handshake) {
+            (Some(tls), Some(handshake)) => {
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = tls.handshakes().accept(tls.acceptor(), client, handshake) => h,
+                };
+                match done {
+                    Ok(s) => Client::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::debug!(%peer, listener = "jdbc", error = %e, "TLS handshake did not complete");
+                        return;
+                    }
+                }
+            }
+            _ => Client::Plain(client),
         };
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
@@ -198,6 +254,34 @@ impl TcpProxy {
             },
         };
         self.tune(&upstream);
+        let upstream = match &self.upstream_tls {
+            None => Upstream::Plain(upstream),
+            Some(connector) => {
+                let addr = node.thrift_addr(self.settings.load().thrift_port);
+                let handshake = async {
+                    let name = thrift_server_name(&addr)?;
+                    tokio::time::timeout(
+                        self.settings.load().connect_timeout,
+                        connector.connect(name, upstream),
+                    )
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })?
+                };
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = handshake => h,
+                };
+                match done {
+                    Ok(s) => Upstream::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(%peer, node = %node, %addr, error = %e, "JDBC connection closed: TLS to Livy's Thrift port failed (thrift-tls-mode reencrypt)");
+                        return;
+                    }
+                }
+            }
+        };
         tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
         let relayed = self.metrics.jdbc_connection();
         let (end, up, down) = self
@@ -225,6 +309,7 @@ impl TcpProxy {
     }
 
     fn tune(&self, stream: &TcpStream) {
+        // (Called on the client socket before any TLS.)
         let _ = stream.set_nodelay(self.settings.load().nodelay);
         if let Some(idle) = self.settings.load().keepalive {
             let sock = socket2::SockRef::from(stream);
@@ -345,8 +430,8 @@ impl TcpProxy {
     /// and the bytes sent up and down.
     async fn pipe(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
+        client: Client,
+        upstream: Upstream,
         node: &LivyNode,
         generation: u64,
         shutdown: CancellationToken,
@@ -367,7 +452,14 @@ impl TcpProxy {
         };
         let idle = idle_watch(self.settings.load().idle_timeout, &traffic);
         let end = tokio::select! {
-            r = relay::relay(&client, &upstream, &traffic) => match r {
+            r = async {
+                match (client, upstream) {
+                    (Client::Plain(c), Upstream::Plain(u)) => relay::relay(&c, &u, &traffic).await,
+                    (Client::Tls(c), Upstream::Plain(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Plain(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Tls(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
+                }
+            } => match r {
                 Ok(()) => "closed",
                 Err(_) => "error",
             },
@@ -384,6 +476,27 @@ impl TcpProxy {
             traffic.down.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A JDBC client connection: the socket, or TLS terminated on it.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The connection to Livy's Thrift port: plain, or TLS (reencrypt).
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The name Livy's Thrift certificate must carry: the host of its
+/// `host:port` address (an IP address as such; IPv6 without brackets).
+fn thrift_server_name(addr: &str) -> io::Result<rustls_pki_types::ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).

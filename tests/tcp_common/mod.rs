@@ -97,6 +97,8 @@ impl Drop for Setup {
 pub fn settings(hold: Duration) -> TcpSettings {
     TcpSettings {
         listen: None,
+        tls: None,
+        tls_mode: livy_proxy::tls::ThriftTlsMode::Passthrough,
         hold_timeout: hold,
         connect_timeout: Duration::from_secs(2),
         thrift_port: 10090,
