@@ -95,10 +95,10 @@ def stop(p, sig=signal.SIGTERM):
 
 
 def cleanup():
+    # SIGTERM first: nginx's master then stops its workers (a SIGKILLed
+    # master leaves them running), then SIGKILL what is left.
     for p in PROCS:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        stop(p)
     shutil.rmtree(WORK, ignore_errors=True)
 
 
