@@ -154,6 +154,7 @@ pub async fn run(
             hints: found.hints.clone(),
             metrics: metrics.clone(),
             access_log: access_log.clone(),
+            upstream_tls: config.upstream_tls.clone(),
         },
     );
     tracing::info!(
@@ -291,6 +292,7 @@ fn reload(
     let mut applied = keep_restart_only(&current, new);
     // The listener keeps the certificate it started with (restart-only).
     applied.tls = current.tls.clone();
+    applied.upstream_tls = current.upstream_tls.clone();
     proxy.update_settings(HttpSettings::from(&applied));
     nodes.store(applied.nodes.clone());
     access_log.store(applied.access_log, Ordering::Relaxed);
@@ -354,4 +356,8 @@ restart_only! {
     ready_requires_fresh => "ready-requires-fresh",
     tls_cert => "tls-cert",
     tls_key => "tls-key",
+    upstream_ca => "upstream-ca",
+    upstream_client_cert => "upstream-client-cert",
+    upstream_client_key => "upstream-client-key",
+    upstream_server_name => "upstream-server-name",
 }

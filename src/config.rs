@@ -205,7 +205,26 @@ pub struct Cli {
     #[arg(long, env = "LIVY_PROXY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
-    /// Scheme for a participant id or node given without one [default: http].
+    /// PEM CA certificates trusted for https:// Livy nodes, besides the
+    /// system's roots [default: the system's roots only].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// PEM certificate chain sent to a Livy server that asks for one
+    /// (mutual TLS); with --upstream-client-key [default: none].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CLIENT_CERT", value_name = "FILE")]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --upstream-client-cert.
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CLIENT_KEY", value_name = "FILE")]
+    pub upstream_client_key: Option<PathBuf>,
+
+    /// The name every Livy server's certificate is checked against
+    /// [default: each node's own host].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    pub upstream_server_name: Option<String>,
+
+    /// Scheme for a participant id or node given without one: http or https [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
 
@@ -361,6 +380,10 @@ struct FileConfig {
     proxy_protocol_timeout: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    upstream_ca: Option<PathBuf>,
+    upstream_client_cert: Option<PathBuf>,
+    upstream_client_key: Option<PathBuf>,
+    upstream_server_name: Option<String>,
     default_scheme: Option<String>,
     default_port: Option<u16>,
     retry_after: Option<String>,
@@ -440,6 +463,17 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Both, loaded: the HTTP listener speaks TLS with it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// CA bundle for https:// Livy nodes (`upstream-ca`).
+    pub upstream_ca: Option<PathBuf>,
+    /// Client certificate chain sent to Livy (`upstream-client-cert`).
+    pub upstream_client_cert: Option<PathBuf>,
+    /// Its key (`upstream-client-key`).
+    pub upstream_client_key: Option<PathBuf>,
+    /// Name Livy certificates are checked against (`upstream-server-name`).
+    pub upstream_server_name: Option<String>,
+    /// The four, loaded: TLS to https:// Livy nodes, for the proxy and
+    /// the probes.
+    pub upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
     /// Defaults for addresses without scheme or port.
     pub defaults: AddressDefaults,
     /// Retry-After on 503s.
@@ -511,13 +545,13 @@ impl Config {
             None => Scheme::Http,
             Some(s) => match s.to_ascii_lowercase().as_str() {
                 "http" => Scheme::Http,
-                "https" => {
+                "https" => Scheme::Https,
+                _ => {
                     return Err(invalid(
                         "default-scheme",
-                        "https is not supported yet (no TLS in this build)",
+                        format!("{s:?} is neither http nor https"),
                     ));
                 }
-                _ => return Err(invalid("default-scheme", format!("{s:?} is not http"))),
             },
         };
         let defaults = AddressDefaults {
@@ -590,15 +624,6 @@ impl Config {
             }
         }
         check_unique(&nodes)?;
-        if let Some(n) = nodes.iter().find(|n| n.origin.scheme != Scheme::Http) {
-            return Err(invalid(
-                "node",
-                format!(
-                    "{}: HTTPS to Livy is not supported yet (no TLS in this build)",
-                    n.origin
-                ),
-            ));
-        }
         if zookeeper.is_none() && nodes.is_empty() {
             return Err(invalid(
                 "zookeeper",
@@ -721,6 +746,30 @@ impl Config {
                 }
             }
         };
+        let upstream_ca = from_file(&cli.upstream_ca, &file.upstream_ca);
+        let upstream_client_cert = from_file(&cli.upstream_client_cert, &file.upstream_client_cert);
+        let upstream_client_key = from_file(&cli.upstream_client_key, &file.upstream_client_key);
+        let upstream_server_name = match (&cli.upstream_server_name, &file.upstream_server_name) {
+            (Some(n), _) => Some((n.clone(), false)),
+            (None, Some(n)) => Some((n.clone(), true)),
+            (None, None) => None,
+        };
+        let upstream_tls = crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsFiles {
+            ca: upstream_ca.as_ref().map(|(p, _)| p.as_path()),
+            client_cert: upstream_client_cert.as_ref().map(|(p, _)| p.as_path()),
+            client_key: upstream_client_key.as_ref().map(|(p, _)| p.as_path()),
+            server_name: upstream_server_name.as_ref().map(|(n, _)| n.as_str()),
+        })
+        .map_err(|e| {
+            let in_f = match e.key {
+                "upstream-ca" => upstream_ca.as_ref().is_some_and(|(_, f)| *f),
+                "upstream-client-cert" => upstream_client_cert.as_ref().is_some_and(|(_, f)| *f),
+                "upstream-client-key" => upstream_client_key.as_ref().is_some_and(|(_, f)| *f),
+                _ => upstream_server_name.as_ref().is_some_and(|(_, f)| *f),
+            };
+            let e = invalid(e.key, e.problem);
+            if in_f { in_file(e) } else { e }
+        })?;
         let mut config = Config {
             listen,
             zookeeper,
@@ -790,6 +839,11 @@ impl Config {
             tls_cert: tls_cert.map(|(p, _)| p),
             tls_key: tls_key.map(|(p, _)| p),
             tls,
+            upstream_ca: upstream_ca.map(|(p, _)| p),
+            upstream_client_cert: upstream_client_cert.map(|(p, _)| p),
+            upstream_client_key: upstream_client_key.map(|(p, _)| p),
+            upstream_server_name: upstream_server_name.map(|(n, _)| n),
+            upstream_tls: Some(Arc::new(upstream_tls)),
             defaults,
             retry_after: dur("retry-after", cli.retry_after, &file.retry_after, "5s")?,
             log_level: cli
@@ -959,6 +1013,7 @@ impl Config {
             probe_interval: self.probe_interval,
             probe_timeout: self.probe_timeout,
             probe_path: self.probe_path.clone(),
+            upstream_tls: self.upstream_tls.clone(),
         }
     }
 }

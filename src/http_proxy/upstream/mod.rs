@@ -21,21 +21,24 @@
 //! holding their buffers in the proxy).
 
 mod conn;
+mod connect;
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::body::{BodyError, UpstreamBody};
-use conn::{Conn, Framing, Head};
+use conn::{Framing, Head};
+pub use connect::{Connector, Endpoint, Stream};
+
+/// A connection of the pool: plain TCP or TLS.
+type Conn = conn::Conn<Stream>;
 
 /// Why a request could not be exchanged with a Livy server.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,16 @@ pub enum UpstreamError {
         /// `host:port` of the server.
         authority: String,
         /// The socket error (or a timeout).
+        source: io::Error,
+    },
+    /// TLS to the server failed: its certificate was refused (unknown CA,
+    /// wrong name, expired), it refused ours, or it does not speak TLS.
+    /// Trying again does not help; nothing of the request was processed.
+    #[error("TLS to {authority} failed: {source}")]
+    Tls {
+        /// `host:port` of the server.
+        authority: String,
+        /// The TLS error.
         source: io::Error,
     },
     /// A fresh connection failed before any byte of the request was
@@ -69,7 +82,15 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// An exchange that failed after the request may have reached Livy:
     /// the client's body failing is told apart from the connection failing.
-    fn failed(error: io::Error) -> Self {
+    fn failed(authority: &Endpoint, error: io::Error) -> Self {
+        // TLS 1.3 tells a client that its certificate was refused only
+        // after the handshake: on the first read.
+        if crate::tls::client::tls_reason(&error).is_some() {
+            return UpstreamError::Tls {
+                authority: String::from_utf8_lossy(authority.authority()).into_owned(),
+                source: error,
+            };
+        }
         if !error.get_ref().is_some_and(|e| e.is::<BodyError>()) {
             return UpstreamError::Failed(error);
         }
@@ -87,6 +108,12 @@ impl UpstreamError {
             self,
             UpstreamError::Connect { .. } | UpstreamError::NotSent { .. }
         )
+    }
+
+    /// True when TLS failed: the server's certificate or ours was refused,
+    /// or the server does not speak TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamError::Tls { .. })
     }
 }
 
@@ -117,7 +144,7 @@ async fn run_other_ready_tasks_first() {
 
 /// An idle connection, ready for its next request.
 struct Idle {
-    authority: Bytes,
+    endpoint: Endpoint,
     conn: Conn,
 }
 
@@ -128,26 +155,19 @@ pub struct Upstream {
     slots: Arc<Semaphore>,
     /// Signalled when a connection is put back idle.
     returned: Notify,
-    connect_timeout: Duration,
-    keepalive: Duration,
+    connector: Connector,
     max_idle: usize,
 }
 
 impl Upstream {
     /// A pool of at most `max_connections` connections, `max_idle` of them
-    /// kept idle.
-    pub fn new(
-        connect_timeout: Duration,
-        keepalive: Duration,
-        max_idle: usize,
-        max_connections: usize,
-    ) -> Arc<Self> {
+    /// kept idle, opened by `connector`.
+    pub fn new(connector: Connector, max_idle: usize, max_connections: usize) -> Arc<Self> {
         Arc::new(Upstream {
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             returned: Notify::new(),
-            connect_timeout,
-            keepalive,
+            connector,
             max_idle,
         })
     }
@@ -157,7 +177,7 @@ impl Upstream {
     /// can send it again (a streamed body, once consumed, cannot).
     pub async fn send(
         self: &Arc<Self>,
-        authority: &Bytes,
+        authority: &Endpoint,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // Writes to Livy leave together, after the reads of every other
@@ -173,7 +193,7 @@ impl Upstream {
                     Ok(head) => return Ok(self.attach(authority, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
-                    Err(e) => return Err(UpstreamError::failed(e.error)),
+                    Err(e) => return Err(UpstreamError::failed(authority, e.error)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -202,48 +222,44 @@ impl Upstream {
     /// as its first request.
     async fn open_and_send(
         self: &Arc<Self>,
-        authority: &Bytes,
+        authority: &Endpoint,
         permit: OwnedSemaphorePermit,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let name = String::from_utf8_lossy(authority).into_owned();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*name)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(UpstreamError::Connect {
-                        authority: name,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(UpstreamError::Connect {
-                        authority: name,
-                        source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-                    });
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
-        let mut conn = Conn::new(stream, permit);
+        let name = || String::from_utf8_lossy(authority.authority()).into_owned();
+        let stream = match self.connector.connect(authority).await {
+            Ok(s) => s,
+            Err(connect::ConnectError::Network(source)) => {
+                return Err(UpstreamError::Connect {
+                    authority: name(),
+                    source,
+                });
+            }
+            Err(connect::ConnectError::Tls(source)) => {
+                return Err(UpstreamError::Tls {
+                    authority: name(),
+                    source,
+                });
+            }
+        };
+        let mut conn = Conn::new(stream, Some(permit));
         match conn.exchange(req).await {
             Ok(head) => Ok(self.attach(authority, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
-                authority: name,
+                authority: name(),
                 source: e.error,
             }),
-            Err(e) => Err(UpstreamError::failed(e.error)),
+            Err(e) => Err(UpstreamError::failed(authority, e.error)),
         }
     }
 
     /// The most recently used idle connection to `authority`, dropping any
     /// found closed on the way.
-    fn checkout(&self, authority: &Bytes) -> Option<Conn> {
+    fn checkout(&self, authority: &Endpoint) -> Option<Conn> {
         loop {
             let mut found = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let pos = idle.iter().rposition(|i| i.authority == *authority)?;
+                let pos = idle.iter().rposition(|i| i.endpoint == *authority)?;
                 idle.swap_remove(pos)
             };
             if found.conn.still_open() {
@@ -252,20 +268,20 @@ impl Upstream {
         }
     }
 
-    fn checkin(&self, authority: Bytes, conn: Conn) {
+    fn checkin(&self, endpoint: Endpoint, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { authority, conn });
+        idle.push(Idle { endpoint, conn });
         drop(idle);
         self.returned.notify_one();
     }
 
     /// Closes one idle connection to a server other than `authority`.
-    fn evict_other(&self, authority: &Bytes) {
+    fn evict_other(&self, authority: &Endpoint) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = idle.iter().position(|i| i.authority != *authority) {
+        if let Some(pos) = idle.iter().position(|i| i.endpoint != *authority) {
             idle.remove(pos);
         }
     }
@@ -274,7 +290,7 @@ impl Upstream {
     /// back in the pool) or to be read from the connection.
     fn attach(
         self: &Arc<Self>,
-        authority: &Bytes,
+        authority: &Endpoint,
         mut conn: Conn,
         head: Head,
     ) -> Response<PooledBody> {
@@ -338,7 +354,7 @@ struct Reading {
     framing: Framing,
     reusable: bool,
     pool: Arc<Upstream>,
-    authority: Bytes,
+    authority: Endpoint,
 }
 
 impl Body for PooledBody {

@@ -5,6 +5,8 @@
 //! client certificates. A file that cannot be read or holds no usable PEM
 //! is a configuration error naming its key.
 
+pub mod client;
+
 use std::path::Path;
 use std::sync::Arc;
 
