@@ -754,22 +754,25 @@ impl Config {
             (None, Some(n)) => Some((n.clone(), true)),
             (None, None) => None,
         };
-        let upstream_tls = crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsFiles {
-            ca: upstream_ca.as_ref().map(|(p, _)| p.as_path()),
-            client_cert: upstream_client_cert.as_ref().map(|(p, _)| p.as_path()),
-            client_key: upstream_client_key.as_ref().map(|(p, _)| p.as_path()),
-            server_name: upstream_server_name.as_ref().map(|(n, _)| n.as_str()),
-        })
-        .map_err(|e| {
-            let in_f = match e.key {
-                "upstream-ca" => upstream_ca.as_ref().is_some_and(|(_, f)| *f),
-                "upstream-client-cert" => upstream_client_cert.as_ref().is_some_and(|(_, f)| *f),
-                "upstream-client-key" => upstream_client_key.as_ref().is_some_and(|(_, f)| *f),
-                _ => upstream_server_name.as_ref().is_some_and(|(_, f)| *f),
-            };
-            let e = invalid(e.key, e.problem);
-            if in_f { in_file(e) } else { e }
-        })?;
+        let upstream_tls =
+            crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsFiles {
+                ca: upstream_ca.as_ref().map(|(p, _)| p.as_path()),
+                client_cert: upstream_client_cert.as_ref().map(|(p, _)| p.as_path()),
+                client_key: upstream_client_key.as_ref().map(|(p, _)| p.as_path()),
+                server_name: upstream_server_name.as_ref().map(|(n, _)| n.as_str()),
+            })
+            .map_err(|e| {
+                let in_f = match e.key {
+                    "upstream-ca" => upstream_ca.as_ref().is_some_and(|(_, f)| *f),
+                    "upstream-client-cert" => {
+                        upstream_client_cert.as_ref().is_some_and(|(_, f)| *f)
+                    }
+                    "upstream-client-key" => upstream_client_key.as_ref().is_some_and(|(_, f)| *f),
+                    _ => upstream_server_name.as_ref().is_some_and(|(_, f)| *f),
+                };
+                let e = invalid(e.key, e.problem);
+                if in_f { in_file(e) } else { e }
+            })?;
         let mut config = Config {
             listen,
             zookeeper,

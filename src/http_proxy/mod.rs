@@ -272,7 +272,11 @@ impl HttpProxy {
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
         let upstream = Upstream::new(
-            Connector::new(settings.connect_timeout, Duration::from_secs(60), upstream_tls),
+            Connector::new(
+                settings.connect_timeout,
+                Duration::from_secs(60),
+                upstream_tls,
+            ),
             256.min(settings.max_upstream_connections),
             settings.max_upstream_connections,
         );
@@ -839,10 +843,7 @@ impl HttpProxy {
 /// server's own, since Livy's passive filter builds its redirect from the
 /// Host it sees (as with nginx's `proxy_pass`). `insert` replaces every
 /// value the client sent.
-fn aim_at(
-    req: &mut Request<UpstreamBody>,
-    endpoint: &Endpoint,
-) -> Result<(), ProxyError> {
+fn aim_at(req: &mut Request<UpstreamBody>, endpoint: &Endpoint) -> Result<(), ProxyError> {
     let host = HeaderValue::from_maybe_shared(endpoint.authority().clone()).map_err(|e| {
         ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
     })?;

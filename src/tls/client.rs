@@ -121,8 +121,7 @@ pub fn upstream_tls(files: &UpstreamTlsFiles<'_>) -> Result<UpstreamTls, TlsFile
         (Some(_), None) => {
             return Err(TlsFileError {
                 key: "upstream-client-cert",
-                problem: "set without upstream-client-key (a client certificate needs both)"
-                    .into(),
+                problem: "set without upstream-client-key (a client certificate needs both)".into(),
             });
         }
         (None, Some(_)) => {

@@ -795,4 +795,165 @@ mod tests {
         assert!(!says_close(&headers(&[("connection", "keep-alive")])));
         assert!(!says_close(&headers(&[])));
     }
+
+    /// Feeds `wire` to [`decode`] in pieces of `step` bytes; the body and
+    /// whether it ended (rather than needing more).
+    fn decode_in_pieces(
+        wire: &[u8],
+        step: usize,
+        mut framing: Framing,
+    ) -> (Vec<u8>, bool, Framing) {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(step);
+        loop {
+            match decode(&mut buf, &mut framing).unwrap() {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End => return (body, true, framing),
+                Decoded::NeedMore(_) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return (body, false, framing),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn decode_content_length_in_any_pieces() {
+        for step in [1, 2, 3, 100] {
+            let (body, ended, framing) =
+                decode_in_pieces(b"hello, world", step, Framing::Length(5));
+            assert_eq!(
+                (body.as_slice(), ended, framing),
+                (&b"hello"[..], true, Framing::Done)
+            );
+        }
+        let (body, ended, _) = decode_in_pieces(b"hel", 1, Framing::Length(5));
+        assert_eq!(
+            (body.as_slice(), ended),
+            (&b"hel"[..], false),
+            "short: more needed"
+        );
+    }
+
+    #[test]
+    fn decode_chunked_with_extensions_and_trailers_in_any_pieces() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in [1, 2, 5, 1000] {
+            let (body, ended, framing) =
+                decode_in_pieces(wire, step, Framing::Chunked(Chunk::Size));
+            assert_eq!(body, b"hello, world", "step {step}");
+            assert!(ended && framing == Framing::Done, "step {step}");
+        }
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut framing = Framing::Chunked(Chunk::Size);
+        while decode(&mut buf, &mut framing).unwrap() != Decoded::End {}
+        assert_eq!(&buf[..], b"NEXT", "the next response is left in the buffer");
+    }
+
+    #[test]
+    fn decode_refuses_broken_chunks() {
+        let bad = |wire: &[u8]| {
+            let mut buf = BytesMut::from(wire);
+            let mut framing = Framing::Chunked(Chunk::Size);
+            loop {
+                match decode(&mut buf, &mut framing) {
+                    Err(e) => return e.to_string(),
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(other) => panic!("{wire:?}: {other:?}"),
+                }
+            }
+        };
+        assert!(bad(b"zz\r\n").contains("chunk-size"));
+        assert!(bad(b"2\r\nabc\r\n").contains("too long"));
+        let mut endless = b"1;".to_vec();
+        endless.resize(MAX_HEAD_BYTES, b'a');
+        assert!(bad(&endless).contains("without a complete chunk-size line"));
+    }
+
+    #[test]
+    fn decode_until_close_takes_everything() {
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        let mut framing = Framing::UntilClose;
+        assert_eq!(
+            decode(&mut buf, &mut framing).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert!(matches!(
+            decode(&mut buf, &mut framing).unwrap(),
+            Decoded::NeedMore(_)
+        ));
+        assert_eq!(framing, Framing::UntilClose, "the end is the connection's");
+    }
+
+    fn post(body_len: usize) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Buffered(Bytes::from(vec![b'x'; body_len])));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_static("/batches");
+        req
+    }
+
+    /// Reads one request head from `server` and answers `answer` without
+    /// reading the body.
+    async fn answer_early(server: &mut tokio::io::DuplexStream, answer: &[u8]) {
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut b = [0u8; 512];
+            let n = server.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&b[..n]);
+        }
+        server.write_all(answer).await.unwrap();
+        server.flush().await.unwrap();
+    }
+
+    const TOO_LARGE: &[u8] =
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno";
+
+    #[tokio::test]
+    async fn an_answer_while_the_body_is_written_is_livys_answer() {
+        // A pipe far smaller than the body: the write blocks until the
+        // answer is seen.
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        let livy = tokio::spawn(async move {
+            answer_early(&mut server, TOO_LARGE).await;
+            server // kept open, the rest never read
+        });
+        let mut req = post(1 << 20);
+        let head = conn.exchange(&mut req).await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!head.reusable && !head.body_unsent);
+        let _server = livy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_then_a_close_during_the_body_is_still_livys_answer() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        let livy = tokio::spawn(async move {
+            answer_early(&mut server, TOO_LARGE).await;
+            // Give the answer time to be read, then close: the body
+            // write fails.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(server);
+        });
+        let mut req = post(1 << 20);
+        let head = conn.exchange(&mut req).await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        livy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn still_open_asks_the_stream() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        assert!(conn.still_open(), "nothing said: open");
+        server.write_all(b"x").await.unwrap();
+        assert!(!conn.still_open(), "bytes nobody asked for: not reusable");
+        let (client, server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        drop(server);
+        assert!(!conn.still_open(), "closed");
+    }
 }

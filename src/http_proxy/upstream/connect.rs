@@ -193,3 +193,134 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::http_proxy::upstream::conn::Conn;
+    use crate::node::{AddressDefaults, Origin};
+    use crate::tls::client::{UpstreamTlsFiles, upstream_tls};
+
+    /// A TLS server on loopback whose certificate (for `names`) a private
+    /// CA signed; the CA's PEM file, and the server's accepted streams.
+    async fn tls_server(
+        names: &[&str],
+    ) -> (
+        tempfile::TempDir,
+        Origin,
+        tokio::sync::mpsc::Receiver<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    ) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin::parse(
+            &format!("https://{}", listener.local_addr().unwrap()),
+            AddressDefaults::default(),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                if let Ok(s) = acceptor.accept(s).await {
+                    let _ = tx.send(s).await;
+                }
+            }
+        });
+        (dir, origin, rx)
+    }
+
+    fn connector(dir: &tempfile::TempDir, server_name: Option<&str>) -> Connector {
+        let ca = dir.path().join("ca.pem");
+        let tls = upstream_tls(&UpstreamTlsFiles {
+            ca: Some(&ca),
+            server_name,
+            ..Default::default()
+        })
+        .unwrap();
+        Connector::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+            Some(Arc::new(tls)),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_idle_tls_connection_is_open_despite_session_tickets_and_closed_after_close_notify()
+    {
+        let (dir, origin, mut accepted) = tls_server(&["127.0.0.1"]).await;
+        let stream = connector(&dir, None)
+            .connect(&Endpoint::of(&origin))
+            .await
+            .unwrap();
+        assert!(matches!(stream, Stream::Tls(_)));
+        let mut server = accepted.recv().await.unwrap();
+        // TLS 1.3 session tickets follow the handshake as bytes on the
+        // socket: let them arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut conn = Conn::new(stream, None);
+        assert!(conn.still_open(), "tickets are not data: still open");
+        server.shutdown().await.unwrap(); // close_notify
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!conn.still_open(), "closed by the server");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_name_or_an_unknown_ca_is_a_tls_error() {
+        let (dir, origin, _accepted) = tls_server(&["livy.test"]).await;
+        let endpoint = Endpoint::of(&origin);
+        match connector(&dir, None).connect(&endpoint).await {
+            Err(ConnectError::Tls(e)) => {
+                assert!(e.to_string().contains("not valid for name"), "{e}")
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a certificate for livy.test accepted for 127.0.0.1"),
+        }
+        assert!(
+            connector(&dir, Some("livy.test"))
+                .connect(&endpoint)
+                .await
+                .is_ok(),
+            "the override names the certificate's name"
+        );
+        let (other, _, _) = tls_server(&["127.0.0.1"]).await;
+        match connector(&other, Some("livy.test"))
+            .connect(&endpoint)
+            .await
+        {
+            // Signed by another CA (rcgen's CAs share an empty name here,
+            // so rustls finds the issuer and the signature fails).
+            Err(ConnectError::Tls(e)) => {
+                assert!(e.to_string().contains("invalid peer certificate"), "{e}")
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a certificate of another CA accepted"),
+        }
+    }
+}

@@ -422,8 +422,11 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn with_nothing_else_ready_the_task_goes_on() {
-        tokio::time::timeout(Duration::from_secs(5), run_other_ready_tasks_first())
-            .await
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            run_other_ready_tasks_first(),
+        )
+        .await
+        .unwrap();
     }
 }
