@@ -273,66 +273,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             UpstreamBody::Buffered(_) => {}
             UpstreamBody::Streaming(body) => {
-                // The head must reach Livy before its answer is awaited.
-                self.stream.flush().await.map_err(SendError::sent)?;
-                let waited = tokio::time::timeout(
-                    EXPECT_CONTINUE_WAIT,
-                    self.read_continue_or_final(&method),
-                )
-                .await;
-                match waited {
-                    Ok(Ok(Some(mut head))) => {
-                        head.body_unsent = true;
-                        return Ok(Some(head));
-                    }
-                    // 100 Continue, or no word in time: send it.
-                    Ok(Ok(None)) | Err(_) => {}
-                    Ok(Err(e)) => return Err(SendError::sent(e)),
-                }
-                loop {
-                    // While the client's next piece is awaited, Livy may
-                    // answer (and refuse the rest).
-                    let frame = tokio::select! {
-                        frame = body.frame() => frame,
-                        answer = self.read_continue_or_final(&method) => match answer {
-                            Ok(Some(head)) => return Ok(Some(head)),
-                            Ok(None) => continue, // a late 100 Continue
-                            Err(e) => return Err(SendError::sent(e)),
-                        },
-                    };
-                    let Some(frame) = frame else { break };
-                    let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
-                    // Request trailers are dropped, as before (body.rs).
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    // Size line, data and CRLF in one vectored write; the
-                    // size line formatted on the stack, not allocated per
-                    // chunk.
-                    const SIZE_LINE: usize = 18; // up to 16 hex digits and CRLF
-                    let mut line = [0u8; SIZE_LINE];
-                    let mut size: &[u8] = &[];
-                    if chunked {
-                        let mut rest = &mut line[..];
-                        write!(rest, "{:x}\r\n", data.len()).map_err(SendError::sent)?;
-                        let n = SIZE_LINE - rest.len();
-                        size = &line[..n];
-                    }
-                    let end: &[u8] = if chunked { b"\r\n" } else { b"" };
-                    let mut piece = Buf::chain(size, data).chain(end);
-                    if let Some(head) = self.write_watching(&mut piece, &method).await? {
-                        return Ok(Some(head));
-                    }
-                }
-                if chunked {
-                    let mut last = &b"0\r\n\r\n"[..];
-                    if let Some(head) = self.write_watching(&mut last, &method).await? {
-                        return Ok(Some(head));
-                    }
-                }
+                // Boxed: the common request (a small buffered body) does
+                // not carry this rare path's states in its future.
+                return Box::pin(self.write_streamed(body, &method, chunked)).await;
+            }
+        }
+        self.stream.flush().await.map_err(SendError::sent)?;
+        Ok(None)
+    }
+
+    /// Sends a streamed body: after Livy's `100 Continue` (or a second's
+    /// silence), piece by piece as the client sends it, chunked unless the
+    /// client gave a length; returns Livy's answer instead when it came
+    /// first, or while the body was still going.
+    async fn write_streamed<B>(
+        &mut self,
+        body: &mut B,
+        method: &Method,
+        chunked: bool,
+    ) -> Result<Option<Head>, SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // The head must reach Livy before its answer is awaited.
+        self.stream.flush().await.map_err(SendError::sent)?;
+        let waited =
+            tokio::time::timeout(EXPECT_CONTINUE_WAIT, self.read_continue_or_final(method)).await;
+        match waited {
+            Ok(Ok(Some(mut head))) => {
+                head.body_unsent = true;
+                return Ok(Some(head));
+            }
+            // 100 Continue, or no word in time: send it.
+            Ok(Ok(None)) | Err(_) => {}
+            Ok(Err(e)) => return Err(SendError::sent(e)),
+        }
+        loop {
+            // While the client's next piece is awaited, Livy may
+            // answer (and refuse the rest).
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                answer = self.read_continue_or_final(method) => match answer {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => continue, // a late 100 Continue
+                    Err(e) => return Err(SendError::sent(e)),
+                },
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
+            // Request trailers are dropped, as before (body.rs).
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            // Size line, data and CRLF in one vectored write; the
+            // size line formatted on the stack, not allocated per
+            // chunk.
+            const SIZE_LINE: usize = 18; // up to 16 hex digits and CRLF
+            let mut line = [0u8; SIZE_LINE];
+            let mut size: &[u8] = &[];
+            if chunked {
+                let mut rest = &mut line[..];
+                write!(rest, "{:x}\r\n", data.len()).map_err(SendError::sent)?;
+                let n = SIZE_LINE - rest.len();
+                size = &line[..n];
+            }
+            let end: &[u8] = if chunked { b"\r\n" } else { b"" };
+            let mut piece = Buf::chain(size, data).chain(end);
+            if let Some(head) = self.write_watching(&mut piece, method).await? {
+                return Ok(Some(head));
+            }
+        }
+        if chunked {
+            let mut last = &b"0\r\n\r\n"[..];
+            if let Some(head) = self.write_watching(&mut last, method).await? {
+                return Ok(Some(head));
             }
         }
         self.stream.flush().await.map_err(SendError::sent)?;
@@ -353,8 +371,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Ok(answer) => Ok(answer),
             Err(error) => {
                 // The answer may be in the buffer, or still in the socket.
+                // Boxed: only a failed write needs this future's room.
                 let answer = tokio::time::timeout(EXPECT_CONTINUE_WAIT, self.read_head(method));
-                match answer.await {
+                match Box::pin(answer).await {
                     Ok(Ok(head)) => Ok(Some(head)),
                     _ => Err(SendError::sent(error)),
                 }

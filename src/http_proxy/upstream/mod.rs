@@ -4,7 +4,9 @@
 //! leader at a time, so it needs no per-host keyed checkout (hyper-util's
 //! legacy client's showed in the profile, docs/benchmarks.md). The
 //! exchange on a connection is [`conn`]'s, driven by the client request's
-//! own task.
+//! own task; connections are opened by [`connect`]'s [`Connector`] (TCP,
+//! and TLS for an `https://` node), and an idle one is kept with its
+//! [`Endpoint`] (`host:port` and whether TLS), which is its pool key.
 //!
 //! Retry safety: a request comes back unsent, exactly, when an idle
 //! connection turns out to have been closed by Livy before any byte was
@@ -82,12 +84,12 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// An exchange that failed after the request may have reached Livy:
     /// the client's body failing is told apart from the connection failing.
-    fn failed(authority: &Endpoint, error: io::Error) -> Self {
+    fn failed(endpoint: &Endpoint, error: io::Error) -> Self {
         // TLS 1.3 tells a client that its certificate was refused only
         // after the handshake: on the first read.
         if crate::tls::client::tls_reason(&error).is_some() {
             return UpstreamError::Tls {
-                authority: String::from_utf8_lossy(authority.authority()).into_owned(),
+                authority: String::from_utf8_lossy(endpoint.authority()).into_owned(),
                 source: error,
             };
         }
@@ -172,12 +174,12 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` to the server at `authority` (`host:port`) over a pooled
+    /// Sends `req` to the server at `endpoint` over a pooled
     /// connection, or a new one. The request is only borrowed: the caller
     /// can send it again (a streamed body, once consumed, cannot).
     pub async fn send(
         self: &Arc<Self>,
-        authority: &Endpoint,
+        endpoint: &Endpoint,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // Writes to Livy leave together, after the reads of every other
@@ -188,12 +190,12 @@ impl Upstream {
         // found open is written to at once.
         run_other_ready_tasks_first().await;
         let permit = loop {
-            while let Some(mut conn) = self.checkout(authority) {
+            while let Some(mut conn) = self.checkout(endpoint) {
                 match conn.exchange(req).await {
-                    Ok(head) => return Ok(self.attach(authority, conn, head)),
+                    Ok(head) => return Ok(self.attach(endpoint, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
-                    Err(e) => return Err(UpstreamError::failed(authority, e.error)),
+                    Err(e) => return Err(UpstreamError::failed(endpoint, e.error)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -202,7 +204,7 @@ impl Upstream {
             // At the limit: an idle connection to another server (an old
             // leader) gives its slot up; then whichever comes first, a
             // connection put back idle or a slot freed.
-            self.evict_other(authority);
+            self.evict_other(endpoint);
             tokio::select! {
                 _ = self.returned.notified() => {}
                 permit = self.slots.clone().acquire_owned() => {
@@ -215,19 +217,19 @@ impl Upstream {
         // Boxed: only a request that opens a connection needs the connect
         // states; the others' futures (kept per client connection by hyper)
         // stay without them.
-        Box::pin(self.open_and_send(authority, permit, req)).await
+        Box::pin(self.open_and_send(endpoint, permit, req)).await
     }
 
     /// Opens a new connection (taking `permit` for its life) and sends `req`
     /// as its first request.
     async fn open_and_send(
         self: &Arc<Self>,
-        authority: &Endpoint,
+        endpoint: &Endpoint,
         permit: OwnedSemaphorePermit,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let name = || String::from_utf8_lossy(authority.authority()).into_owned();
-        let stream = match self.connector.connect(authority).await {
+        let name = || String::from_utf8_lossy(endpoint.authority()).into_owned();
+        let stream = match self.connector.connect(endpoint).await {
             Ok(s) => s,
             Err(connect::ConnectError::Network(source)) => {
                 return Err(UpstreamError::Connect {
@@ -244,22 +246,22 @@ impl Upstream {
         };
         let mut conn = Conn::new(stream, Some(permit));
         match conn.exchange(req).await {
-            Ok(head) => Ok(self.attach(authority, conn, head)),
+            Ok(head) => Ok(self.attach(endpoint, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
                 authority: name(),
                 source: e.error,
             }),
-            Err(e) => Err(UpstreamError::failed(authority, e.error)),
+            Err(e) => Err(UpstreamError::failed(endpoint, e.error)),
         }
     }
 
-    /// The most recently used idle connection to `authority`, dropping any
+    /// The most recently used idle connection to `endpoint`, dropping any
     /// found closed on the way.
-    fn checkout(&self, authority: &Endpoint) -> Option<Conn> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
         loop {
             let mut found = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let pos = idle.iter().rposition(|i| i.endpoint == *authority)?;
+                let pos = idle.iter().rposition(|i| i.endpoint == *endpoint)?;
                 idle.swap_remove(pos)
             };
             if found.conn.still_open() {
@@ -278,10 +280,10 @@ impl Upstream {
         self.returned.notify_one();
     }
 
-    /// Closes one idle connection to a server other than `authority`.
-    fn evict_other(&self, authority: &Endpoint) {
+    /// Closes one idle connection to a server other than `endpoint`.
+    fn evict_other(&self, endpoint: &Endpoint) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = idle.iter().position(|i| i.endpoint != *authority) {
+        if let Some(pos) = idle.iter().position(|i| i.endpoint != *endpoint) {
             idle.remove(pos);
         }
     }
@@ -290,14 +292,14 @@ impl Upstream {
     /// back in the pool) or to be read from the connection.
     fn attach(
         self: &Arc<Self>,
-        authority: &Endpoint,
+        endpoint: &Endpoint,
         mut conn: Conn,
         head: Head,
     ) -> Response<PooledBody> {
         let state = match conn.take_complete_body(&head.framing) {
             Some(body) => {
                 if head.reusable {
-                    self.checkin(authority.clone(), conn);
+                    self.checkin(endpoint.clone(), conn);
                 }
                 BodyState::Complete(Some(body).filter(|b| !b.is_empty()))
             }
@@ -306,7 +308,7 @@ impl Upstream {
                 framing: head.framing,
                 reusable: head.reusable,
                 pool: self.clone(),
-                authority: authority.clone(),
+                endpoint: endpoint.clone(),
             })),
         };
         let mut resp = Response::new(PooledBody { state });
@@ -334,7 +336,7 @@ impl PooledBody {
             && read_to_end
             && r.reusable
         {
-            r.pool.checkin(r.authority, r.conn);
+            r.pool.checkin(r.endpoint, r.conn);
         }
     }
 }
@@ -354,7 +356,7 @@ struct Reading {
     framing: Framing,
     reusable: bool,
     pool: Arc<Upstream>,
-    authority: Endpoint,
+    endpoint: Endpoint,
 }
 
 impl Body for PooledBody {
