@@ -25,9 +25,6 @@ use crate::tls::client::{UpstreamTls, tls_reason};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     authority: Bytes,
-    /// The host without brackets or port: the name its certificate is
-    /// checked against.
-    host: Bytes,
     tls: bool,
 }
 
@@ -36,7 +33,6 @@ impl Endpoint {
     pub fn of(origin: &Origin) -> Self {
         Endpoint {
             authority: Bytes::from(origin.authority()),
-            host: Bytes::from(origin.host.clone()),
             tls: origin.scheme == crate::node::Scheme::Https,
         }
     }
@@ -53,6 +49,20 @@ impl Endpoint {
 
     fn authority_str(&self) -> String {
         String::from_utf8_lossy(&self.authority).into_owned()
+    }
+
+    /// The host without port or IPv6 brackets: the name its certificate
+    /// is checked against. Derived when a TLS connection opens rather than
+    /// kept, so that the pool's key stays one shared buffer to clone and
+    /// compare per request.
+    fn host(&self) -> String {
+        let authority = self.authority_str();
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(host, _)| host);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
     }
 }
 
@@ -118,7 +128,7 @@ impl Connector {
             )));
         };
         let name = tls
-            .server_name(&String::from_utf8_lossy(&endpoint.host))
+            .server_name(&endpoint.host())
             .map_err(|e| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         match tls.connector().connect(name, tcp).await {
             Ok(s) => Ok(Stream::Tls(Box::new(s))),
@@ -274,6 +284,17 @@ mod tests {
             Duration::from_secs(60),
             Some(Arc::new(tls)),
         )
+    }
+
+    #[test]
+    fn the_host_of_an_endpoint_is_its_authority_without_port_or_brackets() {
+        let host = |url: &str| {
+            Endpoint::of(&Origin::parse(url, AddressDefaults::default()).unwrap()).host()
+        };
+        assert_eq!(host("https://Livy1.example:8998"), "livy1.example");
+        assert_eq!(host("https://livy1.example"), "livy1.example");
+        assert_eq!(host("https://127.0.0.11:1"), "127.0.0.11");
+        assert_eq!(host("https://[::1]:8998"), "::1");
     }
 
     #[tokio::test]
