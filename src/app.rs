@@ -225,6 +225,7 @@ pub async fn run(
             hints: found.hints.clone(),
             metrics: metrics.clone(),
             access_log: access_log.clone(),
+            upstream_tls: config.discovery.upstream_tls.clone(),
         },
     );
     tracing::info!(

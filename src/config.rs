@@ -289,7 +289,27 @@ pub struct Keys {
     )]
     pub thrift_node: Vec<String>,
 
-    /// Scheme for a participant id or node given without one [default: http].
+    /// PEM CA certificates trusted for https:// Livy nodes, besides the
+    /// system's roots [default: the system's roots only].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// PEM certificate chain sent to a Livy server that asks for one
+    /// (mutual TLS); with --upstream-client-key [default: none].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CLIENT_CERT", value_name = "FILE")]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --upstream-client-cert.
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_CLIENT_KEY", value_name = "FILE")]
+    pub upstream_client_key: Option<PathBuf>,
+
+    /// The name every Livy server's certificate is checked against
+    /// [default: each node's own host].
+    #[arg(long, env = "LIVY_PROXY_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    pub upstream_server_name: Option<String>,
+
+    /// Scheme for a participant id or node given without one: http or https
+    /// [default: http].
     #[arg(long, env = "LIVY_PROXY_DEFAULT_SCHEME", value_name = "SCHEME")]
     pub default_scheme: Option<String>,
 
@@ -525,6 +545,10 @@ pub const RESTART_ONLY: &[&str] = &[
     "thrift-tls-client-auth",
     "thrift-tls-mode",
     "thrift-upstream-ca",
+    "upstream-ca",
+    "upstream-client-cert",
+    "upstream-client-key",
+    "upstream-server-name",
 ];
 
 /// A duration as humans write it (`15s`, `500ms`, `1m 30s`).
@@ -993,13 +1017,12 @@ impl Build<'_> {
             .as_deref()
         {
             None | Some("http") => Scheme::Http,
-            Some("https") => {
-                return Err(self.invalid(
-                    "default-scheme",
-                    "https is not supported yet (no TLS in this build)",
-                ));
+            Some("https") => Scheme::Https,
+            Some(s) => {
+                return Err(
+                    self.invalid("default-scheme", format!("{s:?} is neither http nor https"))
+                );
             }
-            Some(s) => return Err(self.invalid("default-scheme", format!("{s:?} is not http"))),
         };
         let defaults = AddressDefaults {
             scheme,
@@ -1041,15 +1064,6 @@ impl Build<'_> {
             }
         }
         self.check_unique(&nodes)?;
-        if let Some(n) = nodes.iter().find(|n| n.origin.scheme != Scheme::Http) {
-            return Err(self.invalid(
-                "node",
-                format!(
-                    "{}: HTTPS to Livy is not supported yet (no TLS in this build)",
-                    n.origin
-                ),
-            ));
-        }
         if k.zookeeper.is_none() && nodes.is_empty() {
             return Err(self.invalid(
                 "zookeeper",
@@ -1089,6 +1103,15 @@ impl Build<'_> {
                 Duration::from_secs(10),
             )?,
             zk_security,
+            upstream_tls: Some(Arc::new(
+                crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsFiles {
+                    ca: k.upstream_ca.as_deref(),
+                    client_cert: k.upstream_client_cert.as_deref(),
+                    client_key: k.upstream_client_key.as_deref(),
+                    server_name: k.upstream_server_name.as_deref(),
+                })
+                .map_err(|e| self.invalid(&e.key, e.problem))?,
+            )),
             nodes: NodeList::from(Arc::new(nodes)),
             defaults,
             probe_interval: self.duration(

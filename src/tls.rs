@@ -16,6 +16,7 @@
 //! configuration error naming its key; on a reload, the old configuration
 //! stays and the failure is logged and counted.
 
+pub mod client;
 pub mod handshake;
 pub mod identity;
 pub mod source;

@@ -40,6 +40,7 @@ fn config(zk: Option<String>, nodes: Arc<Vec<LivyNode>>) -> DiscoveryConfig {
         probe_interval: Duration::from_millis(200),
         probe_timeout: Duration::from_secs(1),
         probe_path: "/version".to_string(),
+        upstream_tls: None,
     }
 }
 

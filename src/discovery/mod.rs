@@ -141,6 +141,8 @@ pub struct DiscoveryConfig {
     pub probe_timeout: Duration,
     /// The cheap GET used when a server has no `/ha-status`.
     pub probe_path: String,
+    /// TLS for probing `https://` nodes (none: they count as down).
+    pub upstream_tls: Option<std::sync::Arc<crate::tls::client::UpstreamTls>>,
 }
 
 /// A running discovery: the view proxies read, and where they report what

@@ -12,6 +12,11 @@
 //!    redirecting is the one serving;
 //! 3. anything else, a timeout or a refused connection = down.
 //!
+//! Probes go over the proxy's own client to Livy ([`Upstream`], a pool of
+//! its own with the same connector), so an `https://` node is probed with
+//! the same TLS settings (CA, server name, client certificate) as it is
+//! proxied to.
+//!
 //! A node whose `/ha-status` turned out not to exist is remembered, so the
 //! next rounds go straight to the probe path instead of paying two requests
 //! every time; the memory expires after [`HA_STATUS_RECHECK`] so enabling
@@ -27,19 +32,19 @@
 //! rather than guess.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
 use tokio_util::sync::CancellationToken;
 
 use super::{DiscoveryConfig, HintListener, Publisher, Source};
+use crate::http_proxy::body::UpstreamBody;
+use crate::http_proxy::upstream::{Connector, Endpoint, Upstream};
 use crate::node::{LivyNode, Origin};
+use crate::tls::client::UpstreamTls;
 
 /// How long a node known to lack `/ha-status` is probed on the probe path
 /// only, before `/ha-status` is tried again.
@@ -83,22 +88,20 @@ pub enum ProbeError {
     },
 }
 
-/// The HTTP client probes are sent with. HTTP only for now: when Livy over
-/// HTTPS is supported, this alias and [`probe_client`] are the one place to
-/// swap `HttpConnector` for a TLS connector wrapping it.
-pub type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
+/// The client probes are sent with: the proxy's HTTP/1.1 client to Livy.
+pub type ProbeClient = Arc<Upstream>;
 
-/// Builds the client probes use: connect timeout = probe timeout, one idle
-/// connection per server kept for the next round.
-pub fn probe_client(timeout: Duration) -> ProbeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+/// Most connections the probes keep (one per node is used).
+const PROBE_CONNECTIONS: usize = 1024;
+
+/// Builds the client probes use: connect (and TLS handshake) timeout =
+/// probe timeout, idle connections kept for the next round.
+pub fn probe_client(timeout: Duration, tls: Option<Arc<UpstreamTls>>) -> ProbeClient {
+    Upstream::new(
+        Connector::new(timeout, Duration::from_secs(60), tls),
+        PROBE_CONNECTIONS,
+        PROBE_CONNECTIONS,
+    )
 }
 
 /// The error and its causes on one line (hyper's top-level message alone is
@@ -121,14 +124,17 @@ async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<StatusCode, ProbeError> {
-    let uri = format!("{}{}", node.origin, path);
-    let req = Request::get(uri)
-        .header(http::header::USER_AGENT, "livy-proxy-probe")
-        .body(Empty::new())
+    let endpoint = Endpoint::of(&node.origin);
+    let host = HeaderValue::from_maybe_shared(endpoint.authority().clone())
+        .map_err(|e| ProbeError::Request(error_chain(&e)))?;
+    let mut req = Request::get(path)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "livy-proxy-probe")
+        .body(UpstreamBody::Buffered(Bytes::new()))
         .map_err(|e| ProbeError::Request(error_chain(&e)))?;
     let exchange = async {
         let resp = client
-            .request(req)
+            .send(&endpoint, &mut req)
             .await
             .map_err(|e| ProbeError::Request(error_chain(&e)))?;
         let status = resp.status();
@@ -196,10 +202,10 @@ pub struct Prober {
 
 impl Prober {
     /// A prober asking `probe_path` where `/ha-status` is missing, each
-    /// request bounded by `timeout`.
-    pub fn new(probe_path: &str, timeout: Duration) -> Self {
+    /// request bounded by `timeout`, `https://` nodes with `tls`.
+    pub fn new(probe_path: &str, timeout: Duration, tls: Option<Arc<UpstreamTls>>) -> Self {
         Prober {
-            client: probe_client(timeout),
+            client: probe_client(timeout, tls),
             probe_path: probe_path.to_string(),
             timeout,
             no_ha_status: Mutex::new(HashMap::new()),
@@ -305,7 +311,11 @@ pub async fn run(
     mut hints: HintListener,
     shutdown: CancellationToken,
 ) {
-    let prober = Prober::new(&config.probe_path, config.probe_timeout);
+    let prober = Prober::new(
+        &config.probe_path,
+        config.probe_timeout,
+        config.upstream_tls.clone(),
+    );
     let mut roles = RoleLog::default();
     tracing::info!(nodes = config.nodes.load().len(), interval = ?config.probe_interval, "probing the static node list");
     let mut next_round = tokio::time::Instant::now();
@@ -449,8 +459,6 @@ mod tests {
 mod server_tests {
     //! `probe_node` and `Prober` against a tiny HTTP/1.1 server whose
     //! answers are a fixed path -> status table, recording what was asked.
-    use std::sync::{Arc, Mutex};
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -512,7 +520,7 @@ mod server_tests {
     #[tokio::test]
     async fn ha_status_decides_when_it_exists() {
         let (leader, log) = server(&[("/ha-status", 200), ("/version", 307)]).await;
-        let prober = Prober::new("/version", T);
+        let prober = Prober::new("/version", T, None);
         assert_eq!(prober.probe(&leader).await, Role::Active);
         assert_eq!(asked(&log), ["/ha-status"]);
         let (follower, _) = server(&[("/ha-status", 503), ("/version", 200)]).await;
@@ -522,7 +530,7 @@ mod server_tests {
     #[tokio::test]
     async fn without_ha_status_the_probe_path_decides_and_is_remembered() {
         let (active, log) = server(&[("/version", 200)]).await;
-        let prober = Prober::new("/version", T);
+        let prober = Prober::new("/version", T, None);
         assert_eq!(prober.probe(&active).await, Role::Active);
         assert_eq!(asked(&log), ["/ha-status", "/version"]);
         assert_eq!(prober.probe(&active).await, Role::Active);
@@ -533,7 +541,7 @@ mod server_tests {
     async fn a_redirect_means_passive_and_auth_means_active() {
         // Livy's passive filter redirects /ha-status like everything else.
         let (passive, log) = server(&[("/ha-status", 307), ("/version", 307)]).await;
-        let prober = Prober::new("/version", T);
+        let prober = Prober::new("/version", T, None);
         assert_eq!(prober.probe(&passive).await, Role::Passive);
         assert_eq!(asked(&log), ["/ha-status", "/version"]);
         let (authenticating, _) = server(&[("/version", 401)]).await;
@@ -554,7 +562,7 @@ mod server_tests {
         let dead =
             LivyNode::parse(&format!("dead=http://{closed}"), AddressDefaults::default()).unwrap();
         let (active, _) = server(&[("/version", 200)]).await;
-        let prober = Prober::new("/version", T);
+        let prober = Prober::new("/version", T, None);
         let round = prober.probe_once(&[dead.clone(), active.clone()]).await;
         assert!(matches!(round[0], (ref n, Role::Down(ProbeError::Request(_))) if *n == dead));
         assert_eq!(round[1], (active.clone(), Role::Active));

@@ -42,6 +42,16 @@ pub enum ProxyError {
         /// What went wrong.
         reason: String,
     },
+    /// TLS to the Livy server failed: its certificate was refused (unknown
+    /// CA, a name it does not carry, expired), it refused the proxy's, or
+    /// it does not speak TLS. A configuration fault, so not retried.
+    #[error("TLS to Livy server {node} failed: {reason}")]
+    UpstreamTls {
+        /// The node, as `id=url`.
+        node: String,
+        /// The TLS reason, as rustls gives it.
+        reason: String,
+    },
     /// Livy did not answer within `upstream-timeout`.
     #[error("Livy server {node} did not answer within {timeout:?}")]
     UpstreamTimeout {
@@ -101,6 +111,7 @@ pub const KINDS: &[&str] = &[
     "no_leader",
     "leader_unreachable",
     "upstream_failed",
+    "upstream_tls",
     "upstream_timeout",
     "redirect_loop",
     "leader_changing",
@@ -119,7 +130,9 @@ impl ProxyError {
             | ProxyError::RedirectLoop { .. }
             | ProxyError::LeaderChanging { .. }
             | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamFailed { .. } | ProxyError::UpstreamTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -133,6 +146,7 @@ impl ProxyError {
             ProxyError::NoLeader { .. } => "no_leader",
             ProxyError::LeaderUnreachable { .. } => "leader_unreachable",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RedirectLoop { .. } => "redirect_loop",
             ProxyError::LeaderChanging { .. } => "leader_changing",

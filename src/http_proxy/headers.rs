@@ -269,8 +269,8 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
     }
 }
 
-/// The known Livy node a URL points at, if any: the same host (case
-/// insensitive) and port. Used for both redirect following (only to known
+/// The known Livy node a URL points at, if any: the same scheme, host
+/// (case insensitive) and port. Used for both redirect following (only to known
 /// nodes: never an open proxy) and `Location` rewriting.
 pub fn known_node<'a>(
     location: &str,
@@ -285,9 +285,13 @@ pub fn known_node<'a>(
         h => h.to_string().to_ascii_lowercase(),
     };
     let port = url.port_or_known_default()?;
-    let node = nodes
-        .into_iter()
-        .find(|n| n.origin.host == host && n.origin.port == port)?;
+    // The whole origin, scheme included: an `http://` Location does not
+    // name an `https://` node on the same port, nor the other way round.
+    let node = nodes.into_iter().find(|n| {
+        n.origin.host == host
+            && n.origin.port == port
+            && url.scheme().eq_ignore_ascii_case(n.origin.scheme.as_str())
+    })?;
     let origin = node.origin.clone();
     Some((node, origin))
 }
@@ -501,7 +505,7 @@ mod tests {
     }
 
     #[test]
-    fn known_node_matches_host_and_port_only() {
+    fn known_node_matches_the_origin() {
         let nodes = vec![
             LivyNode::parse("livy-1=http://127.0.0.11:8998", AddressDefaults::default()).unwrap(),
             LivyNode::parse(
@@ -522,6 +526,21 @@ mod tests {
         assert!(known_node("http://127.0.0.11:9999/", &nodes).is_none());
         assert!(known_node("http://evil.example:8998/", &nodes).is_none());
         assert!(known_node("/sessions", &nodes).is_none());
+        assert!(
+            known_node("https://127.0.0.11:8998/", &nodes).is_none(),
+            "the scheme is part of the origin"
+        );
+        let tls = vec![
+            LivyNode::parse("livy-3=https://livy3.example", AddressDefaults::default()).unwrap(),
+        ];
+        assert_eq!(
+            known_node("https://livy3.example/sessions", &tls)
+                .unwrap()
+                .0
+                .id,
+            "livy-3"
+        );
+        assert!(known_node("http://livy3.example:443/", &tls).is_none());
     }
 
     #[test]

@@ -55,7 +55,7 @@ use crate::node::{LivyNode, NodeList};
 use body::{BodyLimits, UpstreamBody};
 use error::ProxyError;
 use sniff::ClientProtocol;
-use upstream::{BodyNotSent, PooledBody, Upstream, UpstreamError};
+use upstream::{BodyNotSent, Connector, Endpoint, PooledBody, Upstream, UpstreamError};
 
 /// How many redirects between Livy servers one request may follow.
 pub const MAX_REDIRECT_HOPS: usize = 3;
@@ -172,6 +172,8 @@ pub struct Wiring {
     pub metrics: Arc<Metrics>,
     /// Whether access-log lines are written (flipped by a reload).
     pub access_log: stack::AccessLogSwitch,
+    /// TLS to `https://` Livy nodes (none: they are refused).
+    pub upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
 }
 
 impl Default for Wiring {
@@ -182,6 +184,7 @@ impl Default for Wiring {
             hints: Hints::none(),
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            upstream_tls: None,
         }
     }
 }
@@ -250,12 +253,16 @@ impl HttpProxy {
             hints,
             metrics,
             access_log,
+            upstream_tls,
         } = wiring;
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
         let upstream = Upstream::new(
-            settings.connect_timeout,
-            Duration::from_secs(60),
+            Connector::new(
+                settings.connect_timeout,
+                Duration::from_secs(60),
+                upstream_tls,
+            ),
             256.min(settings.max_upstream_connections),
             settings.max_upstream_connections,
         );
@@ -634,7 +641,7 @@ impl HttpProxy {
             };
             outcome.node = Some(node.clone());
             let authority = s.authority.of(&node);
-            aim_at(&mut upstream_req, &node, &authority)?;
+            aim_at(&mut upstream_req, &authority)?;
             *upstream_req.body_mut() = attempt_body;
             let sent = tokio::time::timeout(
                 settings.upstream_timeout,
@@ -708,6 +715,14 @@ impl HttpProxy {
                     return Ok(self.relay_response(resp, req.local, req.tls));
                 }
                 Err(UpstreamError::ClientBody(e)) => return Err(e.into()),
+                Err(e) if e.is_tls() => {
+                    let reason = error_chain(&e);
+                    tracing::warn!(node = %node, error = %reason, "TLS to Livy failed: not retried");
+                    return Err(ProxyError::UpstreamTls {
+                        node: node.to_string(),
+                        reason,
+                    });
+                }
                 Err(e) if e.nothing_sent() => {
                     // Nothing reached Livy: safe to retry with any method,
                     // and a streamed body was never read.
@@ -843,18 +858,8 @@ impl HttpProxy {
 /// server's own, since Livy's passive filter builds its redirect from the
 /// Host it sees (as with nginx's `proxy_pass`). `insert` replaces every
 /// value the client sent.
-fn aim_at(
-    req: &mut Request<UpstreamBody>,
-    node: &LivyNode,
-    authority: &Bytes,
-) -> Result<(), ProxyError> {
-    if node.origin.scheme != crate::node::Scheme::Http {
-        return Err(ProxyError::UpstreamFailed {
-            node: node.to_string(),
-            reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
-        });
-    }
-    let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| {
+fn aim_at(req: &mut Request<UpstreamBody>, endpoint: &Endpoint) -> Result<(), ProxyError> {
+    let host = HeaderValue::from_maybe_shared(endpoint.authority().clone()).map_err(|e| {
         ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
     })?;
     req.headers_mut().insert(header::HOST, host);
@@ -867,17 +872,17 @@ fn aim_at(
 /// pointer cannot be reused by another node).
 #[derive(Default)]
 struct AuthorityCache {
-    last: arc_swap::ArcSwapOption<(Arc<LivyNode>, Bytes)>,
+    last: arc_swap::ArcSwapOption<(Arc<LivyNode>, Endpoint)>,
 }
 
 impl AuthorityCache {
-    fn of(&self, node: &Arc<LivyNode>) -> Bytes {
+    fn of(&self, node: &Arc<LivyNode>) -> Endpoint {
         if let Some(hit) = self.last.load().as_deref()
             && Arc::ptr_eq(&hit.0, node)
         {
             return hit.1.clone();
         }
-        let authority = Bytes::from(node.origin.authority());
+        let authority = Endpoint::of(&node.origin);
         self.last
             .store(Some(Arc::new((node.clone(), authority.clone()))));
         authority

@@ -11,7 +11,16 @@
 //!   Thrift HTTP servlet, and a Thrift TCP port (an echo server) that is
 //!   bound only while active, so passives refuse JDBC;
 //! - always: `x-livy-node: <id>` on every answer, and `/_sim/state`,
-//!   `/_sim/requests` for tests to see what happened.
+//!   `/_sim/requests` for tests to see what happened;
+//! - with `--tls-port` (and `--tls-cert`/`--tls-key`): the same server over
+//!   TLS on that port of the listen address, beside the plain one (which
+//!   the tests' harness keeps using for `/_sim/*`); a passive's redirect
+//!   from it names `https://`; `--tls-client-ca` requires a client
+//!   certificate signed by that CA (mutual TLS, as a Livy behind a
+//!   client-certificate policy);
+//! - with `--reject-body-after N`: a request body is read up to N bytes and
+//!   then answered 413 without the rest (a server that refuses an upload
+//!   before it ends).
 //!
 //! SIGTERM closes the latch cleanly (the znode goes at once); SIGKILL leaves
 //! the JVM to notice its stdin closing and halt without closing anything, so
@@ -78,6 +87,22 @@ struct Args {
     /// redirecting with the body unread like Livy's filter.
     #[arg(long)]
     passive_reads_body: bool,
+    /// Also serve TLS on this port of the listen address.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_port: Option<u16>,
+    /// PEM certificate chain of the TLS port.
+    #[arg(long)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of the TLS port.
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require TLS clients to present a certificate signed by this CA.
+    #[arg(long)]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Answer 413 once this many bytes of a request body were read,
+    /// leaving the rest unread.
+    #[arg(long)]
+    reject_body_after: Option<u64>,
 }
 
 /// The election as this server sees it.
@@ -105,6 +130,8 @@ pub struct Sim {
     pub set_role: Arc<watch::Sender<Role>>,
     /// See `Args::passive_reads_body`.
     pub passive_reads_body: bool,
+    /// See `Args::reject_body_after`.
+    pub reject_body_after: Option<u64>,
     /// Every non-/_sim request seen.
     pub requests: Mutex<Vec<serde_json::Value>>,
     /// REST state.
@@ -169,6 +196,7 @@ async fn main() {
         role: role_rx.clone(),
         set_role: role_tx,
         passive_reads_body: args.passive_reads_body,
+        reject_body_after: args.reject_body_after,
         requests: Mutex::new(Vec::new()),
         store: Mutex::new(rest::Store::default()),
         thrift_connections: Default::default(),
@@ -178,6 +206,11 @@ async fn main() {
         tokio::spawn(thrift_port(addr, sim.clone()));
     }
     tokio::spawn(http_server(args.listen, sim.clone(), args.restart_on_elect));
+    if let (Some(port), Some(cert), Some(key)) = (args.tls_port, &args.tls_cert, &args.tls_key) {
+        let config = tls_config(cert, key, args.tls_client_ca.as_deref());
+        let addr = SocketAddr::new(args.listen.ip(), port);
+        tokio::spawn(https_server(addr, sim.clone(), config));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("signal handler");
@@ -297,6 +330,86 @@ async fn http_server(addr: SocketAddr, sim: Arc<Sim>, restart: Option<Duration>)
                 }
             }
         }
+    }
+}
+
+/// Marks a request that came over the TLS port.
+#[derive(Clone, Copy)]
+pub struct ViaTls;
+
+/// The TLS port's rustls configuration (the simulator exits on bad files:
+/// it is a test tool).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("livy-sim: {what}: {e}");
+        std::process::exit(2)
+    };
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+        .unwrap_or_else(|e| fail("--tls-cert", &e))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| fail("--tls-cert", &e));
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+        .unwrap_or_else(|e| fail("--tls-key", &e));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fail("TLS", &e));
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(ca)
+                .unwrap_or_else(|e| fail("--tls-client-ca", &e))
+            {
+                let c = c.unwrap_or_else(|e| fail("--tls-client-ca", &e));
+                roots.add(c).unwrap_or_else(|e| fail("--tls-client-ca", &e));
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap_or_else(|e| fail("--tls-client-ca", &e));
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .unwrap_or_else(|e| fail("--tls-key", &e));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Serves the same HTTP over TLS.
+async fn https_server(addr: SocketAddr, sim: Arc<Sim>, config: Arc<rustls::ServerConfig>) {
+    let Some(listener) = bind_retry(addr).await else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (sim, acceptor) = (sim.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("livy-sim {}: TLS handshake refused: {e}", sim.id);
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |mut req: http::Request<_>| {
+                req.extensions_mut().insert(ViaTls);
+                rest::handle(sim.clone(), req)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }
 

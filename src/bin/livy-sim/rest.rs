@@ -46,6 +46,26 @@ pub async fn handle(sim: Arc<Sim>, req: Request<Incoming>) -> Result<Resp, Infal
     // and no 100 (Jetty's behaviour; hyper's too when the body is not read).
     let role = sim.role.borrow().clone();
     let redirects = !role.leader && !path.starts_with("/_sim/") && path != "/ha-status";
+    let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut body = body;
+    if let (Some(limit), false, true) = (sim.reject_body_after, redirects, has_body) {
+        // Read up to the limit, then refuse what is left, unread.
+        let mut read = 0u64;
+        while read < limit {
+            match body.frame().await {
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
+            }
+        }
+        return Ok(msg(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body refused after {read} bytes"),
+        ));
+    }
     let body = if redirects && !sim.passive_reads_body {
         drop(body);
         Bytes::new()
@@ -163,7 +183,12 @@ fn passive(sim: &Sim, parts: &http::request::Parts, leader_id: Option<&str>) -> 
         .and_then(|h| h.rsplit_once(':'))
         .and_then(|(_, p)| p.parse::<u16>().ok())
         .unwrap_or(sim.port);
-    let mut url = format!("http://{leader_host}:{port}{}", parts.uri.path());
+    let scheme = if parts.extensions.get::<crate::ViaTls>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut url = format!("{scheme}://{leader_host}:{port}{}", parts.uri.path());
     if let Some(q) = parts.uri.query() {
         url.push('?');
         url.push_str(q);

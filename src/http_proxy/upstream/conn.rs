@@ -25,9 +25,17 @@
 //!   and the proxy can send it, once, to the active server instead
 //!   ([`Head::body_unsent`]); such a connection is not reused, since Livy
 //!   still expects the body it announced;
-//! - a buffered body is written whole before the answer is read: a Livy
-//!   that answers early and closes (say a 413) is reported as a failed
-//!   exchange.
+//! - an answer that comes while the body is still being written (a 401 or
+//!   a 413 from a server that will not take the rest) is Livy's answer:
+//!   the write stops and the answer goes to the client, even when Livy
+//!   closed its side and the write failed; such a connection is not reused;
+//! - every request is flushed once written (a TLS stream holds bytes back
+//!   until it is).
+//!
+//! The connection is generic over its stream (plain TCP or TLS, the
+//! [`super::connect::Stream`] enum in the pool, an in-memory pipe in the
+//! tests), monomorphised, so plain TCP pays for no indirection. The body
+//! framing is decoded by a pure function, [`decode`], on the read buffer.
 //!
 //! The retry rules rest on [`SendError::sent`]: false only when not one byte
 //! of the request reached the socket.
@@ -40,8 +48,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::super::body::UpstreamBody;
@@ -62,8 +69,8 @@ pub(super) const EXPECT_CONTINUE_WAIT: std::time::Duration = std::time::Duration
 const COALESCE_BODY: usize = 16 * 1024;
 
 /// An open connection to one Livy server.
-pub(super) struct Conn {
-    stream: TcpStream,
+pub(super) struct Conn<S> {
+    stream: S,
     /// Bytes read from Livy and not yet consumed.
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
@@ -71,8 +78,9 @@ pub(super) struct Conn {
     /// Where the header names and values of the head being parsed lie in
     /// `buf`; kept to reuse its allocation.
     spans: Vec<(Range<usize>, Range<usize>)>,
-    /// The pool's slot, held for the connection's life.
-    _slot: OwnedSemaphorePermit,
+    /// The pool's slot, held for the connection's life (none for a
+    /// connection outside a pool's limit).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// An exchange that failed, and whether the request may have reached Livy.
@@ -146,9 +154,9 @@ fn early_eof(what: &str) -> io::Error {
     )
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Wraps a fresh connection, which holds `slot` until it is dropped.
-    pub(super) fn new(stream: TcpStream, slot: OwnedSemaphorePermit) -> Self {
+    pub(super) fn new(stream: S, slot: Option<OwnedSemaphorePermit>) -> Self {
         Conn {
             stream,
             buf: BytesMut::new(),
@@ -159,12 +167,22 @@ impl Conn {
     }
 
     /// Whether an idle connection still looks usable: Livy has not closed it
-    /// (nor sent anything unasked). Costs a system call only when the
-    /// runtime has seen the socket become readable.
+    /// (nor sent anything unasked). Asked of the stream, not of the socket:
+    /// under TLS 1.3 the server's session tickets arrive as bytes after the
+    /// handshake, which the TLS layer consumes without yielding any, so
+    /// only the stream knows whether data or an end came. Polled once
+    /// without a task to wake; costs a system call only when the runtime
+    /// has seen the socket become readable.
     pub(super) fn still_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut probe = [0u8; 1];
-        self.buf.is_empty()
-            && matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 
     /// Sends `req` and reads the response head. The request is only
@@ -174,7 +192,6 @@ impl Conn {
         req: &mut Request<UpstreamBody>,
     ) -> Result<Head, SendError> {
         if let Some(mut early) = self.write_request(req).await? {
-            early.body_unsent = true;
             early.reusable = false;
             return Ok(early);
         }
@@ -246,64 +263,162 @@ impl Conn {
                 }
             }
         }
-        // Only a streamed body waits for an answer before it is sent.
-        let method = match req.body() {
-            UpstreamBody::Streaming(_) => req.method().clone(),
-            UpstreamBody::Buffered(_) => Method::GET,
-        };
+        let method = req.method().clone();
         match req.body_mut() {
             UpstreamBody::Buffered(b) if !small_body => {
-                self.stream.write_all(b).await.map_err(SendError::sent)?;
+                let mut rest = &b[..];
+                if let Some(head) = self.write_watching(&mut rest, &method).await? {
+                    return Ok(Some(head));
+                }
             }
             UpstreamBody::Buffered(_) => {}
             UpstreamBody::Streaming(body) => {
-                let waited = tokio::time::timeout(
-                    EXPECT_CONTINUE_WAIT,
-                    self.read_continue_or_final(&method),
-                )
-                .await;
-                match waited {
-                    Ok(Ok(Some(head))) => return Ok(Some(head)),
-                    // 100 Continue, or no word in time: send it.
-                    Ok(Ok(None)) | Err(_) => {}
-                    Ok(Err(e)) => return Err(SendError::sent(e)),
-                }
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
-                    // Request trailers are dropped, as before (body.rs).
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    // Size line, data and CRLF in one vectored write; the
-                    // size line formatted on the stack, not allocated per
-                    // chunk.
-                    const SIZE_LINE: usize = 18; // up to 16 hex digits and CRLF
-                    let mut line = [0u8; SIZE_LINE];
-                    let mut size: &[u8] = &[];
-                    if chunked {
-                        let mut rest = &mut line[..];
-                        write!(rest, "{:x}\r\n", data.len()).map_err(SendError::sent)?;
-                        let n = SIZE_LINE - rest.len();
-                        size = &line[..n];
-                    }
-                    let end: &[u8] = if chunked { b"\r\n" } else { b"" };
-                    self.stream
-                        .write_all_buf(&mut Buf::chain(size, data).chain(end))
-                        .await
-                        .map_err(SendError::sent)?;
-                }
-                if chunked {
-                    self.stream
-                        .write_all(b"0\r\n\r\n")
-                        .await
-                        .map_err(SendError::sent)?;
+                // Boxed: the common request (a small buffered body) does
+                // not carry this rare path's states in its future.
+                return Box::pin(self.write_streamed(body, &method, chunked)).await;
+            }
+        }
+        self.stream.flush().await.map_err(SendError::sent)?;
+        Ok(None)
+    }
+
+    /// Sends a streamed body: after Livy's `100 Continue` (or a second's
+    /// silence), piece by piece as the client sends it, chunked unless the
+    /// client gave a length; returns Livy's answer instead when it came
+    /// first, or while the body was still going.
+    async fn write_streamed<B>(
+        &mut self,
+        body: &mut B,
+        method: &Method,
+        chunked: bool,
+    ) -> Result<Option<Head>, SendError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // The head must reach Livy before its answer is awaited.
+        self.stream.flush().await.map_err(SendError::sent)?;
+        let waited =
+            tokio::time::timeout(EXPECT_CONTINUE_WAIT, self.read_continue_or_final(method)).await;
+        match waited {
+            Ok(Ok(Some(mut head))) => {
+                head.body_unsent = true;
+                return Ok(Some(head));
+            }
+            // 100 Continue, or no word in time: send it.
+            Ok(Ok(None)) | Err(_) => {}
+            Ok(Err(e)) => return Err(SendError::sent(e)),
+        }
+        loop {
+            // While the client's next piece is awaited, Livy may
+            // answer (and refuse the rest).
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                answer = self.read_continue_or_final(method) => match answer {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => continue, // a late 100 Continue
+                    Err(e) => return Err(SendError::sent(e)),
+                },
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| SendError::sent(io::Error::other(e)))?;
+            // Request trailers are dropped, as before (body.rs).
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            // Size line, data and CRLF in one vectored write; the
+            // size line formatted on the stack, not allocated per
+            // chunk.
+            const SIZE_LINE: usize = 18; // up to 16 hex digits and CRLF
+            let mut line = [0u8; SIZE_LINE];
+            let mut size: &[u8] = &[];
+            if chunked {
+                let mut rest = &mut line[..];
+                write!(rest, "{:x}\r\n", data.len()).map_err(SendError::sent)?;
+                let n = SIZE_LINE - rest.len();
+                size = &line[..n];
+            }
+            let end: &[u8] = if chunked { b"\r\n" } else { b"" };
+            let mut piece = Buf::chain(size, data).chain(end);
+            if let Some(head) = self.write_watching(&mut piece, method).await? {
+                return Ok(Some(head));
+            }
+        }
+        if chunked {
+            let mut last = &b"0\r\n\r\n"[..];
+            if let Some(head) = self.write_watching(&mut last, method).await? {
+                return Ok(Some(head));
+            }
+        }
+        self.stream.flush().await.map_err(SendError::sent)?;
+        Ok(None)
+    }
+
+    /// Writes all of `data` (part of a request body), reading Livy's
+    /// answer meanwhile: a final answer that arrives before the write ends
+    /// stops it and is returned. When the write fails (Livy answered and
+    /// closed), an answer that had arrived is still Livy's answer.
+    async fn write_watching(
+        &mut self,
+        data: &mut impl Buf,
+        method: &Method,
+    ) -> Result<Option<Head>, SendError> {
+        let written = std::future::poll_fn(|cx| self.poll_write_watching(cx, data, method)).await;
+        match written {
+            Ok(answer) => Ok(answer),
+            Err(error) => {
+                // The answer may be in the buffer, or still in the socket.
+                // Boxed: only a failed write needs this future's room.
+                let answer = tokio::time::timeout(EXPECT_CONTINUE_WAIT, self.read_head(method));
+                match Box::pin(answer).await {
+                    Ok(Ok(head)) => Ok(Some(head)),
+                    _ => Err(SendError::sent(error)),
                 }
             }
         }
-        Ok(None)
+    }
+
+    fn poll_write_watching(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut impl Buf,
+        method: &Method,
+    ) -> Poll<io::Result<Option<Head>>> {
+        loop {
+            if !data.has_remaining() {
+                return Poll::Ready(Ok(None));
+            }
+            match tokio_util::io::poll_write_buf(Pin::new(&mut self.stream), cx, data) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            // Livy is not taking more: has it answered?
+            loop {
+                if let Some(head) = self.parse_head(method)? {
+                    if head.status.is_informational() {
+                        continue; // a late 100 Continue, or 102/103
+                    }
+                    return Poll::Ready(Ok(Some(head)));
+                }
+                if self.buf.len() >= MAX_HEAD_BYTES {
+                    return Poll::Ready(Err(head_too_large()));
+                }
+                match ready!(self.poll_fill(cx)) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(early_eof(
+                            "while the request body was being sent",
+                        )));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        }
     }
 
     /// After a head with `Expect: 100-continue`: `None` on `100 Continue`
@@ -447,106 +562,20 @@ impl Conn {
         framing: &mut Framing,
     ) -> Poll<Option<io::Result<Bytes>>> {
         loop {
-            match framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(0) => {
-                    *framing = Framing::Done;
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) => {
-                    if let Some(data) = self.take_data(left) {
-                        if *left == 0 {
-                            *framing = Framing::Done;
-                        }
-                        return Poll::Ready(Some(Ok(data)));
-                    }
-                    ready!(self.poll_more(cx, "in the middle of the body"))?;
-                }
-                Framing::UntilClose => {
-                    if !self.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(self.buf.split().freeze())));
-                    }
-                    if ready!(self.poll_fill(cx))? == 0 {
+            match decode(&mut self.buf, framing) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::NeedMore(where_)) => match ready!(self.poll_fill(cx)) {
+                    Ok(0) if *framing == Framing::UntilClose => {
                         *framing = Framing::Done;
                         return Poll::Ready(None);
                     }
-                }
-                Framing::Chunked(chunk) => match chunk {
-                    Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
-                            self.buf.advance(used);
-                            *chunk = if size == 0 {
-                                Chunk::Trailers
-                            } else {
-                                Chunk::Data(size)
-                            };
-                        }
-                        Ok(httparse::Status::Partial) => {
-                            ready!(self.poll_more(cx, "in a chunk-size line"))?;
-                        }
-                        Err(_) => return Poll::Ready(Some(Err(invalid("bad chunk-size line")))),
-                    },
-                    Chunk::Data(left) => {
-                        if let Some(data) = self.take_data(left) {
-                            if *left == 0 {
-                                *chunk = Chunk::DataEnd;
-                            }
-                            return Poll::Ready(Some(Ok(data)));
-                        }
-                        ready!(self.poll_more(cx, "in the middle of a chunk"))?;
-                    }
-                    Chunk::DataEnd => {
-                        if self.buf.len() >= 2 {
-                            if &self.buf[..2] != b"\r\n" {
-                                return Poll::Ready(Some(Err(invalid("chunk data too long"))));
-                            }
-                            self.buf.advance(2);
-                            *chunk = Chunk::Size;
-                        } else {
-                            ready!(self.poll_more(cx, "after a chunk"))?;
-                        }
-                    }
-                    Chunk::Trailers => {
-                        let mut slots = [httparse::EMPTY_HEADER; 16];
-                        match httparse::parse_headers(&self.buf, &mut slots) {
-                            Ok(httparse::Status::Complete((used, _))) => {
-                                self.buf.advance(used);
-                                *framing = Framing::Done;
-                                return Poll::Ready(None);
-                            }
-                            Ok(httparse::Status::Partial) => {
-                                ready!(self.poll_more(cx, "in the trailers"))?;
-                            }
-                            Err(_) => return Poll::Ready(Some(Err(invalid("bad trailer fields")))),
-                        }
-                    }
+                    Ok(0) => return Poll::Ready(Some(Err(early_eof(where_)))),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
                 },
+                Err(e) => return Poll::Ready(Some(Err(e))),
             }
-        }
-    }
-
-    /// Up to `left` body bytes from the buffer, if it holds any.
-    fn take_data(&mut self, left: &mut u64) -> Option<Bytes> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let n = (*left).min(self.buf.len() as u64);
-        *left -= n;
-        Some(self.buf.split_to(n as usize).freeze())
-    }
-
-    /// Reads more of a body whose end is not due yet: the connection ending
-    /// here is an error, and so is framing that never ends.
-    fn poll_more(&mut self, cx: &mut Context<'_>, where_: &str) -> Poll<io::Result<()>> {
-        if self.buf.len() >= MAX_HEAD_BYTES {
-            return Poll::Ready(Err(invalid(format!(
-                "more than {MAX_HEAD_BYTES} bytes without a complete chunk-size line or trailer {where_}"
-            ))));
-        }
-        match ready!(self.poll_fill(cx)) {
-            Ok(0) => Poll::Ready(Err(early_eof(where_))),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e)),
         }
     }
 
@@ -563,6 +592,110 @@ impl Conn {
         self.make_room();
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
+}
+
+/// What [`decode`] found in the read buffer.
+#[derive(Debug, PartialEq)]
+pub(super) enum Decoded {
+    /// The next piece of the body.
+    Data(Bytes),
+    /// The body is complete (its framing is now [`Framing::Done`]).
+    End,
+    /// More bytes must be read first; where in the body, for the error if
+    /// the connection ends instead (the end of an [`Framing::UntilClose`]
+    /// body is its end, not an error).
+    NeedMore(&'static str),
+}
+
+/// Takes the next piece of a response body from `buf`, as `framing`
+/// delimits it, and moves `framing` on: Content-Length, chunked (chunk
+/// extensions and trailer fields dropped) or until the connection closes.
+/// No I/O, so every framing is tested on bytes alone.
+pub(super) fn decode(buf: &mut BytesMut, framing: &mut Framing) -> io::Result<Decoded> {
+    loop {
+        match framing {
+            Framing::Done => return Ok(Decoded::End),
+            Framing::Length(0) => {
+                *framing = Framing::Done;
+                return Ok(Decoded::End);
+            }
+            Framing::Length(left) => {
+                let Some(data) = take_data(buf, left) else {
+                    return Ok(Decoded::NeedMore("in the middle of the body"));
+                };
+                if *left == 0 {
+                    *framing = Framing::Done;
+                }
+                return Ok(Decoded::Data(data));
+            }
+            Framing::UntilClose if buf.is_empty() => return Ok(Decoded::NeedMore("")),
+            Framing::UntilClose => return Ok(Decoded::Data(buf.split().freeze())),
+            Framing::Chunked(chunk) => match chunk {
+                Chunk::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *chunk = if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => return need_more(buf, "in a chunk-size line"),
+                    Err(_) => return Err(invalid("bad chunk-size line")),
+                },
+                Chunk::Data(left) => {
+                    let Some(data) = take_data(buf, left) else {
+                        return Ok(Decoded::NeedMore("in the middle of a chunk"));
+                    };
+                    if *left == 0 {
+                        *chunk = Chunk::DataEnd;
+                    }
+                    return Ok(Decoded::Data(data));
+                }
+                Chunk::DataEnd if buf.len() < 2 => return need_more(buf, "after a chunk"),
+                Chunk::DataEnd => {
+                    if &buf[..2] != b"\r\n" {
+                        return Err(invalid("chunk data too long"));
+                    }
+                    buf.advance(2);
+                    *chunk = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    let mut slots = [httparse::EMPTY_HEADER; 16];
+                    match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((used, _))) => {
+                            buf.advance(used);
+                            *framing = Framing::Done;
+                            return Ok(Decoded::End);
+                        }
+                        Ok(httparse::Status::Partial) => return need_more(buf, "in the trailers"),
+                        Err(_) => return Err(invalid("bad trailer fields")),
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// More bytes are needed for a size line, a chunk's end or the trailers:
+/// unless the buffer already holds more than any of them may take.
+fn need_more(buf: &BytesMut, where_: &'static str) -> io::Result<Decoded> {
+    if buf.len() >= MAX_HEAD_BYTES {
+        return Err(invalid(format!(
+            "more than {MAX_HEAD_BYTES} bytes without a complete chunk-size line or trailer {where_}"
+        )));
+    }
+    Ok(Decoded::NeedMore(where_))
+}
+
+/// Up to `left` body bytes from the buffer, if it holds any.
+fn take_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = (*left).min(buf.len() as u64);
+    *left -= n;
+    Some(buf.split_to(n as usize).freeze())
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3), and whether that
@@ -680,5 +813,166 @@ mod tests {
         assert!(says_close(&headers(&[("connection", "keep-alive, Close")])));
         assert!(!says_close(&headers(&[("connection", "keep-alive")])));
         assert!(!says_close(&headers(&[])));
+    }
+
+    /// Feeds `wire` to [`decode`] in pieces of `step` bytes; the body and
+    /// whether it ended (rather than needing more).
+    fn decode_in_pieces(
+        wire: &[u8],
+        step: usize,
+        mut framing: Framing,
+    ) -> (Vec<u8>, bool, Framing) {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = wire.chunks(step);
+        loop {
+            match decode(&mut buf, &mut framing).unwrap() {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End => return (body, true, framing),
+                Decoded::NeedMore(_) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return (body, false, framing),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn decode_content_length_in_any_pieces() {
+        for step in [1, 2, 3, 100] {
+            let (body, ended, framing) =
+                decode_in_pieces(b"hello, world", step, Framing::Length(5));
+            assert_eq!(
+                (body.as_slice(), ended, framing),
+                (&b"hello"[..], true, Framing::Done)
+            );
+        }
+        let (body, ended, _) = decode_in_pieces(b"hel", 1, Framing::Length(5));
+        assert_eq!(
+            (body.as_slice(), ended),
+            (&b"hel"[..], false),
+            "short: more needed"
+        );
+    }
+
+    #[test]
+    fn decode_chunked_with_extensions_and_trailers_in_any_pieces() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        for step in [1, 2, 5, 1000] {
+            let (body, ended, framing) =
+                decode_in_pieces(wire, step, Framing::Chunked(Chunk::Size));
+            assert_eq!(body, b"hello, world", "step {step}");
+            assert!(ended && framing == Framing::Done, "step {step}");
+        }
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut framing = Framing::Chunked(Chunk::Size);
+        while decode(&mut buf, &mut framing).unwrap() != Decoded::End {}
+        assert_eq!(&buf[..], b"NEXT", "the next response is left in the buffer");
+    }
+
+    #[test]
+    fn decode_refuses_broken_chunks() {
+        let bad = |wire: &[u8]| {
+            let mut buf = BytesMut::from(wire);
+            let mut framing = Framing::Chunked(Chunk::Size);
+            loop {
+                match decode(&mut buf, &mut framing) {
+                    Err(e) => return e.to_string(),
+                    Ok(Decoded::Data(_)) => {}
+                    Ok(other) => panic!("{wire:?}: {other:?}"),
+                }
+            }
+        };
+        assert!(bad(b"zz\r\n").contains("chunk-size"));
+        assert!(bad(b"2\r\nabc\r\n").contains("too long"));
+        let mut endless = b"1;".to_vec();
+        endless.resize(MAX_HEAD_BYTES, b'a');
+        assert!(bad(&endless).contains("without a complete chunk-size line"));
+    }
+
+    #[test]
+    fn decode_until_close_takes_everything() {
+        let mut buf = BytesMut::from(&b"abc"[..]);
+        let mut framing = Framing::UntilClose;
+        assert_eq!(
+            decode(&mut buf, &mut framing).unwrap(),
+            Decoded::Data(Bytes::from_static(b"abc"))
+        );
+        assert!(matches!(
+            decode(&mut buf, &mut framing).unwrap(),
+            Decoded::NeedMore(_)
+        ));
+        assert_eq!(framing, Framing::UntilClose, "the end is the connection's");
+    }
+
+    fn post(body_len: usize) -> Request<UpstreamBody> {
+        let mut req = Request::new(UpstreamBody::Buffered(Bytes::from(vec![b'x'; body_len])));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = http::Uri::from_static("/batches");
+        req
+    }
+
+    /// Reads one request head from `server` and answers `answer` without
+    /// reading the body.
+    async fn answer_early(server: &mut tokio::io::DuplexStream, answer: &[u8]) {
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut b = [0u8; 512];
+            let n = server.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            seen.extend_from_slice(&b[..n]);
+        }
+        server.write_all(answer).await.unwrap();
+        server.flush().await.unwrap();
+    }
+
+    const TOO_LARGE: &[u8] =
+        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno";
+
+    #[tokio::test]
+    async fn an_answer_while_the_body_is_written_is_livys_answer() {
+        // A pipe far smaller than the body: the write blocks until the
+        // answer is seen.
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        let livy = tokio::spawn(async move {
+            answer_early(&mut server, TOO_LARGE).await;
+            server // kept open, the rest never read
+        });
+        let mut req = post(1 << 20);
+        let head = conn.exchange(&mut req).await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!head.reusable && !head.body_unsent);
+        let _server = livy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_then_a_close_during_the_body_is_still_livys_answer() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        let livy = tokio::spawn(async move {
+            answer_early(&mut server, TOO_LARGE).await;
+            // Give the answer time to be read, then close: the body
+            // write fails.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(server);
+        });
+        let mut req = post(1 << 20);
+        let head = conn.exchange(&mut req).await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        livy.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn still_open_asks_the_stream() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        assert!(conn.still_open(), "nothing said: open");
+        server.write_all(b"x").await.unwrap();
+        assert!(!conn.still_open(), "bytes nobody asked for: not reusable");
+        let (client, server) = tokio::io::duplex(4096);
+        let mut conn = Conn::new(client, None);
+        drop(server);
+        assert!(!conn.still_open(), "closed");
     }
 }

@@ -4,7 +4,9 @@
 //! leader at a time, so it needs no per-host keyed checkout (hyper-util's
 //! legacy client's showed in the profile, docs/benchmarks.md). The
 //! exchange on a connection is [`conn`]'s, driven by the client request's
-//! own task.
+//! own task; connections are opened by [`connect`]'s [`Connector`] (TCP,
+//! and TLS for an `https://` node), and an idle one is kept with its
+//! [`Endpoint`] (`host:port` and whether TLS), which is its pool key.
 //!
 //! Retry safety: a request comes back unsent, exactly, when an idle
 //! connection turns out to have been closed by Livy before any byte was
@@ -21,21 +23,24 @@
 //! holding their buffers in the proxy).
 
 mod conn;
+mod connect;
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::body::{BodyError, UpstreamBody};
-use conn::{Conn, Framing, Head};
+use conn::{Framing, Head};
+pub use connect::{Connector, Endpoint, Stream};
+
+/// A connection of the pool: plain TCP or TLS.
+type Conn = conn::Conn<Stream>;
 
 /// Why a request could not be exchanged with a Livy server.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,16 @@ pub enum UpstreamError {
         /// `host:port` of the server.
         authority: String,
         /// The socket error (or a timeout).
+        source: io::Error,
+    },
+    /// TLS to the server failed: its certificate was refused (unknown CA,
+    /// wrong name, expired), it refused ours, or it does not speak TLS.
+    /// Trying again does not help; nothing of the request was processed.
+    #[error("TLS to {authority} failed: {source}")]
+    Tls {
+        /// `host:port` of the server.
+        authority: String,
+        /// The TLS error.
         source: io::Error,
     },
     /// A fresh connection failed before any byte of the request was
@@ -69,7 +84,15 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// An exchange that failed after the request may have reached Livy:
     /// the client's body failing is told apart from the connection failing.
-    fn failed(error: io::Error) -> Self {
+    fn failed(endpoint: &Endpoint, error: io::Error) -> Self {
+        // TLS 1.3 tells a client that its certificate was refused only
+        // after the handshake: on the first read.
+        if crate::tls::client::tls_reason(&error).is_some() {
+            return UpstreamError::Tls {
+                authority: String::from_utf8_lossy(endpoint.authority()).into_owned(),
+                source: error,
+            };
+        }
         if !error.get_ref().is_some_and(|e| e.is::<BodyError>()) {
             return UpstreamError::Failed(error);
         }
@@ -87,6 +110,12 @@ impl UpstreamError {
             self,
             UpstreamError::Connect { .. } | UpstreamError::NotSent { .. }
         )
+    }
+
+    /// True when TLS failed: the server's certificate or ours was refused,
+    /// or the server does not speak TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamError::Tls { .. })
     }
 }
 
@@ -117,7 +146,7 @@ async fn run_other_ready_tasks_first() {
 
 /// An idle connection, ready for its next request.
 struct Idle {
-    authority: Bytes,
+    endpoint: Endpoint,
     conn: Conn,
 }
 
@@ -128,36 +157,29 @@ pub struct Upstream {
     slots: Arc<Semaphore>,
     /// Signalled when a connection is put back idle.
     returned: Notify,
-    connect_timeout: Duration,
-    keepalive: Duration,
+    connector: Connector,
     max_idle: usize,
 }
 
 impl Upstream {
     /// A pool of at most `max_connections` connections, `max_idle` of them
-    /// kept idle.
-    pub fn new(
-        connect_timeout: Duration,
-        keepalive: Duration,
-        max_idle: usize,
-        max_connections: usize,
-    ) -> Arc<Self> {
+    /// kept idle, opened by `connector`.
+    pub fn new(connector: Connector, max_idle: usize, max_connections: usize) -> Arc<Self> {
         Arc::new(Upstream {
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             returned: Notify::new(),
-            connect_timeout,
-            keepalive,
+            connector,
             max_idle,
         })
     }
 
-    /// Sends `req` to the server at `authority` (`host:port`) over a pooled
+    /// Sends `req` to the server at `endpoint` over a pooled
     /// connection, or a new one. The request is only borrowed: the caller
     /// can send it again (a streamed body, once consumed, cannot).
     pub async fn send(
         self: &Arc<Self>,
-        authority: &Bytes,
+        endpoint: &Endpoint,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // Writes to Livy leave together, after the reads of every other
@@ -168,12 +190,12 @@ impl Upstream {
         // found open is written to at once.
         run_other_ready_tasks_first().await;
         let permit = loop {
-            while let Some(mut conn) = self.checkout(authority) {
+            while let Some(mut conn) = self.checkout(endpoint) {
                 match conn.exchange(req).await {
-                    Ok(head) => return Ok(self.attach(authority, conn, head)),
+                    Ok(head) => return Ok(self.attach(endpoint, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
-                    Err(e) => return Err(UpstreamError::failed(e.error)),
+                    Err(e) => return Err(UpstreamError::failed(endpoint, e.error)),
                 }
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -182,7 +204,7 @@ impl Upstream {
             // At the limit: an idle connection to another server (an old
             // leader) gives its slot up; then whichever comes first, a
             // connection put back idle or a slot freed.
-            self.evict_other(authority);
+            self.evict_other(endpoint);
             tokio::select! {
                 _ = self.returned.notified() => {}
                 permit = self.slots.clone().acquire_owned() => {
@@ -195,55 +217,51 @@ impl Upstream {
         // Boxed: only a request that opens a connection needs the connect
         // states; the others' futures (kept per client connection by hyper)
         // stay without them.
-        Box::pin(self.open_and_send(authority, permit, req)).await
+        Box::pin(self.open_and_send(endpoint, permit, req)).await
     }
 
     /// Opens a new connection (taking `permit` for its life) and sends `req`
     /// as its first request.
     async fn open_and_send(
         self: &Arc<Self>,
-        authority: &Bytes,
+        endpoint: &Endpoint,
         permit: OwnedSemaphorePermit,
         req: &mut Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        let name = String::from_utf8_lossy(authority).into_owned();
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*name)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(UpstreamError::Connect {
-                        authority: name,
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(UpstreamError::Connect {
-                        authority: name,
-                        source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-                    });
-                }
-            };
-        let _ = stream.set_nodelay(true);
-        let _ = socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
-        let mut conn = Conn::new(stream, permit);
+        let name = || String::from_utf8_lossy(endpoint.authority()).into_owned();
+        let stream = match self.connector.connect(endpoint).await {
+            Ok(s) => s,
+            Err(connect::ConnectError::Network(source)) => {
+                return Err(UpstreamError::Connect {
+                    authority: name(),
+                    source,
+                });
+            }
+            Err(connect::ConnectError::Tls(source)) => {
+                return Err(UpstreamError::Tls {
+                    authority: name(),
+                    source,
+                });
+            }
+        };
+        let mut conn = Conn::new(stream, Some(permit));
         match conn.exchange(req).await {
-            Ok(head) => Ok(self.attach(authority, conn, head)),
+            Ok(head) => Ok(self.attach(endpoint, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
-                authority: name,
+                authority: name(),
                 source: e.error,
             }),
-            Err(e) => Err(UpstreamError::failed(e.error)),
+            Err(e) => Err(UpstreamError::failed(endpoint, e.error)),
         }
     }
 
-    /// The most recently used idle connection to `authority`, dropping any
+    /// The most recently used idle connection to `endpoint`, dropping any
     /// found closed on the way.
-    fn checkout(&self, authority: &Bytes) -> Option<Conn> {
+    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
         loop {
             let mut found = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let pos = idle.iter().rposition(|i| i.authority == *authority)?;
+                let pos = idle.iter().rposition(|i| i.endpoint == *endpoint)?;
                 idle.swap_remove(pos)
             };
             if found.conn.still_open() {
@@ -252,20 +270,20 @@ impl Upstream {
         }
     }
 
-    fn checkin(&self, authority: Bytes, conn: Conn) {
+    fn checkin(&self, endpoint: Endpoint, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
-        idle.push(Idle { authority, conn });
+        idle.push(Idle { endpoint, conn });
         drop(idle);
         self.returned.notify_one();
     }
 
-    /// Closes one idle connection to a server other than `authority`.
-    fn evict_other(&self, authority: &Bytes) {
+    /// Closes one idle connection to a server other than `endpoint`.
+    fn evict_other(&self, endpoint: &Endpoint) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = idle.iter().position(|i| i.authority != *authority) {
+        if let Some(pos) = idle.iter().position(|i| i.endpoint != *endpoint) {
             idle.remove(pos);
         }
     }
@@ -274,14 +292,14 @@ impl Upstream {
     /// back in the pool) or to be read from the connection.
     fn attach(
         self: &Arc<Self>,
-        authority: &Bytes,
+        endpoint: &Endpoint,
         mut conn: Conn,
         head: Head,
     ) -> Response<PooledBody> {
         let state = match conn.take_complete_body(&head.framing) {
             Some(body) => {
                 if head.reusable {
-                    self.checkin(authority.clone(), conn);
+                    self.checkin(endpoint.clone(), conn);
                 }
                 BodyState::Complete(Some(body).filter(|b| !b.is_empty()))
             }
@@ -290,7 +308,7 @@ impl Upstream {
                 framing: head.framing,
                 reusable: head.reusable,
                 pool: self.clone(),
-                authority: authority.clone(),
+                endpoint: endpoint.clone(),
             })),
         };
         let mut resp = Response::new(PooledBody { state });
@@ -318,7 +336,7 @@ impl PooledBody {
             && read_to_end
             && r.reusable
         {
-            r.pool.checkin(r.authority, r.conn);
+            r.pool.checkin(r.endpoint, r.conn);
         }
     }
 }
@@ -338,7 +356,7 @@ struct Reading {
     framing: Framing,
     reusable: bool,
     pool: Arc<Upstream>,
-    authority: Bytes,
+    endpoint: Endpoint,
 }
 
 impl Body for PooledBody {
@@ -406,8 +424,11 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn with_nothing_else_ready_the_task_goes_on() {
-        tokio::time::timeout(Duration::from_secs(5), run_other_ready_tasks_first())
-            .await
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            run_other_ready_tasks_first(),
+        )
+        .await
+        .unwrap();
     }
 }
