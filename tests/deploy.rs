@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const OVERLAYS: &[&str] = &["livy-sidecar", "client-sidecar", "gateway"];
+const OVERLAYS: &[&str] = &["livy-sidecar", "client-sidecar", "gateway", "gateway-tls"];
 
 /// The Kubernetes version the manifests are written for: native sidecars
 /// (1.29) and the kubelet's sleep action for preStop (1.30) need at least
@@ -298,6 +298,15 @@ fn overlays_render_and_validate_against_the_kubernetes_schemas() {
                 ("ServiceAccount", "livy-proxy"),
             ],
         ),
+        (
+            "gateway-tls",
+            &[
+                ("Deployment", "livy-proxy"),
+                ("Service", "livy-proxy"),
+                ("PodDisruptionBudget", "livy-proxy"),
+                ("ServiceAccount", "livy-proxy"),
+            ],
+        ),
     ];
     for (overlay, kinds) in expect {
         let objs = objects(overlay);
@@ -365,7 +374,7 @@ fn every_proxy_drains_before_the_kubelet_kills_it() {
                  {kill_after:?}: the kubelet's SIGKILL would cut the drain",
                 pod.owner
             );
-            if *overlay == "gateway" {
+            if overlay.starts_with("gateway") {
                 // Behind a load balancer both pauses are needed (the
                 // deployment's comment says why).
                 assert!(sleep > Duration::ZERO, "gateway: no preStop sleep");
@@ -420,6 +429,11 @@ fn probes_ask_the_admin_port_for_healthz_and_readyz() {
         ),
         (
             "gateway",
+            "Deployment livy-proxy",
+            &["livenessProbe", "readinessProbe"],
+        ),
+        (
+            "gateway-tls",
             "Deployment livy-proxy",
             &["livenessProbe", "readinessProbe"],
         ),
