@@ -45,7 +45,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -383,7 +382,7 @@ impl HttpProxy {
                 };
                 let service = |tls| {
                     let info = Arc::new(stack::ClientInfo::new(peer, local, tls));
-                    TowerToHyperService::new(stack.for_connection(info))
+                    stack::HyperStack::new(stack.for_connection(info))
                 };
                 let ended = match &tls {
                     None => {
@@ -994,7 +993,7 @@ type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 async fn serve_client<I>(
     io: TokioIo<I>,
     h2: bool,
-    service: TowerToHyperService<stack::ConnectionStack>,
+    service: stack::HyperStack<stack::ConnectionStack>,
     builders: &Builders,
     header_timeout: Duration,
     shutdown: &CancellationToken,

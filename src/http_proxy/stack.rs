@@ -40,7 +40,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -187,12 +187,62 @@ pub struct StackParts {
     proxy: HttpProxy,
     shared: Arc<Shared>,
     retry_after: Duration,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    max_in_flight: usize,
+    in_flight: Arc<InFlight>,
 }
 
 /// One connection's stack (outermost first).
 pub type ConnectionStack = Observe<Limit<ForwardingHeaders<Forward>>>;
+
+/// A connection's tower stack as hyper's service, which hyper calls
+/// through `&self`. hyper-util's `TowerToHyperService` clones the whole
+/// stack for every request and drives it through a `Oneshot` (the clone,
+/// the request and the `Oneshot` state moved several times: about 1,000
+/// instructions per request, docs/benchmarks.md). Here the connection's
+/// one stack is called in place: it is polled ready with a no-op waker
+/// first, as tower's contract asks, and only a stack that is not ready at
+/// once (none of this proxy's layers ever is not) falls back to a clone
+/// driven by tower's `Oneshot`, which waits for readiness properly.
+///
+/// The lock is never contended: hyper calls the service from the
+/// connection's own task. A `Mutex` rather than a `RefCell` because the
+/// HTTP/2 side wants the service `Sync`.
+pub struct HyperStack<S> {
+    stack: std::sync::Mutex<S>,
+}
+
+impl<S> HyperStack<S> {
+    /// Serves `stack` to hyper.
+    pub fn new(stack: S) -> Self {
+        HyperStack {
+            stack: std::sync::Mutex::new(stack),
+        }
+    }
+}
+
+impl<S, R> hyper::service::Service<R> for HyperStack<S>
+where
+    S: Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, tower::util::Oneshot<S, R>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut stack = self
+            .stack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => futures_util::future::Either::Left(stack.call(req)),
+            // Not ready (or failing): a clone waits for readiness with the
+            // connection's real waker and reports the error itself.
+            _ => {
+                futures_util::future::Either::Right(tower::ServiceExt::oneshot(stack.clone(), req))
+            }
+        }
+    }
+}
 
 impl StackParts {
     /// The parts for `proxy`'s listener: at most `max_in_flight` requests
@@ -212,8 +262,10 @@ impl StackParts {
                 ids: RequestIds::default(),
             }),
             retry_after,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
-            max_in_flight,
+            in_flight: Arc::new(InFlight {
+                now: AtomicUsize::new(0),
+                max: max_in_flight.max(1),
+            }),
         }
     }
 
@@ -227,9 +279,8 @@ impl StackParts {
             })
             .layer_fn(|inner| Limit {
                 inner,
-                permits: self.in_flight.clone(),
+                in_flight: self.in_flight.clone(),
                 retry_after: self.retry_after,
-                max: self.max_in_flight,
             })
             .layer_fn(|inner| ForwardingHeaders {
                 inner,
@@ -318,9 +369,10 @@ where
         let this = self.project();
         let Ok((mut resp, outcome)) = ready!(this.inner.poll(cx));
         if let Some(seen) = this.seen.take() {
-            resp.headers_mut()
-                .insert(X_REQUEST_ID, seen.request_id.clone());
             record(&this.parts.metrics, &seen, &resp, outcome);
+            // Moved, not cloned: a made id's bytes would be copied into a
+            // shared buffer on their first clone.
+            resp.headers_mut().insert(X_REQUEST_ID, seen.request_id);
         }
         Poll::Ready(Ok(resp))
     }
@@ -391,10 +443,7 @@ where
 {
     type Response = (Response<ProxyBody>, Outcome);
     type Error = Infallible;
-    type Future = futures_util::future::Either<
-        S::Future,
-        std::future::Ready<Result<(Response<ProxyBody>, Outcome), Infallible>>,
-    >;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -408,28 +457,82 @@ where
             Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
             Err(error) => {
                 tracing::warn!(method = %req.method(), path = req.uri().path(), kind = error.kind(), error = %error, "request failed");
-                let outcome = Outcome {
-                    error: Some(error.kind()),
-                    ..Outcome::default()
-                };
-                let retry_after = self.proxy.retry_after();
-                let resp = error
-                    .into_response(retry_after)
-                    .map(http_body_util::Either::Right);
-                futures_util::future::Either::Right(std::future::ready(Ok((resp, outcome))))
+                Early::answer(error, self.proxy.retry_after())
             }
         }
     }
 }
 
-/// The in-flight limit: a permit per request, held until its response head
+/// The inner service's answer, or a layer's own given at once.
+pub type Answer<F> = futures_util::future::Either<F, Early>;
+
+/// A layer's own answer (a 400, a 503), given at once. Boxed: it is rare,
+/// and inline it would make every request's future larger by a whole
+/// response, moved with it through the stack.
+pub struct Early(Option<Box<(Response<ProxyBody>, Outcome)>>);
+
+impl Early {
+    /// The proxy's own answer to `error`, with the outcome naming its kind.
+    fn answer<F>(error: ProxyError, retry_after: Duration) -> Answer<F> {
+        let outcome = Outcome {
+            error: Some(error.kind()),
+            ..Outcome::default()
+        };
+        let resp = error
+            .into_response(retry_after)
+            .map(http_body_util::Either::Right);
+        futures_util::future::Either::Right(Early(Some(Box::new((resp, outcome)))))
+    }
+}
+
+impl Future for Early {
+    type Output = Result<(Response<ProxyBody>, Outcome), Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.take() {
+            Some(answer) => Poll::Ready(Ok(*answer)),
+            // Polled again after it answered: as `Ready` would panic,
+            // this never finishes instead.
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The requests inside the proxy, across all connections: a counter
+/// rather than a semaphore, since nothing waits for a place (a request
+/// over the limit is shed at once), and a counter costs two atomic
+/// operations where tokio's semaphore locks a mutex on every release.
+struct InFlight {
+    now: AtomicUsize,
+    max: usize,
+}
+
+/// One request's place inside, given back when dropped.
+struct Place(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> Option<Place> {
+        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.now.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(self.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The in-flight limit: a place per request, held until its response head
 /// is ready; none left means 503 `overloaded` at once.
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
-    permits: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<InFlight>,
     retry_after: Duration,
-    max: usize,
 }
 
 impl<S> Service<Request<Incoming>> for Limit<S>
@@ -445,28 +548,19 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => LimitFuture {
-                inner: Some(self.inner.call(req)),
-                permit: Some(permit),
-                shed: None,
+        match self.in_flight.enter() {
+            Some(place) => LimitFuture {
+                inner: futures_util::future::Either::Left(self.inner.call(req)),
+                place: Some(place),
             },
-            Err(_) => {
+            None => {
                 let error = ProxyError::Overloaded(format!(
                     "{} requests are in flight (max-requests-in-flight)",
-                    self.max
+                    self.in_flight.max
                 ));
-                let outcome = Outcome {
-                    error: Some(error.kind()),
-                    ..Outcome::default()
-                };
-                let resp = error
-                    .into_response(self.retry_after)
-                    .map(http_body_util::Either::Right);
                 LimitFuture {
-                    inner: None,
-                    permit: None,
-                    shed: Some((resp, outcome)),
+                    inner: Early::answer(error, self.retry_after),
+                    place: None,
                 }
             }
         }
@@ -474,12 +568,11 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// [`Limit`]'s future: the inner one holding its permit, or the 503.
+    /// [`Limit`]'s future: the inner one holding its place, or the 503.
     pub struct LimitFuture<F> {
         #[pin]
-        inner: Option<F>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        shed: Option<(Response<ProxyBody>, Outcome)>,
+        inner: Answer<F>,
+        place: Option<Place>,
     }
 }
 
@@ -491,17 +584,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(shed) = this.shed.take() {
-            return Poll::Ready(Ok(shed));
-        }
-        match this.inner.as_pin_mut() {
-            Some(inner) => {
-                let out = ready!(inner.poll(cx));
-                this.permit.take();
-                Poll::Ready(out)
-            }
-            None => Poll::Pending,
-        }
+        let out = ready!(this.inner.poll(cx));
+        this.place.take();
+        Poll::Ready(out)
     }
 }
 
