@@ -618,7 +618,7 @@ impl HttpProxy {
             };
             outcome.node = Some(node.clone());
             let authority = s.authority.of(&node);
-            aim_at(&mut upstream_req, &node, &authority)?;
+            aim_at(&node)?;
             *upstream_req.body_mut() = attempt_body;
             let sent = tokio::time::timeout(
                 settings.upstream_timeout,
@@ -823,25 +823,17 @@ impl HttpProxy {
     }
 }
 
-/// Points the upstream request at `node`: its `Host` becomes the Livy
-/// server's own, since Livy's passive filter builds its redirect from the
-/// Host it sees (as with nginx's `proxy_pass`). `insert` replaces every
-/// value the client sent.
-fn aim_at(
-    req: &mut Request<UpstreamBody>,
-    node: &LivyNode,
-    authority: &Bytes,
-) -> Result<(), ProxyError> {
+/// Whether the upstream request can go to `node`. Its `Host` becomes the
+/// Livy server's own (written by the exchange, `upstream`), since Livy's
+/// passive filter builds its redirect from the Host it sees (as with
+/// nginx's `proxy_pass`); the client's is not sent.
+fn aim_at(node: &LivyNode) -> Result<(), ProxyError> {
     if node.origin.scheme != crate::node::Scheme::Http {
         return Err(ProxyError::UpstreamFailed {
             node: node.to_string(),
             reason: "HTTPS to Livy is not supported yet: give the node an http:// URL".into(),
         });
     }
-    let host = HeaderValue::from_maybe_shared(authority.clone()).map_err(|e| {
-        ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
-    })?;
-    req.headers_mut().insert(header::HOST, host);
     Ok(())
 }
 

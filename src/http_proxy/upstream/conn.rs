@@ -169,11 +169,15 @@ impl Conn {
 
     /// Sends `req` and reads the response head. The request is only
     /// borrowed: after an error with `sent == false` it can go elsewhere.
+    /// Its `Host` is `host` (the server's `host:port`), whatever the request
+    /// holds: written here rather than set in the request's headers by
+    /// every attempt (a `HeaderMap` insert that also made the map grow).
     pub(super) async fn exchange(
         &mut self,
+        host: &[u8],
         req: &mut Request<UpstreamBody>,
     ) -> Result<Head, SendError> {
-        if let Some(mut early) = self.write_request(req).await? {
+        if let Some(mut early) = self.write_request(host, req).await? {
             early.body_unsent = true;
             early.reusable = false;
             return Ok(early);
@@ -185,6 +189,7 @@ impl Conn {
     /// before a streamed body was sent (see the module docs).
     async fn write_request(
         &mut self,
+        host: &[u8],
         req: &mut Request<UpstreamBody>,
     ) -> Result<Option<Head>, SendError> {
         let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
@@ -194,8 +199,13 @@ impl Conn {
         out.push(b' ');
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
         for (name, value) in req.headers() {
+            if name == header::HOST {
+                continue;
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());

@@ -152,8 +152,8 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` to the server at `authority` (`host:port`) over a pooled
-    /// connection, or a new one. The request is only borrowed: the caller
+    /// Sends `req` to the server at `authority` (`host:port`, also its
+    /// `Host`) over a pooled connection, or a new one. The request is only borrowed: the caller
     /// can send it again (a streamed body, once consumed, cannot).
     pub async fn send(
         self: &Arc<Self>,
@@ -169,7 +169,7 @@ impl Upstream {
         run_other_ready_tasks_first().await;
         let permit = loop {
             while let Some(mut conn) = self.checkout(authority) {
-                match conn.exchange(req).await {
+                match conn.exchange(authority, req).await {
                     Ok(head) => return Ok(self.attach(authority, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
@@ -227,7 +227,7 @@ impl Upstream {
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(self.keepalive));
         let mut conn = Conn::new(stream, permit);
-        match conn.exchange(req).await {
+        match conn.exchange(authority, req).await {
             Ok(head) => Ok(self.attach(authority, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
                 authority: name,
