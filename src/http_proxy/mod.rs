@@ -475,18 +475,27 @@ impl HttpProxy {
         });
         let version = req.version();
         let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers);
+        // One pass over the names; each rule below runs only when its
+        // fields are there.
+        let found = headers::scan(headers, &settings.strip_headers);
+        headers::remove_hop_by_hop(headers, &found);
         // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
         // repeated identical fields on, which would reach Livy as two lines.
-        framing::normalize_content_length(headers)
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        headers::join_cookies(headers);
-        // The client's Host stays for now: every attempt replaces it with
-        // the Livy server's own (`aim_at`).
+        if found.content_length {
+            framing::normalize_content_length(headers)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        }
+        if found.cookies > 1 {
+            headers::join_cookies(headers);
+        }
+        // The client's Host stays in the request, unsent: each attempt's
+        // exchange writes the Livy server's own instead (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
         // wait for a 100-continue exchange the client started with us.
-        headers.remove(header::EXPECT);
-        headers::add_forwarded(
+        if found.expect {
+            headers.remove(header::EXPECT);
+        }
+        headers::add_forwarded_scanned(
             headers,
             &headers::ClientSide {
                 client_ip,
@@ -496,6 +505,7 @@ impl HttpProxy {
                 emit_forwarded: settings.emit_forwarded,
                 strip: &settings.strip_headers,
             },
+            found.forwarding,
         );
         headers::add_via(headers, version);
         Ok(())
