@@ -597,8 +597,14 @@ impl HttpProxy {
         loop {
             // The view generation this attempt is made under: a retry waits
             // for a newer one (or a backoff), never for a change it missed.
-            let mut generation = leader_rx.borrow().generation;
-            let node = match redirected_to.clone() {
+            // Read once: the usual request finds a leader known and
+            // neither waits nor reads the clock for a held time.
+            let (mut generation, known) = {
+                let view = leader_rx.borrow();
+                let known = view.leader.as_ref().map(|l| l.node.clone());
+                (view.generation, known)
+            };
+            let node = match redirected_to.clone().or(known) {
                 Some(n) => n,
                 None => match held(outcome, wait_for_leader(&mut leader_rx, deadline)).await {
                     Some((n, g)) => {
