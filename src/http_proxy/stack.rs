@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
@@ -158,8 +159,27 @@ impl RequestIds {
         for i in 0..digits {
             buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf[..17 + digits])
-            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        // Owned by its `Bytes` (one allocation, shared by reference count):
+        // the id goes into the request and then the response, and a
+        // `HeaderValue::from_bytes` copy would be copied again into a
+        // shared buffer by its first clone.
+        let id = Bytes::from_owner(MadeId {
+            buf,
+            len: 17 + digits,
+        });
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// A made request id's bytes, on the heap once.
+struct MadeId {
+    buf: [u8; 33],
+    len: usize,
+}
+
+impl AsRef<[u8]> for MadeId {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
