@@ -205,30 +205,26 @@ pub struct HttpProxy {
     shared: Arc<Shared>,
 }
 
-/// A request with the client's address attached, as the service sees it.
+/// A request with what the forwarding loop needs of its connection, as
+/// the service sees it. Only that: it is moved a few times per request.
+/// The client's own address is the stack's business (`stack::ClientInfo`).
 pub struct ClientRequest {
     /// The request as hyper parsed it.
     pub request: Request<Incoming>,
-    /// The client connection's peer address.
-    pub peer: SocketAddr,
-    /// The peer's IP as an `X-Forwarded-For` value, formatted once per
-    /// connection.
-    pub peer_ip: HeaderValue,
     /// The proxy's address this connection reached (the accepted socket's
     /// local address, concrete even when the listener is bound to
     /// 0.0.0.0): what a rewritten `Location` names without `public-url`.
     pub local: Option<SocketAddr>,
-    /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
+    /// Whether the connection is TLS (`https` in a rewritten `Location`).
     pub tls: bool,
 }
 
 impl ClientRequest {
-    /// A request from the client at `peer`.
-    pub fn new(request: Request<Incoming>, peer: SocketAddr) -> Self {
+    /// A request from a plain-text connection whose local address is
+    /// unknown.
+    pub fn new(request: Request<Incoming>) -> Self {
         ClientRequest {
             request,
-            peer,
-            peer_ip: peer_ip_header(peer),
             local: None,
             tls: false,
         }

@@ -106,8 +106,6 @@ impl Service<Request<Incoming>> for Forward {
         let proxy = self.proxy.clone();
         let req = ClientRequest {
             request,
-            peer: self.client.peer,
-            peer_ip: self.client.peer_ip.clone(),
             local: self.client.local,
             tls: self.client.tls,
         };
