@@ -523,26 +523,41 @@ impl HttpProxy {
     /// JSON responses.
     pub async fn forward(&self, req: ClientRequest) -> (Response<ProxyBody>, Outcome) {
         let started = Instant::now();
-        // Cheap clones (no copy of the bytes), kept for the log lines.
-        let method = req.request.method().clone();
-        let uri = req.request.uri().clone();
         let mut outcome = Outcome::default();
-        let response = match self.try_forward(req, started, &mut outcome).await {
+        // The head stays here, for the log lines: the forwarding loop takes
+        // the headers out of it and borrows the rest.
+        let (mut head, incoming) = req.request.into_parts();
+        let response = match self
+            .try_forward(
+                &mut head,
+                incoming,
+                req.local,
+                req.tls,
+                started,
+                &mut outcome,
+            )
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
+                let (method, uri) = (&head.method, &head.uri);
                 tracing::warn!(%method, path = uri.path(), kind = e.kind(), error = %e, "request failed");
                 outcome.error = Some(e.kind());
                 e.into_response(self.shared.settings.load().retry_after)
                     .map(Either::Right)
             }
         };
+        let (method, uri) = (&head.method, &head.uri);
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
         (response, outcome)
     }
 
     async fn try_forward(
         &self,
-        req: ClientRequest,
+        parts: &mut http::request::Parts,
+        incoming: Incoming,
+        local: Option<SocketAddr>,
+        tls: bool,
         started: Instant,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -551,13 +566,12 @@ impl HttpProxy {
         // the rules it runs under.
         let settings = s.settings.load_full();
         let deadline = started + settings.hold_timeout;
-        let (parts, incoming) = req.request.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
         }
         // Hop-by-hop, framing and forwarding headers were settled by the
         // stack's `ForwardingHeaders` layer (stack.rs).
-        let upstream_headers = parts.headers;
+        let upstream_headers = std::mem::take(&mut parts.headers);
         let path_and_query = framing::origin_form(&parts.uri)
             .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 
@@ -567,7 +581,7 @@ impl HttpProxy {
         // only borrows it, so a redirect or a retry changes the Host and the
         // body and nothing is copied.
         let mut upstream_req = Request::new(UpstreamBody::Buffered(Bytes::new()));
-        *upstream_req.method_mut() = parts.method;
+        *upstream_req.method_mut() = parts.method.clone();
         // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
         // the authority travels in Host. The path is shared with the
         // client's request, not copied.
@@ -652,7 +666,7 @@ impl HttpProxy {
                         body.put_back(take_body(&mut upstream_req));
                     }
                     let Some(target) = self.redirect_target(&resp, &node) else {
-                        return Ok(self.relay_response(resp, req.local, req.tls));
+                        return Ok(self.relay_response(resp, local, tls));
                     };
                     // Evidence that the view is out of date. Discovery checks
                     // it at once; the request waits (briefly) for its answer,
@@ -701,7 +715,7 @@ impl HttpProxy {
                         });
                     }
                     tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
-                    return Ok(self.relay_response(resp, req.local, req.tls));
+                    return Ok(self.relay_response(resp, local, tls));
                 }
                 Err(UpstreamError::ClientBody(e)) => return Err(e.into()),
                 Err(e) if e.nothing_sent() => {

@@ -243,7 +243,9 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures_util::future::Either<S::Future, tower::util::Oneshot<S, R>>;
+    /// The fallback boxed: inline, it would make every request's future
+    /// larger by a whole stack and request, moved with it into hyper.
+    type Future = futures_util::future::Either<S::Future, Pin<Box<tower::util::Oneshot<S, R>>>>;
 
     fn call(&self, req: R) -> Self::Future {
         let mut stack = self
@@ -255,9 +257,10 @@ where
             Poll::Ready(Ok(())) => futures_util::future::Either::Left(stack.call(req)),
             // Not ready (or failing): a clone waits for readiness with the
             // connection's real waker and reports the error itself.
-            _ => {
-                futures_util::future::Either::Right(tower::ServiceExt::oneshot(stack.clone(), req))
-            }
+            _ => futures_util::future::Either::Right(Box::pin(tower::ServiceExt::oneshot(
+                stack.clone(),
+                req,
+            ))),
         }
     }
 }
@@ -335,11 +338,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+        // One lookup whether the client sent an id or not.
+        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(id) => id.get().clone(),
+            http::header::Entry::Vacant(slot) => {
                 let id = self.parts.ids.next();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                slot.insert(id.clone());
                 id
             }
         };
