@@ -62,6 +62,8 @@ pub struct Found {
     pub content_length: bool,
     /// Whether a client-sent forwarding header (or one of `strip`) is.
     pub forwarding: bool,
+    /// The first `Host` field's value.
+    pub host: Option<HeaderValue>,
 }
 
 /// One pass over `headers`' names: what [`Found`] lists. `strip` are the
@@ -89,6 +91,9 @@ pub fn scan(headers: &HeaderMap, strip: &[HeaderName]) -> Found {
             Some(b'u') if name == header::UPGRADE => found.hop_by_hop[5] = true,
             Some(b'p') if text.starts_with("proxy-") => found.proxy_prefixed = true,
             Some(b'e') if name == header::EXPECT => found.expect = true,
+            Some(b'h') if name == header::HOST && found.host.is_none() => {
+                found.host = Some(value.clone());
+            }
             Some(b'x' | b'f') if is_forwarding(name, &[]) => found.forwarding = true,
             _ => {}
         }

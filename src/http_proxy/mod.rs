@@ -463,17 +463,17 @@ impl HttpProxy {
         tls: bool,
     ) -> Result<(), ProxyError> {
         let settings = self.shared.settings.load();
+        let version = req.version();
+        // One pass over the names; each rule below runs only when its
+        // fields are there.
+        let mut found = headers::scan(req.headers(), &settings.strip_headers);
         // The authority the client addressed, for X-Forwarded-Host.
-        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        let client_host = found.host.take().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let version = req.version();
         let headers = req.headers_mut();
-        // One pass over the names; each rule below runs only when its
-        // fields are there.
-        let found = headers::scan(headers, &settings.strip_headers);
         headers::remove_hop_by_hop(headers, &found);
         // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
         // repeated identical fields on, which would reach Livy as two lines.

@@ -192,7 +192,8 @@ impl Conn {
         host: &[u8],
         req: &mut Request<UpstreamBody>,
     ) -> Result<Option<Head>, SendError> {
-        let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+        // Noted while the fields are written, rather than looked up by hash.
+        let mut has_length = false;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -206,6 +207,7 @@ impl Conn {
             if name == header::HOST {
                 continue;
             }
+            has_length |= name == header::CONTENT_LENGTH;
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -407,14 +409,17 @@ impl Conn {
             ));
         }
         let mut headers = HeaderMap::with_capacity(self.spans.len());
+        // Noted on the way, rather than looked up by hash after.
+        let mut transfer_encoding = false;
         for (name, value) in self.spans.drain(..) {
             let name = HeaderName::from_bytes(&head[name])
                 .map_err(|_| invalid("Livy sent an invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| invalid("Livy sent an invalid header value"))?;
+            transfer_encoding |= name == header::TRANSFER_ENCODING;
             headers.append(name, value);
         }
-        let length = if headers.contains_key(header::TRANSFER_ENCODING) {
+        let length = if transfer_encoding {
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length,
             // which must not reach the client beside a re-framed body.
             headers.remove(header::CONTENT_LENGTH);
