@@ -430,7 +430,8 @@ impl Conn {
             framing::normalize_content_length(&mut headers)
                 .map_err(|e| invalid(format!("Livy sent a bad Content-Length: {e}")))?
         };
-        let (framing, mut reusable) = framing_of(method, status, &headers, length);
+        let te = transfer_encoding.then_some(&headers);
+        let (framing, mut reusable) = framing_of(method, status, te, length);
         reusable &= version == Version::HTTP_11 && !says_close(&headers);
         Ok(Some(Head {
             status,
@@ -582,11 +583,13 @@ impl Conn {
 
 /// How a response's body is delimited (RFC 9112 §6.3), and whether that
 /// framing lets the connection be reused.
-/// `length` is the checked `Content-Length`, if any.
+/// `length` is the checked `Content-Length`, if any; `transfer_encoding`
+/// the headers when they hold a `Transfer-Encoding` (noted while they were
+/// built, so that the usual answer costs no lookup).
 fn framing_of(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    transfer_encoding: Option<&HeaderMap>,
     length: Option<u64>,
 ) -> (Framing, bool) {
     if method == Method::HEAD
@@ -596,9 +599,9 @@ fn framing_of(
     {
         return (Framing::Done, true);
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+    if let Some(last) = transfer_encoding
+        .into_iter()
+        .flat_map(|h| h.get_all(header::TRANSFER_ENCODING))
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .map(str::trim)
         .rfind(|t| !t.is_empty())
@@ -618,11 +621,16 @@ fn framing_of(
 
 /// Whether a `Connection` header asks for the connection to end.
 fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        // The usual single token, told without splitting.
+        let bytes = v.as_bytes();
+        !bytes.eq_ignore_ascii_case(b"keep-alive")
+            && (bytes.eq_ignore_ascii_case(b"close")
+                || v.to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
 }
 
 #[cfg(test)]
@@ -643,7 +651,10 @@ mod tests {
         let f = |m: &Method, s, h: &[(&'static str, &'static str)]| {
             let h = headers(h);
             framing::content_length(&h)
-                .map(|length| framing_of(m, s, &h, length))
+                .map(|length| {
+                    let te = h.contains_key(header::TRANSFER_ENCODING).then_some(&h);
+                    framing_of(m, s, te, length)
+                })
                 .map_err(|e| e.to_string())
         };
         assert_eq!(
