@@ -119,7 +119,8 @@ impl Service<Request<Incoming>> for Forward {
 /// replicas.
 #[derive(Clone)]
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits and the dash, formatted once.
+    prefix: [u8; 17],
     next: Arc<AtomicU64>,
 }
 
@@ -134,25 +135,32 @@ impl Default for RequestIds {
                 .unwrap_or_default()
                 .as_nanos(),
         );
-        RequestIds {
-            prefix: h.finish(),
-            next: Arc::new(AtomicU64::new(1)),
-        }
+        RequestIds::with_prefix(h.finish())
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 impl RequestIds {
+    /// Ids `<prefix in 16 hex digits>-1`, `-2`, and so on.
+    fn with_prefix(prefix: u64) -> Self {
+        let mut hex = [b'-'; 17];
+        for (i, b) in hex[..16].iter_mut().enumerate() {
+            *b = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestIds {
+            prefix: hex,
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
     /// The next id: `<16 hex digits of prefix>-<counter in hex>`, written
     /// into a buffer on the stack (`format!` was a tenth of the stack's
     /// cost per request).
     pub fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 33];
-        for (i, b) in buf[..16].iter_mut().enumerate() {
-            *b = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        buf[16] = b'-';
+        buf[..17].copy_from_slice(&self.prefix);
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
         for i in 0..digits {
             buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
@@ -618,10 +626,7 @@ mod tests {
 
     #[test]
     fn made_request_ids_are_unique_prefix_dash_counter() {
-        let ids = RequestIds {
-            prefix: 0x0123_4567_89ab_cdef,
-            next: Arc::new(AtomicU64::new(1)),
-        };
+        let ids = RequestIds::with_prefix(0x0123_4567_89ab_cdef);
         assert_eq!(ids.next(), "0123456789abcdef-1");
         assert_eq!(ids.next(), "0123456789abcdef-2");
         ids.next.store(0x1f0, Ordering::Relaxed);
