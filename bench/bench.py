@@ -13,6 +13,12 @@ Parts:
   tcp       iperf3 throughput (with how busy each CPU was) and a
             connection-rate test through livy-proxy's JDBC listener, HAProxy
             mode tcp, and direct; interleaved rounds, medians.
+  modes     livy-proxy, HAProxy and nginx in each mode of --modes: pinned
+            (one thread each, proxies on CPU 0, wrk and upstream on CPU 1),
+            unpinned (one thread each, no taskset anywhere), unpinned-2 (two
+            threads each), defaults (nothing pinned, each proxy's default
+            thread count: livy-proxy one worker per core, HAProxy nbthread
+            unset, nginx worker_processes auto); ratios to HAProxy per mode.
   memory    RSS idle and with 10,000 idle keep-alive connections.
   failover  three livy-sim nodes, real ZooKeeper and Curator: time from the
             leader's exit to the proxy's first answer from the new leader, set
@@ -57,8 +63,20 @@ def free_port(ip="127.0.0.1"):
     return p
 
 
+# Whether processes are pinned to CPUs (taskset): the pinned mode puts the
+# proxy on CPU 0 and the load generator and upstream on CPU 1; the unpinned
+# and defaults modes pin nothing, as users run it (bench_http_modes).
+PIN = True
+
+
+def taskset(cmd, cpu):
+    if PIN and cpu is not None and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)] + cmd
+    return cmd
+
+
 def start(name, cmd, cpu=None, **kw):
-    if cpu is not None and shutil.which("taskset"):
+    if PIN and cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu)] + cmd
     log = open(WORK / f"{name}.log", "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
@@ -77,10 +95,10 @@ def stop(p, sig=signal.SIGTERM):
 
 
 def cleanup():
+    # SIGTERM first: nginx's master then stops its workers (a SIGKILLed
+    # master leaves them running), then SIGKILL what is left.
     for p in PROCS:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        stop(p)
     shutil.rmtree(WORK, ignore_errors=True)
 
 
@@ -193,12 +211,15 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
     return port, p
 
 
-def start_haproxy(upstream, mode="http"):
+def start_haproxy(upstream, mode="http", threads=1, name=None):
+    """HAProxy; `threads` None leaves nbthread unset (its default: one
+    thread per CPU it may run on)."""
     port = free_port()
     cfg = WORK / f"haproxy-{mode}-{port}.cfg"
+    nbthread = f"nbthread {threads}" if threads else ""
     cfg.write_text(f"""
 global
-  nbthread 1
+  {nbthread}
   # HAProxy reserves two descriptors per connection and by default refuses
   # to start when the open-files hard limit (20,000 on this machine) is
   # below that; idle keep-alive clients share pooled server connections,
@@ -218,15 +239,17 @@ frontend f
 backend b
   server s1 127.0.0.1:{upstream}
 """)
-    p = start(f"haproxy-{mode}", ["haproxy", "-f", str(cfg), "-db"], cpu=0)
+    p = start(name or f"haproxy-{mode}", ["haproxy", "-f", str(cfg), "-db"], cpu=0 if threads == 1 else None)
     wait_port(port)
     return port, p
 
 
-def start_nginx_proxy(upstream):
+def start_nginx_proxy(upstream, workers=1, name="nginx-proxy"):
+    """nginx as a reverse proxy; `workers` None is `worker_processes auto`
+    (one per CPU, the packaged default)."""
     port = free_port()
     conf = nginx_conf(f"""
-worker_processes 1;
+worker_processes {workers or "auto"};
 daemon off;
 pid @DIR@/nginx.pid;
 error_log @DIR@/error.log;
@@ -245,7 +268,7 @@ http {{
     }}
   }}
 }}""")
-    p = start("nginx-proxy", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=0)
+    p = start(name, ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=0 if workers == 1 else None)
     wait_port(port)
     return port, p
 
@@ -269,9 +292,7 @@ def wrk_cmd(port, conns, seconds):
     threads = 1 if conns == 1 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua),
            f"http://127.0.0.1:{port}/sessions"]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "1"] + cmd
-    return cmd
+    return taskset(cmd, 1)
 
 
 def warm_up(port, conns):
@@ -334,6 +355,53 @@ def bench_http(seconds, conns_list, rounds):
     return results
 
 
+# The settings users have, next to the pinned one: each as (pinned?,
+# threads per proxy; None = each proxy's own default).
+MODES = {
+    "pinned": (True, 1),
+    "unpinned": (False, 1),
+    "unpinned-2": (False, 2),
+    "defaults": (False, None),
+}
+
+
+def bench_http_modes(seconds, conns_list, rounds, modes):
+    """livy-proxy, HAProxy and nginx with the same thread count (or each
+    with its default), pinned or not, in interleaved rounds: one table per
+    mode, each read as ratios to HAProxy in the same mode. The upstream and
+    wrk are pinned only in the pinned mode."""
+    global PIN
+    out = {}
+    for mode in modes:
+        pin, threads = MODES[mode]
+        PIN = pin
+        try:
+            up = start_upstream()
+            targets, procs = {}, {}
+            targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy(f"lp-{mode}", up, threads=threads)
+            targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-{mode}")
+            targets["nginx"], procs["nginx"] = start_nginx_proxy(up, workers=threads, name=f"nginx-{mode}")
+            res = {name: {} for name in targets}
+            for c in conns_list:
+                runs = interleaved_rounds(targets, procs, c, seconds, rounds)
+                for name, rs in runs.items():
+                    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
+                    r["errors"] = sum(x["errors"] for x in rs)
+                    r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
+                    res[name][str(c)] = r
+                hap = res["haproxy"][str(c)]
+                for name in targets:
+                    r = res[name][str(c)]
+                    print(f"  {mode:10} {name:10} c={c:<4} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f} HAProxy)"
+                          f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  errors {r['errors']}", flush=True)
+            for p in procs.values():
+                stop(p)
+            out[mode] = {"pinned": pin, "threads": threads or "default", "results": res}
+        finally:
+            PIN = True
+    return out
+
+
 def bench_ab(seconds, conns_list, rounds, other):
     """This build ("this") against another livy-proxy binary ("other") and
     HAProxy, one worker each, in interleaved rounds. Besides each one's
@@ -388,8 +456,7 @@ def iperf(port, seconds, reverse=False):
     cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"]
     if reverse:
         cmd.append("-R")
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", "1"] + cmd
+    cmd = taskset(cmd, 1)
     before = cpu_ticks()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
     after = cpu_ticks()
@@ -695,6 +762,16 @@ def plot(results, out):
 
 
 def table(results):
+    modes = results.get("modes")
+    if modes:
+        print("\nHTTP by mode (ratios to HAProxy in the same mode: req/s, p99; >1 req/s and <1 p99 are better)")
+        for mode, m in modes.items():
+            res = m["results"]
+            for c in res["haproxy"]:
+                hap = res["haproxy"][c]
+                cells = "  ".join(f"{n} x{res[n][c]['rps'] / hap['rps']:4.2f} / x{res[n][c]['p99'] / max(hap['p99'], 1):4.2f}"
+                                  for n in res if n != "haproxy")
+                print(f"  {mode:10} threads {str(m['threads']):7} c={c:<4} {cells}")
     http = results.get("http")
     if http:
         print("\nHTTP (req/s; ratio to HAProxy, ratio to direct; p50/p99/p99.9 in us)")
@@ -728,16 +805,18 @@ def main():
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3,
                     help="HTTP and TCP: measured runs per target, interleaved; the median is kept")
-    ap.add_argument("--parts", default="http,tcp,memory,failover")
+    ap.add_argument("--parts", default="http,modes,tcp,memory,failover")
     ap.add_argument("--conns", default="1,16,128")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--failover-rounds", type=int, default=3)
+    ap.add_argument("--modes", default="pinned,unpinned,defaults",
+                    help="with --parts modes: which of " + ", ".join(MODES) + " to run")
     ap.add_argument("--ab-binary", help="with --parts ab: the livy-proxy binary to compare this build with")
     ap.add_argument("--out", help="results JSON; default bench/results/latest.json for a full run, "
                     "target/bench/<parts>.json for a subset (so a subset never replaces the published run)")
     a = ap.parse_args()
     parts = a.parts.split(",")
-    full = set(parts) >= {"http", "tcp", "memory", "failover"}
+    full = set(parts) >= {"http", "modes", "tcp", "memory", "failover"}
     out_dir = ROOT / "bench" / "results" if full else ROOT / "target" / "bench"
     a.out = a.out or str(out_dir / ("latest.json" if full else "-".join(parts) + ".json"))
     try:
@@ -750,6 +829,10 @@ def main():
         if "http" in parts:
             print("HTTP", flush=True)
             results["http"] = bench_http(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds)
+        if "modes" in parts:
+            print("HTTP by mode (pinned or not, equal threads or defaults)", flush=True)
+            results["modes"] = bench_http_modes(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds,
+                                                a.modes.split(","))
         if "tcp" in parts:
             print("TCP", flush=True)
             results["tcp"] = bench_tcp(a.seconds, start_upstream(), a.rounds)

@@ -1,12 +1,12 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
-# venv; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
+# venv, openssl for the TLS tests; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
 # missing. Safe to run again: it installs nothing that is
 # already there.
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurator-client-java curl; do
+for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurator-client-java curl openssl; do
   have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 command -v javac >/dev/null 2>&1 || need_pkgs+=(default-jdk-headless)

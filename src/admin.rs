@@ -46,6 +46,18 @@ impl Draining {
     }
 }
 
+/// The admin listener's settings: configuration section `admin`, built by
+/// [`crate::config`].
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Its address (`admin-listen`); `None` when `off`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Readiness also requires a fresh view (`ready-requires-fresh`).
+    pub ready_requires_fresh: bool,
+    /// Its TLS files (`admin-tls-*`), read by the listener.
+    pub tls: Option<crate::tls::TlsSpec>,
+}
+
 /// Everything the admin endpoints read.
 pub struct AdminState {
     /// Discovery's view.
@@ -154,27 +166,68 @@ impl AdminState {
     /// Serves the admin endpoints on `listener` until `shutdown`. It is
     /// the last listener to stop: probes keep their answers through a drain.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`AdminState::serve`], over TLS (HTTP/1.1) when `tls` is given
+    /// (`admin-tls-*`).
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        shutdown: CancellationToken,
+    ) {
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(std::time::Duration::from_secs(10));
         let http1 = Arc::new(http1);
-        while let Some((stream, _peer)) =
-            crate::listener::accept(&listener, &shutdown, "admin").await
-        {
+        loop {
+            let handshake = match &tls {
+                Some(t) => match t.handshakes().permit(&shutdown).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
+            };
+            let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "admin").await
+            else {
+                break;
+            };
             let state = self.clone();
             let http1 = http1.clone();
             let watcher = graceful.watcher();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _open = state.metrics.connection(Listener::Admin);
                 let svc = hyper::service::service_fn(|req: Request<Incoming>| {
                     let resp = state.handle(req.method(), req.uri().path());
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = watcher
-                    .watch(http1.serve_connection(TokioIo::new(stream), svc))
-                    .await;
+                match (tls, handshake) {
+                    (Some(tls), Some(handshake)) => {
+                        let stream = match tls
+                            .handshakes()
+                            .accept(tls.acceptor(), stream, handshake)
+                            .await
+                        {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%peer, listener = "admin", error = %e, "TLS handshake did not complete");
+                                return;
+                            }
+                        };
+                        let _ = watcher
+                            .watch(http1.serve_connection(TokioIo::new(stream), svc))
+                            .await;
+                    }
+                    _ => {
+                        let _ = watcher
+                            .watch(http1.serve_connection(TokioIo::new(stream), svc))
+                            .await;
+                    }
+                }
             });
         }
         drop(listener);

@@ -25,12 +25,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, Draining};
-use crate::config::{Config, ConfigError};
-use crate::discovery::{self, DiscoveryConfig};
-use crate::http_proxy::{HttpProxy, HttpSettings, Wiring};
-use crate::metrics::Metrics;
+use crate::config::{self, Config, ConfigError};
+use crate::discovery;
+use crate::http_proxy::{HttpProxy, Wiring};
+use crate::metrics::{Listener, Metrics};
 use crate::node::NodeList;
-use crate::tcp_proxy::{TcpProxy, TcpSettings};
+use crate::tcp_proxy::TcpProxy;
+use crate::tls::TlsSource;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,10 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// A listener's certificate, key or client CA did not load; names the
+    /// key (the binary reports it as a configuration error).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsFileError),
 }
 
 /// The listening sockets, bound before [`run`] so that a test can bind
@@ -58,6 +63,57 @@ pub struct Listeners {
     pub jdbc: Option<TcpListener>,
     /// The admin listener, unless `off`.
     pub admin: Option<TcpListener>,
+    /// The TLS HTTP listener beside the plain one (`tls-listen`).
+    pub https: Option<TcpListener>,
+    /// The listeners' TLS configurations, read from their files.
+    pub tls: TlsSources,
+}
+
+/// Each listener's TLS, when it has a certificate.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSources {
+    /// The HTTP listener's (`tls-*`).
+    pub http: Option<Arc<TlsSource>>,
+    /// The admin listener's (`admin-tls-*`).
+    pub admin: Option<Arc<TlsSource>>,
+    /// The JDBC listener's (`thrift-tls-*`).
+    pub jdbc: Option<Arc<TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    pub jdbc_upstream: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsSources {
+    /// Reads every listener's TLS files; one handshake limit for all.
+    pub fn load(config: &Config) -> Result<TlsSources, crate::tls::TlsFileError> {
+        let handshakes = crate::tls::Handshakes::new(
+            config.runtime.max_tls_handshakes,
+            config.runtime.tls_handshake_timeout,
+        );
+        let one = |spec: &Option<crate::tls::TlsSpec>, listener, alpn| {
+            spec.clone()
+                .map(|s| TlsSource::load(s, listener, alpn, handshakes.clone()))
+                .transpose()
+        };
+        Ok(TlsSources {
+            http: one(&config.http.tls, Listener::Http, crate::tls::ALPN)?,
+            admin: one(&config.admin.tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
+            jdbc: one(&config.tcp.tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
+            jdbc_upstream: match &config.tcp.tls_mode {
+                crate::tls::ThriftTlsMode::Reencrypt { upstream_ca } => {
+                    Some(crate::tls::thrift_client_config(upstream_ca)?)
+                }
+                _ => None,
+            },
+        })
+    }
+
+    fn all(&self) -> Vec<Arc<TlsSource>> {
+        [&self.http, &self.admin, &self.jdbc]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
 }
 
 impl Listeners {
@@ -77,16 +133,27 @@ impl Listeners {
                     source,
                 })
         }
-        let http = bind("HTTP", "listen", config.listen).await?;
-        let jdbc = match config.thrift_listen {
+        let tls = TlsSources::load(config)?;
+        let http = bind("HTTP", "listen", config.http.listen).await?;
+        let https = match config.http.tls_listen {
+            Some(a) => Some(bind("HTTPS", "tls-listen", a).await?),
+            None => None,
+        };
+        let jdbc = match config.tcp.listen {
             Some(a) => Some(bind("JDBC", "thrift-listen", a).await?),
             None => None,
         };
-        let admin = match config.admin_listen {
+        let admin = match config.admin.listen {
             Some(a) => Some(bind("admin", "admin-listen", a).await?),
             None => None,
         };
-        Ok(Listeners { http, jdbc, admin })
+        Ok(Listeners {
+            http,
+            jdbc,
+            admin,
+            https,
+            tls,
+        })
     }
 }
 
@@ -131,23 +198,27 @@ pub async fn run(
     control: Control,
     reloader: Option<Reloader>,
 ) -> Ended {
-    let metrics = Arc::new(Metrics::new("default", config.zookeeper.is_some()));
+    let metrics = Arc::new(Metrics::new(
+        "default",
+        config.discovery.zookeeper.is_some(),
+    ));
+    let tls = listeners.tls.clone();
+    for source in tls.all() {
+        source.attach(metrics.clone());
+    }
+    // Renewed certificates are picked up from disk; SIGHUP reloads too.
+    let tls_stop = CancellationToken::new();
+    crate::tls::source::watch(tls.all(), tls_stop.clone());
     let discovery_stop = CancellationToken::new();
     // One node list for discovery and both proxies: a reload replaces it.
-    let nodes = NodeList::from(config.nodes.clone());
-    let found = discovery::start(
-        DiscoveryConfig {
-            nodes: nodes.clone(),
-            ..config.discovery()
-        },
-        discovery_stop.clone(),
-    );
+    let nodes = config.discovery.nodes.clone();
+    let found = discovery::start(config.discovery.clone(), discovery_stop.clone());
     let draining = Arc::new(Draining::default());
-    let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.access_log));
+    let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.log.access_log));
 
     let http_stop = CancellationToken::new();
     let proxy = HttpProxy::wired(
-        HttpSettings::from(&config),
+        config.http.clone(),
         nodes.clone(),
         found.leader.clone(),
         Wiring {
@@ -158,24 +229,41 @@ pub async fn run(
     );
     tracing::info!(
         listen = %listeners.http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        zookeeper = config.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
-        leader_path = %config.leader_path,
-        nodes = config.nodes.len(),
+        zookeeper = config.discovery.zookeeper.as_deref().unwrap_or("(none: probing the node list)"),
+        leader_path = %config.discovery.leader_path,
+        nodes = nodes.load().len(),
         "livy-proxy {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let mut http = tokio::spawn(proxy.clone().serve(listeners.http, http_stop.clone()));
+    // With `tls-listen`, `listen` stays plain and TLS is served there.
+    let (plain_tls, https) = match listeners.https {
+        Some(l) => (None, Some((l, tls.http.clone()))),
+        None => (tls.http.clone(), None),
+    };
+    let plain = proxy
+        .clone()
+        .serve_tls(listeners.http, plain_tls, http_stop.clone());
+    let https = https.map(|(l, t)| proxy.clone().serve_tls(l, t, http_stop.clone()));
+    // One task for both: the drain waits for (or cuts) them together.
+    let mut http = tokio::spawn(async move {
+        match https {
+            Some(https) => {
+                tokio::join!(plain, https);
+            }
+            None => plain.await,
+        }
+    });
 
     let jdbc_stop = CancellationToken::new();
     // Kept for reloads (PROXY protocol keys are live on this listener too).
     let mut jdbc_proxy = None;
     let jdbc = listeners.jdbc.map(|l| {
-        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.thrift_port, "JDBC listener ready");
+        tracing::info!(listen = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), thrift_port = config.tcp.thrift_port, "JDBC listener ready");
         let tcp = TcpProxy::new(
-            TcpSettings::from(&config),
+            config.tcp.clone(),
             nodes.clone(),
             found.leader.clone(),
-        ).with_metrics(metrics.clone(), access_log.clone());
+        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone(), tls.jdbc_upstream.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
@@ -188,10 +276,10 @@ pub async fn run(
             discovery: found.status.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
-            ready_requires_fresh: config.ready_requires_fresh,
+            ready_requires_fresh: config.admin.ready_requires_fresh,
             service: "default".to_string(),
         });
-        tokio::spawn(state.serve(l, admin_stop.clone()))
+        tokio::spawn(state.serve_tls(l, tls.admin.clone(), admin_stop.clone()))
     });
 
     // Serving: reloads until the drain begins.
@@ -201,9 +289,12 @@ pub async fn run(
             _ = control.drain.cancelled() => break,
             _ = control.reload.notified() => {
                 if let Some(r) = &reloader {
+                    for source in tls.all() {
+                        source.reload("SIGHUP");
+                    }
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {
-                        tcp.update_proxy_protocol(current.proxy_protocol.clone());
+                        tcp.update_settings(current.tcp.clone());
                     }
                 }
             }
@@ -213,20 +304,20 @@ pub async fn run(
     // The drain.
     draining.start();
     tracing::info!(
-        shutdown_delay = ?current.shutdown_delay,
-        grace = ?current.shutdown_grace_period,
+        shutdown_delay = ?current.runtime.shutdown_delay,
+        grace = ?current.runtime.shutdown_grace_period,
         "draining: readiness is 503; still accepting for shutdown-delay"
     );
     let mut ended = Ended::Clean;
-    if !wait_or_forced(current.shutdown_delay, &control.force).await {
+    if !wait_or_forced(current.runtime.shutdown_delay, &control.force).await {
         ended = Ended::Cut;
     }
     tracing::info!("draining: no new connections; finishing requests in flight");
     http_stop.cancel();
     tokio::select! {
         _ = &mut http => {}
-        _ = tokio::time::sleep(current.shutdown_grace_period) => {
-            tracing::warn!(grace = ?current.shutdown_grace_period, "shutdown-grace-period over: cutting the requests still in flight");
+        _ = tokio::time::sleep(current.runtime.shutdown_grace_period) => {
+            tracing::warn!(grace = ?current.runtime.shutdown_grace_period, "shutdown-grace-period over: cutting the requests still in flight");
             http.abort();
             ended = Ended::Cut;
         }
@@ -245,6 +336,7 @@ pub async fn run(
     }
     discovery_stop.cancel();
     admin_stop.cancel();
+    tls_stop.cancel();
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
@@ -279,79 +371,31 @@ fn reload(
             return current;
         }
     };
-    if let Err(e) = (reloader.set_log_level)(&new.log_level) {
+    if let Err(e) = (reloader.set_log_level)(&new.log.level) {
         tracing::warn!(error = %e, "reload failed: keeping the running configuration");
         metrics.config_reload(false);
         return current;
     }
-    let ignored = restart_only_changes(&current, &new);
-    if !ignored.is_empty() {
+    let ignored = config::restart_only_changes(&current.keys, &new.keys);
+    let applied = if ignored.is_empty() {
+        new
+    } else {
         tracing::warn!(keys = %ignored.join(", "), "reload: these keys only change on a restart; their running values are kept");
-    }
-    let mut applied = keep_restart_only(&current, new);
-    // The listener keeps the certificate it started with (restart-only).
-    applied.tls = current.tls.clone();
-    proxy.update_settings(HttpSettings::from(&applied));
-    nodes.store(applied.nodes.clone());
-    access_log.store(applied.access_log, Ordering::Relaxed);
+        // The new keys with the running restart-only values: checked once
+        // already (each half was), so this builds.
+        match Config::from_keys(&config::keep_restart_only(&current.keys, &new.keys)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reload failed: keeping the running configuration");
+                metrics.config_reload(false);
+                return current;
+            }
+        }
+    };
+    proxy.update_settings(applied.http.clone());
+    nodes.store(applied.discovery.nodes.snapshot());
+    access_log.store(applied.log.access_log, Ordering::Relaxed);
     metrics.config_reload(true);
     tracing::info!("configuration reloaded");
     applied
-}
-
-/// Compares the restart-only keys; their names, as in the file, where they
-/// differ.
-macro_rules! restart_only {
-    ($($field:ident => $key:literal),* $(,)?) => {
-        /// The restart-only keys that differ between `a` and `b`.
-        pub fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
-            let mut out = Vec::new();
-            $(if a.$field != b.$field { out.push($key); })*
-            out
-        }
-
-        /// `new` with every restart-only key set back to `running`'s.
-        fn keep_restart_only(running: &Config, mut new: Config) -> Config {
-            $(new.$field = running.$field.clone();)*
-            new
-        }
-
-        /// Every restart-only key, for the docs test.
-        pub const RESTART_ONLY: &[&str] = &[$($key),*];
-    };
-}
-
-restart_only! {
-    listen => "listen",
-    thrift_listen => "thrift-listen",
-    admin_listen => "admin-listen",
-    zookeeper => "zookeeper",
-    leader_path => "leader-path",
-    defaults => "default-scheme/default-port",
-    zk_session_timeout => "zk-session-timeout",
-    probe_interval => "probe-interval",
-    probe_timeout => "probe-timeout",
-    probe_path => "probe-path",
-    connect_timeout => "connect-timeout",
-    client_header_timeout => "client-header-timeout",
-    client_body_timeout => "client-body-timeout",
-    max_replay_body => "max-replay-body",
-    max_buffered_bodies => "max-buffered-bodies",
-    max_streaming_uploads => "max-streaming-uploads",
-    max_upstream_connections => "max-upstream-connections",
-    max_client_connections => "max-client-connections",
-    max_requests_in_flight => "max-requests-in-flight",
-    h2_max_concurrent_streams => "h2-max-concurrent-streams",
-    h2_max_header_list_size => "h2-max-header-list-size",
-    log_json => "log-format",
-    worker_threads => "worker-threads",
-    thrift_port => "thrift-port",
-    thrift_close_on_failover => "thrift-on-failover",
-    tcp_nodelay => "tcp-nodelay",
-    tcp_keepalive => "tcp-keepalive",
-    tcp_idle_timeout => "tcp-idle-timeout",
-    max_tcp_connections => "max-tcp-connections",
-    ready_requires_fresh => "ready-requires-fresh",
-    tls_cert => "tls-cert",
-    tls_key => "tls-key",
 }

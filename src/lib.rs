@@ -6,13 +6,17 @@
 //! ([`http_proxy`]), so clients never see a redirect or a dead server.
 //!
 //! Modules, one concern each:
-//! - [`config`]: flags, environment and TOML into one [`config::Config`];
+//! - [`config`]: flags, environment and TOML, each key declared once, into
+//!   [`config::Config`]'s typed sections (http, tcp, discovery, admin, log,
+//!   runtime);
+//! - [`app`]: the whole proxy in-process: listeners, the drain, reloads;
 //! - [`node`]: what a Livy server is (latch id, address);
 //! - [`discovery`]: the only code that talks to ZooKeeper or probes servers;
 //!   it publishes a [`discovery::LeaderView`] on a `watch` channel;
 //! - [`http_proxy`]: the HTTP/1.1 and h2c reverse proxy reading that channel;
 //! - [`tcp_proxy`]: the JDBC (Livy Thrift server) TCP proxy reading it too;
 //! - [`listener`]: the accept loop both proxies share;
+//! - [`limit`]: connection and request limits a reload can change;
 //! - [`proxy_protocol`]: the client's address from a trusted load balancer's
 //!   PROXY protocol header, on both listeners.
 
@@ -24,6 +28,7 @@ pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod http_proxy;
+pub mod limit;
 pub mod listener;
 pub mod metrics;
 pub mod node;

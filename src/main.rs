@@ -6,9 +6,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use livy_proxy::app::{self, Control, Ended, Listeners, Reloader, SetLogLevel};
-use livy_proxy::config::{Cli, Config};
+use livy_proxy::config::{Config, Source};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
@@ -18,6 +18,21 @@ use tracing_subscriber::{EnvFilter, reload};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The command line: the program's name and help around every
+/// configuration key ([`Source`], declared in the library).
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "livy-proxy",
+    version,
+    about = "Makes an Apache Livy HA set look like one stable endpoint: follows the \
+             active server in ZooKeeper and forwards HTTP and JDBC to it.",
+    long_about = None
+)]
+struct Cli {
+    #[command(flatten)]
+    source: Source,
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("health") {
@@ -26,8 +41,11 @@ fn main() -> ExitCode {
                 .map_or("http://127.0.0.1:9998/healthz", |s| s.as_str()),
         );
     }
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // clap's message names the flag; keep it to one line, like
@@ -41,7 +59,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(cli.clone()) {
+    let file = cli.source.config.clone();
+    let config = match Config::load(file.as_deref(), &matches) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("livy-proxy: config error: {e}");
@@ -50,13 +69,18 @@ fn main() -> ExitCode {
     };
     let set_log_level = init_logging(&config);
     let reloader = Reloader {
-        load: Box::new(move || Config::load(cli.clone())),
+        load: Box::new(move || Config::load(file.as_deref(), &matches)),
         set_log_level,
     };
     match run(config, reloader) {
         Ok(Ended::Clean) => ExitCode::SUCCESS,
         Ok(Ended::Cut) => ExitCode::from(1),
         Err(e) => {
+            // A listener's TLS file is a configuration problem: exit 2, one line.
+            if let Some(app::AppError::Tls(tls)) = e.downcast_ref::<app::AppError>() {
+                eprintln!("livy-proxy: config error: {tls}");
+                return ExitCode::from(2);
+            }
             tracing::error!("{e:#}");
             eprintln!("livy-proxy: {e:#}");
             ExitCode::from(1)
@@ -68,11 +92,11 @@ fn main() -> ExitCode {
 /// start. Returns how a reload sets the level.
 fn init_logging(config: &Config) -> SetLogLevel {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_str()));
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
-    if config.log_json {
+    if config.log.json {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
@@ -104,7 +128,7 @@ fn init_logging(config: &Config) -> SetLogLevel {
 fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
     // One worker: a current-thread runtime (no work-stealing, no cross-
     // thread wake-ups), the shape of HAProxy's single-threaded event loop.
-    let mut runtime = match config.worker_threads {
+    let mut runtime = match config.runtime.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();

@@ -114,6 +114,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerResultLabels {
+    listener: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LeaderLabels {
     id: String,
     url: String,
@@ -143,6 +149,8 @@ pub struct Metrics {
     jdbc_total: Counter,
     jdbc_closed_on_failover: Counter,
     reloads: Family<ResultLabel, Counter>,
+    tls_reloads: Family<ListenerResultLabels, Counter>,
+    tls_expiry: Family<ListenerLabel, Gauge>,
     // Set at scrape time.
     leader_changes: Counter,
     leader_known: Gauge,
@@ -346,6 +354,19 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ResultLabel { result });
         }
+        let tls_reloads = Family::<ListenerResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate reloads (SIGHUP or a file change), by listener and result",
+            tls_reloads.clone(),
+        );
+        let tls_expiry = Family::<ListenerLabel, Gauge>::default();
+        registry.register_with_unit(
+            "tls_certificate_expiry",
+            "notAfter of the certificate a TLS listener serves, as Unix time",
+            Unit::Seconds,
+            tls_expiry.clone(),
+        );
         let leader_changes = counter(
             &mut registry,
             "leader_changes",
@@ -407,6 +428,8 @@ impl Metrics {
             jdbc_total,
             jdbc_closed_on_failover,
             reloads,
+            tls_reloads,
+            tls_expiry,
             leader_changes,
             leader_known,
             leader_info,
@@ -506,6 +529,39 @@ impl Metrics {
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// `listener` serves TLS with a certificate valid until `not_after`
+    /// (Unix seconds): its expiry gauge and its reload counters, at 0, so
+    /// that a first failure shows in `increase()`.
+    pub fn tls_listener(&self, listener: Listener, not_after: i64) {
+        for result in ["success", "failure"] {
+            let _ = self.tls_reloads.get_or_create(&ListenerResultLabels {
+                listener: listener.as_str(),
+                result,
+            });
+        }
+        self.tls_certificate(listener, not_after);
+    }
+
+    /// `listener` now serves a certificate valid until `not_after`.
+    pub fn tls_certificate(&self, listener: Listener, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&ListenerLabel {
+                listener: listener.as_str(),
+            })
+            .set(not_after);
+    }
+
+    /// A TLS reload of `listener` finished.
+    pub fn tls_reload(&self, listener: Listener, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_reloads
+            .get_or_create(&ListenerResultLabels {
+                listener: listener.as_str(),
+                result,
+            })
+            .inc();
     }
 
     /// The exposition text, with the scrape-time values taken from `view`,

@@ -542,12 +542,10 @@ fn every_proxys_config_loads() {
                 }
             }
             args.push(format!("--config={}", path.display()));
-            let cli = <livy_proxy::config::Cli as clap::Parser>::try_parse_from(&args)
+            let loaded = livy_proxy::config::Config::from_args(&args)
                 .unwrap_or_else(|e| panic!("{overlay}: {}: flags {args:?}: {e}", pod.owner));
-            let loaded = livy_proxy::config::Config::load(cli)
-                .unwrap_or_else(|e| panic!("{overlay}: {}: {e}", pod.owner));
             assert!(
-                !loaded.nodes.is_empty() || loaded.zookeeper.is_some(),
+                !loaded.discovery.nodes.load().is_empty() || loaded.discovery.zookeeper.is_some(),
                 "{overlay}: {}: neither nodes nor ZooKeeper",
                 pod.owner
             );

@@ -34,6 +34,7 @@ fn config(zk: Option<String>, nodes: Arc<Vec<LivyNode>>) -> DiscoveryConfig {
         zookeeper: zk,
         leader_path: PATH.to_string(),
         zk_session_timeout: Duration::from_secs(4),
+        zk_security: Default::default(),
         nodes: nodes.into(),
         defaults: AddressDefaults::default(),
         probe_interval: Duration::from_millis(200),

@@ -171,6 +171,7 @@ async fn setup(nodes: Vec<LivyNode>, leader: Option<&LivyNode>, hold: Duration) 
 
 fn settings(hold: Duration) -> HttpSettings {
     HttpSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
         max_requests_in_flight: 4096,
         max_client_connections: 10_000,
         hold_timeout: hold,
@@ -190,7 +191,9 @@ fn settings(hold: Duration) -> HttpSettings {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol: Default::default(),
+        client_identity_header: None,
         tls: None,
+        tls_listen: None,
     }
 }
 

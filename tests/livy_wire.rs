@@ -179,6 +179,7 @@ impl Drop for Proxy {
 
 async fn proxy_to(node: &LivyNode) -> Proxy {
     let settings = HttpSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
         max_requests_in_flight: 4096,
         max_client_connections: 10_000,
         hold_timeout: Duration::from_secs(2),
@@ -198,7 +199,9 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol: Default::default(),
+        client_identity_header: None,
         tls: None,
+        tls_listen: None,
     };
     let (tx, rx) = watch::channel(LeaderView::fixed(Some(node.clone()), 1));
     let proxy = HttpProxy::new(settings, Arc::new(vec![node.clone()]), rx);

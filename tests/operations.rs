@@ -275,6 +275,69 @@ async fn the_in_flight_limit_sheds_with_503_overloaded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_limits_and_retry_after_are_live_on_reload() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("livy-proxy.toml");
+    let write =
+        |extra: &str| std::fs::write(&file, format!("node = [\"{node}\"]\n{extra}")).unwrap();
+    write("max-requests-in-flight = 1\nretry-after = \"7s\"\n");
+    let proxy = Proxy::start(&["--config", file.to_str().unwrap()]);
+    let (url, admin) = (proxy.url(), proxy.admin_url());
+    assert_eq!(get(&format!("{url}/version")).await.0, 200);
+    let reloads = |n: f64| {
+        let admin = admin.clone();
+        async move {
+            let (_, text) = get(&format!("{admin}/metrics")).await;
+            sample(
+                &text,
+                r#"livy_proxy_config_reloads_total{service="default",result="success"}"#,
+            ) == Some(n)
+        }
+    };
+    // While one slow request is inside, the next is shed with the
+    // Retry-After of the configuration in force.
+    let shed_while_busy = || {
+        let url = url.clone();
+        async move {
+            let u = url.clone();
+            let slow = tokio::spawn(async move { get(&format!("{u}/slow?ms=2000")).await });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (status, headers, _) =
+                http_request("GET", &format!("{url}/version"), &[], vec![]).await;
+            assert_eq!(slow.await.unwrap().0, 200);
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            (status.as_u16(), retry_after)
+        }
+    };
+    assert_eq!(shed_while_busy().await, (503, Some("7".to_string())));
+
+    write("max-requests-in-flight = 1\nretry-after = \"3s\"\n");
+    proxy.signal(libc::SIGHUP);
+    assert!(until_async(|| reloads(1.0)).await, "reloaded");
+    assert_eq!(shed_while_busy().await, (503, Some("3".to_string())));
+
+    write("max-requests-in-flight = 8\nmax-client-connections = 50\n");
+    proxy.signal(libc::SIGHUP);
+    assert!(until_async(|| reloads(2.0)).await, "reloaded");
+    assert_eq!(
+        shed_while_busy().await.0,
+        200,
+        "the raised limit lets it in"
+    );
+    assert!(
+        !proxy.logs().contains("only change on a restart"),
+        "no key here is restart-only: {}",
+        proxy.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sighup_applies_live_keys_names_restart_only_ones_and_keeps_a_jdbc_stream() {
     use std::io::{Read, Write};
     let plan = SimCluster::plan(1);
@@ -403,7 +466,30 @@ async fn the_metrics_alerts_and_dashboards_use_are_the_ones_the_proxy_serves() {
     let node = plan.node_arg(0);
     let cluster = plan.start(&zk);
     cluster.wait_for_leader(DEADLINE);
-    let proxy = Proxy::start(&["--zookeeper", &zk.connect_string(), "--node", &node]);
+    // And with TLS on a listener (the JDBC one): the tls_ metrics are only
+    // served for listeners that speak it.
+    let tls = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let jdbc = format!("127.0.0.1:{}", common::free_port());
+    let proxy = Proxy::start(&[
+        "--zookeeper",
+        &zk.connect_string(),
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc,
+        "--thrift-tls-cert",
+        &cert_file.display().to_string(),
+        "--thrift-tls-key",
+        &key_file.display().to_string(),
+    ]);
     let admin = proxy.admin_url();
     assert!(
         until_async(|| async { get(&format!("{admin}/readyz")).await.0 == 200 }).await,
@@ -633,12 +719,12 @@ async fn sighup_replaces_the_node_list() {
 #[tokio::test(flavor = "multi_thread")]
 async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
     use livy_proxy::app::{self, Control, Ended, Listeners};
-    use livy_proxy::config::{Cli, Config};
+    use livy_proxy::config::Config;
     let plan = SimCluster::plan(1);
     let node = plan.node_arg(0);
     let _cluster = plan.start_static(0);
     let port = common::free_port();
-    let cli = <Cli as clap::Parser>::try_parse_from([
+    let config = Config::from_args([
         "livy-proxy",
         "--node",
         &node,
@@ -650,7 +736,6 @@ async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
         "500ms",
     ])
     .unwrap();
-    let config = Config::load(cli).unwrap();
     let listeners = Listeners::bind(&config).await.unwrap();
     let control = Control::default();
     let running = tokio::spawn(app::run(config, listeners, control.clone(), None));

@@ -21,7 +21,7 @@ use livy_proxy::discovery::LeaderView;
 use livy_proxy::http_proxy::{HttpProxy, HttpSettings};
 use livy_proxy::node::{AddressDefaults, LivyNode};
 use livy_proxy::proxy_protocol::{ProxyProtocol, TrustedNetworks};
-use livy_proxy::tcp_proxy::TcpProxy;
+use livy_proxy::tcp_proxy::{TcpProxy, TcpSettings};
 use tcp_common::Echo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -219,6 +219,7 @@ impl Drop for Http {
 
 fn http_settings(proxy_protocol: ProxyProtocol) -> HttpSettings {
     HttpSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
         max_requests_in_flight: 4096,
         max_client_connections: 10_000,
         hold_timeout: Duration::from_secs(5),
@@ -238,7 +239,9 @@ fn http_settings(proxy_protocol: ProxyProtocol) -> HttpSettings {
         h2_max_concurrent_streams: 100,
         h2_max_header_list_size: 64 * 1024,
         proxy_protocol,
+        client_identity_header: None,
         tls: None,
+        tls_listen: None,
     }
 }
 
@@ -563,7 +566,10 @@ async fn proxy_protocol_keys_are_live_on_both_listeners() {
     let mut back = vec![0u8; V1_TCP4.len()];
     c.read_exact(&mut back).await.unwrap();
     assert_eq!(back, V1_TCP4, "off: relayed as it came");
-    tcp.update_proxy_protocol(pp(Duration::from_secs(5)));
+    tcp.update_settings(TcpSettings {
+        proxy_protocol: pp(Duration::from_secs(5)),
+        ..tcp_common::settings(Duration::from_secs(5))
+    });
     assert_eq!(echoed_from(TRUSTED, addr, V1_TCP4).await, THRIFT);
     assert_eq!(echoed_from(TRUSTED, addr, &v2_tcp4()).await, THRIFT);
     stop.cancel();

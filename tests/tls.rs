@@ -146,10 +146,10 @@ fn http1_and_h2_over_tls_reach_livy_as_https() {
 }
 
 #[test]
-fn a_silent_client_is_closed_after_client_header_timeout() {
+fn a_silent_client_is_closed_after_tls_handshake_timeout() {
     let pki = Pki::new();
     let sim = SimCluster::plan(1).start_static(0);
-    let proxy = tls_proxy(&pki, &sim, &["--client-header-timeout", "1s"]);
+    let proxy = tls_proxy(&pki, &sim, &["--tls-handshake-timeout", "1s"]);
     let mut silent = TcpStream::connect(proxy.addr()).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))

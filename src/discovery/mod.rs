@@ -21,6 +21,7 @@ pub mod latch;
 pub mod probe;
 pub mod status;
 pub mod zk;
+pub mod zk_security;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -127,6 +128,8 @@ pub struct DiscoveryConfig {
     pub leader_path: String,
     /// ZooKeeper session timeout the proxy asks for.
     pub zk_session_timeout: Duration,
+    /// TLS and SASL for the ZooKeeper session.
+    pub zk_security: zk_security::ZkSecurity,
     /// The known Livy servers: id table, static list and redirect
     /// allow-list; live (a reload replaces them).
     pub nodes: NodeList,

@@ -57,7 +57,8 @@ pub async fn run(
     let mut ever_connected = false;
     let mut backoff = MIN_BACKOFF;
     let mut fallback: Option<(CancellationToken, JoinHandle<()>)> = None;
-    tracing::info!(zookeeper = %connect, path = %config.leader_path, "connecting to ZooKeeper");
+    let mut refusing: Option<String> = None;
+    tracing::info!(zookeeper = %connect, path = %config.leader_path, security = %config.zk_security.describe(), "connecting to ZooKeeper");
     publisher.status.set_zookeeper("connecting");
     loop {
         // `fail_eagerly`: give up after one pass over the hosts instead of
@@ -70,11 +71,65 @@ pub async fn run(
             .with_session_timeout(config.zk_session_timeout)
             .with_connection_timeout(config.zk_session_timeout.min(MAX_BACKOFF))
             .with_fail_eagerly();
+        // The security files are read for every new session, so a rotated
+        // certificate or password needs no restart.
+        let connector = match config.zk_security.apply(connector) {
+            Ok(c) => c,
+            Err(e) => {
+                publisher.status.set_zookeeper("misconfigured");
+                tracing::error!(key = e.key, problem = %e, "cannot secure the ZooKeeper session: retrying");
+                publisher.mark_stale(format!("ZooKeeper security key {}: {e}", e.key));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                }
+                continue;
+            }
+        };
+        let tls = config.zk_security.tls();
+        let connecting = async {
+            // With TLS, every host of the connect string is reached over TLS.
+            if tls {
+                connector.secure_connect(&connect).await
+            } else {
+                connector.connect(&connect).await
+            }
+        };
         let connected = tokio::select! {
             _ = shutdown.cancelled() => break,
-            c = connector.connect(&connect) => c,
+            c = connecting => c,
+        };
+        let refused = match &connected {
+            Ok(_) => None,
+            Err(e) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = refusal(e, &connect, &config) => r,
+            },
         };
         match connected {
+            Err(_) if let Some((state, problem)) = refused => {
+                // ZooKeeper answered and refused the credentials: a
+                // configuration fault, not an outage. The node list is not
+                // probed instead: the operator secured the latch, and
+                // probing would route around it.
+                if let Some((token, task)) = fallback.take() {
+                    token.cancel();
+                    let _ = task.await;
+                }
+                publisher.status.set_zookeeper(state);
+                // Once per cause: the retries say nothing new.
+                if refusing.as_deref() != Some(problem.as_str()) {
+                    tracing::error!(%problem, "ZooKeeper refused the proxy: not routing until it lets the proxy in");
+                    refusing = Some(problem.clone());
+                } else {
+                    tracing::debug!(%problem, "ZooKeeper refused the proxy again");
+                }
+                publisher.mark_stale(problem);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(MAX_BACKOFF) => {}
+                }
+            }
             Err(e) => {
                 publisher.status.set_zookeeper("unreachable");
                 let problem = format!("ZooKeeper {connect} unreachable: {e}");
@@ -102,6 +157,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Ok(client) => {
+                refusing = None;
                 if let Some((token, task)) = fallback.take() {
                     token.cancel();
                     let _ = task.await;
@@ -143,6 +199,46 @@ pub async fn run(
     if let Some((token, task)) = fallback {
         token.cancel();
         let _ = task.await;
+    }
+}
+
+/// Whether a failed connect was ZooKeeper refusing the proxy (its SASL
+/// login, or the TLS handshake) rather than an outage: the status to show
+/// and the problem, naming the cause.
+async fn refusal(
+    e: &zk::Error,
+    connect: &str,
+    config: &DiscoveryConfig,
+) -> Option<(&'static str, String)> {
+    if matches!(e, zk::Error::AuthFailed) {
+        return Some(("auth-failed", auth_problem(connect, config)));
+    }
+    if !config.zk_security.tls() {
+        return None;
+    }
+    let problem = config
+        .zk_security
+        .diagnose_tls(connect, config.zk_session_timeout.min(MAX_BACKOFF))
+        .await?;
+    Some((
+        "tls-failed",
+        format!(
+            "{problem}; check zk-tls-ca, zk-tls-cert and zk-tls-key against the server's ssl.* settings"
+        ),
+    ))
+}
+
+/// What a refused SASL login means, for the log and readiness.
+fn auth_problem(connect: &str, config: &DiscoveryConfig) -> String {
+    if config.zk_security.sasl.is_some() {
+        format!(
+            "ZooKeeper {connect} refused the proxy's credentials ({}): authentication failed; check zk-sasl-user and zk-sasl-password-file against the server's JAAS file",
+            config.zk_security.describe()
+        )
+    } else {
+        format!(
+            "ZooKeeper {connect} requires authentication (the proxy sent none): authentication failed; set zk-sasl-user and zk-sasl-password-file"
+        )
     }
 }
 

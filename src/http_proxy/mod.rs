@@ -48,7 +48,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::discovery::{Hints, LeaderRx, LeaderView};
 use crate::metrics::{Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
@@ -69,9 +68,12 @@ pub const HINT_ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// The body of a response to the client: Livy's, streamed, or the proxy's own.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
-/// The settings the HTTP proxy reads on every request.
+/// The settings the HTTP proxy reads on every request: configuration
+/// section `http`, built by [`crate::config`].
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
+    /// The listener's address (`listen`).
+    pub listen: std::net::SocketAddr,
     /// How long a request waits for a usable leader.
     pub hold_timeout: Duration,
     /// How long Livy may take to send response headers.
@@ -113,35 +115,15 @@ pub struct HttpSettings {
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer.
     pub proxy_protocol: crate::proxy_protocol::ProxyProtocol,
-    /// TLS on the listener (`tls-cert`, `tls-key`), read when it starts.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-impl From<&Config> for HttpSettings {
-    fn from(c: &Config) -> Self {
-        HttpSettings {
-            max_requests_in_flight: c.max_requests_in_flight,
-            max_client_connections: c.max_client_connections,
-            hold_timeout: c.hold_timeout,
-            upstream_timeout: c.upstream_timeout,
-            client_header_timeout: c.client_header_timeout,
-            connect_timeout: c.connect_timeout,
-            max_replay_body: c.max_replay_body,
-            trust_forwarded: c.trust_forwarded,
-            strip_headers: c.strip_headers.clone(),
-            emit_forwarded: c.emit_forwarded,
-            public_url: c.public_url.clone(),
-            retry_after: c.retry_after,
-            max_upstream_connections: c.max_upstream_connections,
-            client_body_timeout: c.client_body_timeout,
-            max_buffered_bodies: c.max_buffered_bodies,
-            max_streaming_uploads: c.max_streaming_uploads,
-            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
-            h2_max_header_list_size: c.h2_max_header_list_size,
-            proxy_protocol: c.proxy_protocol.clone(),
-            tls: c.tls.clone(),
-        }
-    }
+    /// The listener's TLS files (`tls-cert`, `tls-key`, `tls-client-ca`,
+    /// `tls-client-auth`), read by the listener (`app::TlsSources`).
+    pub tls: Option<crate::tls::TlsSpec>,
+    /// A TLS listener beside the plain `listen` (`tls-listen`).
+    pub tls_listen: Option<std::net::SocketAddr>,
+    /// The header Livy gets a verified client certificate's identity in
+    /// (`tls-client-identity-header`); any copy from the client is
+    /// removed, on every listener.
+    pub client_identity_header: Option<http::HeaderName>,
 }
 
 struct Shared {
@@ -157,6 +139,10 @@ struct Shared {
     /// Swapped whole by a reload; the keys read per request take effect
     /// for the next request, the others were used at start.
     settings: arc_swap::ArcSwap<HttpSettings>,
+    /// `max-requests-in-flight`, across the listener's connections (live).
+    in_flight: Arc<crate::limit::LiveLimit>,
+    /// `max-client-connections` on the listener (live).
+    connections: Arc<crate::limit::LiveLimit>,
 }
 
 /// What became of one request inside the proxy, for its access-log line and
@@ -284,14 +270,29 @@ impl HttpProxy {
                     settings.max_streaming_uploads,
                     settings.client_body_timeout,
                 ),
+                in_flight: crate::limit::LiveLimit::new(settings.max_requests_in_flight),
+                connections: crate::limit::LiveLimit::new(settings.max_client_connections),
                 settings: arc_swap::ArcSwap::from_pointee(settings),
             }),
         }
     }
 
-    /// Accepts connections on `listener` until `shutdown`, then lets
-    /// in-flight requests finish (hyper's graceful shutdown) before returning.
+    /// Accepts plain HTTP (HTTP/1.1 or h2c) connections on `listener` until
+    /// `shutdown`, then lets in-flight requests finish (hyper's graceful
+    /// shutdown) before returning.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`HttpProxy::serve`], speaking TLS with `tls` when given (HTTP/2 by
+    /// ALPN `h2`, else HTTP/1.1). A plain and a TLS listener can serve side
+    /// by side (`tls-listen`): they share the proxy, its limits and pool.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        shutdown: CancellationToken,
+    ) {
         // A client has `client-header-timeout` to send a request's headers:
         // a slow or stuck client cannot pin a connection forever.
         // Head and body copied into one buffer and sent with one write(2):
@@ -311,41 +312,41 @@ impl HttpProxy {
         let builders = Arc::new((http1, http2));
         let graceful = GracefulShutdown::new();
         let mut connections_tasks = tokio::task::JoinSet::new();
-        let settings = self.shared.settings.load_full();
-        // Read once: a reload does not change the listener's certificate.
-        let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         // The tower stack (stack.rs): its shared parts built once, each
         // connection's around its client.
         let stack = stack::StackParts::new(
             self.clone(),
             self.shared.metrics.clone(),
             self.shared.access_log.clone(),
-            settings.retry_after,
-            settings.max_requests_in_flight,
+            self.shared.in_flight.clone(),
         );
         // A permit per open client connection, taken before accepting (as
         // mini-redis does): at the limit, accepting pauses and new clients
         // wait in the kernel's backlog instead of costing memory here.
-        let connections = Arc::new(tokio::sync::Semaphore::new(
-            settings.max_client_connections.max(1),
-        ));
+        let connections = self.shared.connections.clone();
         loop {
-            let permit = match connections.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
+            let permit = match connections.try_acquire() {
+                Some(p) => p,
+                None => {
                     self.shared.metrics.connections_at_limit();
                     tracing::warn!(
-                        limit = settings.max_client_connections,
+                        limit = connections.max(),
                         "max-client-connections reached: accepting paused"
                     );
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        p = connections.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break,
-                        },
+                        p = connections.acquire() => p,
                     }
                 }
+            };
+            // And a handshake permit (`max-tls-handshakes`), given back when
+            // the handshake ends.
+            let handshake = match &tls {
+                Some(t) => match t.handshakes().permit(&shutdown).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
             };
             let Some((stream, peer)) = crate::listener::accept(&listener, &shutdown, "HTTP").await
             else {
@@ -376,12 +377,44 @@ impl HttpProxy {
                     Ok(client) => client,
                     Err(e) => return e.log("HTTP", peer),
                 };
-                let service = |tls| {
-                    let info = Arc::new(stack::ClientInfo::new(peer, local, tls));
+                let service = |tls, identity| {
+                    let info =
+                        Arc::new(stack::ClientInfo::new(peer, local, tls).with_identity(identity));
                     stack::HyperStack::new(stack.for_connection(info))
                 };
-                let ended = match &tls {
-                    None => {
+                let ended = match (&tls, handshake) {
+                    (Some(tls), Some(handshake)) => {
+                        // The handshake, within `tls-handshake-timeout` (a
+                        // client that connects and sends nothing is
+                        // dropped), with the configuration in force now,
+                        // then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+                        let done = tokio::select! {
+                            h = tls.handshakes().accept(tls.acceptor(), stream, handshake) => h,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let stream = match done {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%peer, listener = "http", error = %e, "TLS handshake did not complete");
+                                return;
+                            }
+                        };
+                        let conn = stream.get_ref().1;
+                        let h2 = conn.alpn_protocol() == Some(b"h2");
+                        let identity = crate::tls::identity::of_connection(conn).map(Arc::new);
+                        let io = TokioIo::new(stream);
+                        serve_client(
+                            io,
+                            h2,
+                            service(true, identity),
+                            &builders,
+                            header_timeout,
+                            &shutdown,
+                            watcher,
+                        )
+                        .await
+                    }
+                    _ => {
                         // HTTP/1.1 or h2c, told apart without taking a
                         // byte from the socket (`sniff`); a connection that
                         // says nothing before the header timeout, or before
@@ -399,40 +432,7 @@ impl HttpProxy {
                         serve_client(
                             io,
                             h2,
-                            service(false),
-                            &builders,
-                            header_timeout,
-                            &shutdown,
-                            watcher,
-                        )
-                        .await
-                    }
-                    Some(tls) => {
-                        // The handshake, within `client-header-timeout` (a
-                        // client that connects and sends nothing is
-                        // dropped), then HTTP/2 if ALPN chose `h2`, else
-                        // HTTP/1.1.
-                        let handshake = tokio::select! {
-                            h = tokio::time::timeout(header_timeout, tls.accept(stream)) => h,
-                            _ = shutdown.cancelled() => return,
-                        };
-                        let stream = match handshake {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out (client-header-timeout)");
-                                return;
-                            }
-                        };
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let io = TokioIo::new(stream);
-                        serve_client(
-                            io,
-                            h2,
-                            service(true),
+                            service(false, None),
                             &builders,
                             header_timeout,
                             &shutdown,
@@ -461,6 +461,7 @@ impl HttpProxy {
         req: &mut Request<Incoming>,
         client_ip: &HeaderValue,
         tls: bool,
+        identity: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
         let settings = self.shared.settings.load();
         let version = req.version();
@@ -503,6 +504,14 @@ impl HttpProxy {
             },
             found.forwarding,
         );
+        // Only the proxy says who a client certificate named: a copy the
+        // client sent is removed, whatever trust-forwarded says.
+        if let Some(name) = &settings.client_identity_header {
+            headers.remove(name);
+            if let Some(value) = identity {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
         headers::add_via(headers, version);
         Ok(())
     }
@@ -516,6 +525,12 @@ impl HttpProxy {
     /// reload). Only the keys read per request change anything: see
     /// docs/configuration.md for which are live.
     pub fn update_settings(&self, settings: HttpSettings) {
+        self.shared
+            .in_flight
+            .set_max(settings.max_requests_in_flight);
+        self.shared
+            .connections
+            .set_max(settings.max_client_connections);
         self.shared.settings.store(Arc::new(settings));
     }
 

@@ -40,7 +40,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,9 @@ use tower::Service;
 
 use super::error::ProxyError;
 use super::{ClientRequest, HttpProxy, Outcome, ProxyBody, peer_ip_header};
+use crate::limit::{LiveLimit, Permit};
 use crate::metrics::{Direction, Listener, Metrics};
+use crate::tls::identity::ClientIdentity;
 
 /// Who sent a request: set per connection, read by the layers and the
 /// forwarding (X-Forwarded-For, the access log).
@@ -65,6 +67,11 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     /// Whether the connection is TLS (the listener's `tls-cert`).
     pub tls: bool,
+    /// The verified client certificate's identity (mTLS), for the access
+    /// log.
+    pub identity: Option<Arc<ClientIdentity>>,
+    /// `identity` as the identity header's value, made once per connection.
+    pub identity_header: Option<HeaderValue>,
 }
 
 impl ClientInfo {
@@ -75,7 +82,16 @@ impl ClientInfo {
             peer_ip: peer_ip_header(peer),
             local,
             tls,
+            identity: None,
+            identity_header: None,
         }
+    }
+
+    /// The same client, with the identity its verified certificate names.
+    pub fn with_identity(mut self, identity: Option<Arc<ClientIdentity>>) -> Self {
+        self.identity_header = identity.as_ref().and_then(|i| i.header_value());
+        self.identity = identity;
+        self
     }
 }
 
@@ -212,8 +228,7 @@ struct Shared {
 pub struct StackParts {
     proxy: HttpProxy,
     shared: Arc<Shared>,
-    retry_after: Duration,
-    in_flight: Arc<InFlight>,
+    in_flight: Arc<LiveLimit>,
 }
 
 /// One connection's stack (outermost first).
@@ -274,14 +289,13 @@ where
 }
 
 impl StackParts {
-    /// The parts for `proxy`'s listener: at most `max_in_flight` requests
-    /// inside at once, across all its connections.
+    /// The parts for `proxy`'s listener: at most `in_flight`'s maximum
+    /// of requests inside at once, across all its connections.
     pub fn new(
         proxy: HttpProxy,
         metrics: Arc<Metrics>,
         access_log: AccessLogSwitch,
-        retry_after: Duration,
-        max_in_flight: usize,
+        in_flight: Arc<LiveLimit>,
     ) -> Self {
         StackParts {
             proxy,
@@ -290,11 +304,7 @@ impl StackParts {
                 access_log,
                 ids: RequestIds::default(),
             }),
-            retry_after,
-            in_flight: Arc::new(InFlight {
-                now: AtomicUsize::new(0),
-                max: max_in_flight.max(1),
-            }),
+            in_flight,
         }
     }
 
@@ -308,8 +318,8 @@ impl StackParts {
             })
             .layer_fn(|inner| Limit {
                 inner,
-                in_flight: self.in_flight.clone(),
-                retry_after: self.retry_after,
+                permits: self.in_flight.clone(),
+                proxy: self.proxy.clone(),
             })
             .layer_fn(|inner| ForwardingHeaders {
                 inner,
@@ -329,6 +339,8 @@ struct Seen {
     /// when the access log is on.
     path: Option<String>,
     peer: Option<SocketAddr>,
+    /// The client certificate's subject (mTLS), when logged.
+    client_cert: Option<Arc<ClientIdentity>>,
     request_id: HeaderValue,
     bytes_in: u64,
 }
@@ -364,6 +376,11 @@ where
             method: req.method().clone(),
             path: log.then(|| req.uri().path().to_string()),
             peer: log.then_some(self.client.peer),
+            client_cert: if log {
+                self.client.identity.clone()
+            } else {
+                None
+            },
             request_id,
             bytes_in: hyper::body::Body::size_hint(req.body())
                 .exact()
@@ -439,6 +456,8 @@ fn record(metrics: &Metrics, seen: &Seen, resp: &Response<ProxyBody>, outcome: O
     tracing::info!(
         target: "access",
         client = %seen.peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        client_cert = seen.client_cert.as_ref().map_or("-", |c| c.subject.as_str()),
+        client_san = seen.client_cert.as_ref().map_or_else(|| "-".to_string(), |c| c.sans_text()).as_str(),
         method = %seen.method,
         path = %path,
         status = status.as_u16(),
@@ -480,10 +499,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        match self
-            .proxy
-            .prepare_headers(&mut req, &self.client.peer_ip, self.client.tls)
-        {
+        match self.proxy.prepare_headers(
+            &mut req,
+            &self.client.peer_ip,
+            self.client.tls,
+            self.client.identity_header.as_ref(),
+        ) {
             Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
             Err(error) => {
                 tracing::warn!(method = %req.method(), path = req.uri().path(), kind = error.kind(), error = %error, "request failed");
@@ -528,41 +549,14 @@ impl Future for Early {
     }
 }
 
-/// The requests inside the proxy, across all connections: a counter
-/// rather than a semaphore, since nothing waits for a place (a request
-/// over the limit is shed at once), and a counter costs two atomic
-/// operations where tokio's semaphore locks a mutex on every release.
-struct InFlight {
-    now: AtomicUsize,
-    max: usize,
-}
-
-/// One request's place inside, given back when dropped.
-struct Place(Arc<InFlight>);
-
-impl InFlight {
-    fn enter(self: &Arc<Self>) -> Option<Place> {
-        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.now.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Place(self.clone()))
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The in-flight limit: a place per request, held until its response head
+/// The in-flight limit: a permit per request, held until its response head
 /// is ready; none left means 503 `overloaded` at once.
 #[derive(Clone)]
 pub struct Limit<S> {
     inner: S,
-    in_flight: Arc<InFlight>,
-    retry_after: Duration,
+    permits: Arc<LiveLimit>,
+    /// For the `Retry-After` of a shed request (live).
+    proxy: HttpProxy,
 }
 
 impl<S> Service<Request<Incoming>> for Limit<S>
@@ -578,19 +572,19 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        match self.in_flight.enter() {
-            Some(place) => LimitFuture {
+        match self.permits.try_acquire() {
+            Some(permit) => LimitFuture {
                 inner: futures_util::future::Either::Left(self.inner.call(req)),
-                place: Some(place),
+                permit: Some(permit),
             },
             None => {
                 let error = ProxyError::Overloaded(format!(
                     "{} requests are in flight (max-requests-in-flight)",
-                    self.in_flight.max
+                    self.permits.max()
                 ));
                 LimitFuture {
-                    inner: Early::answer(error, self.retry_after),
-                    place: None,
+                    inner: Early::answer(error, self.proxy.retry_after()),
+                    permit: None,
                 }
             }
         }
@@ -598,11 +592,11 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// [`Limit`]'s future: the inner one holding its place, or the 503.
+    /// [`Limit`]'s future: the inner one holding its permit, or the 503.
     pub struct LimitFuture<F> {
         #[pin]
         inner: Answer<F>,
-        place: Option<Place>,
+        permit: Option<Permit>,
     }
 }
 
@@ -615,7 +609,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
-        this.place.take();
+        this.permit.take();
         Poll::Ready(out)
     }
 }

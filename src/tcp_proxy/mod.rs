@@ -33,16 +33,22 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
 use crate::discovery::{LeaderRx, LeaderView};
 use crate::metrics::{Direction, Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
 use crate::proxy_protocol::ProxyProtocol;
 use relay::Traffic;
 
-/// The settings of the JDBC listener.
+/// The settings of the JDBC listener: configuration section `tcp`, built
+/// by [`crate::config`].
 #[derive(Clone, Debug)]
 pub struct TcpSettings {
+    /// The JDBC listener's address (`thrift-listen`); `None`: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Its TLS files (`thrift-tls-*`), read by the listener.
+    pub tls: Option<crate::tls::TlsSpec>,
+    /// What it does with TLS (`thrift-tls-mode`, `thrift-upstream-ca`).
+    pub tls_mode: crate::tls::ThriftTlsMode,
     /// How long a connection waits for a reachable active server.
     pub hold_timeout: Duration,
     /// Timeout of one TCP connect to a Livy Thrift server.
@@ -61,24 +67,8 @@ pub struct TcpSettings {
     pub max_connections: usize,
     /// Whose PROXY protocol headers are believed, and for how long one is
     /// waited for: the client's address behind a TCP load balancer. The
-    /// value at start; [`TcpProxy::update_proxy_protocol`] replaces it.
+    /// value at start; [`TcpProxy::update_settings`] replaces it.
     pub proxy_protocol: ProxyProtocol,
-}
-
-impl From<&Config> for TcpSettings {
-    fn from(c: &Config) -> Self {
-        TcpSettings {
-            hold_timeout: c.hold_timeout,
-            connect_timeout: c.connect_timeout,
-            thrift_port: c.thrift_port,
-            close_on_failover: c.thrift_close_on_failover,
-            nodelay: c.tcp_nodelay,
-            keepalive: c.tcp_keepalive,
-            idle_timeout: c.tcp_idle_timeout,
-            max_connections: c.max_tcp_connections,
-            proxy_protocol: c.proxy_protocol.clone(),
-        }
-    }
 }
 
 /// Why a JDBC connection could not be forwarded.
@@ -106,13 +96,18 @@ pub enum TcpError {
 pub struct TcpProxy {
     leader: LeaderRx,
     nodes: NodeList,
-    settings: Arc<TcpSettings>,
+    /// Swapped whole by a reload: the live keys (hold-timeout, PROXY
+    /// protocol) apply to the connections accepted after it; the others
+    /// keep their running values (config::RESTART_ONLY).
+    settings: Arc<arc_swap::ArcSwap<TcpSettings>>,
     limit: Arc<Semaphore>,
-    /// `settings.proxy_protocol` as it is now: live, a reload replaces it
-    /// for the connections accepted after it.
-    proxy_protocol: Arc<arc_swap::ArcSwap<ProxyProtocol>>,
     metrics: Arc<Metrics>,
     access_log: crate::http_proxy::stack::AccessLogSwitch,
+    /// TLS terminated on the listener (`thrift-tls-*`); Livy's Thrift
+    /// port is then spoken to in plain TCP.
+    tls: Option<Arc<crate::tls::TlsSource>>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
+    upstream_tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl TcpProxy {
@@ -123,13 +118,25 @@ impl TcpProxy {
             leader,
             nodes: nodes.into(),
             limit: Arc::new(Semaphore::new(settings.max_connections)),
-            proxy_protocol: Arc::new(arc_swap::ArcSwap::from_pointee(
-                settings.proxy_protocol.clone(),
-            )),
-            settings: Arc::new(settings),
+            settings: Arc::new(arc_swap::ArcSwap::from_pointee(settings)),
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            tls: None,
+            upstream_tls: None,
         }
+    }
+
+    /// Terminates TLS on the listener with `tls` (none: the bytes are
+    /// relayed as they come, TLS from the client included: passthrough),
+    /// and speaks TLS to Livy's Thrift port with `upstream` (reencrypt).
+    pub fn with_tls(
+        mut self,
+        tls: Option<Arc<crate::tls::TlsSource>>,
+        upstream: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        self.tls = tls;
+        self.upstream_tls = upstream.map(tokio_rustls::TlsConnector::from);
+        self
     }
 
     /// Joins the proxy to the process's metrics and access-log switch.
@@ -143,11 +150,10 @@ impl TcpProxy {
         self
     }
 
-    /// Replaces the PROXY protocol settings for the connections accepted
-    /// from now on (a reload: `proxy-protocol-from` and
-    /// `proxy-protocol-timeout` are live keys; the others here are not).
-    pub fn update_proxy_protocol(&self, proxy_protocol: ProxyProtocol) {
-        self.proxy_protocol.store(Arc::new(proxy_protocol));
+    /// Replaces the settings for the connections accepted from now on (a
+    /// reload; open connections keep theirs).
+    pub fn update_settings(&self, settings: TcpSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Accepts connections until `shutdown`, then closes the open ones and
@@ -169,20 +175,28 @@ impl TcpProxy {
         let tracker = TaskTracker::new();
         let shutdown = close_streams;
         loop {
+            // A handshake permit (`max-tls-handshakes`) before accepting.
+            let handshake = match &self.tls {
+                Some(t) => match t.handshakes().permit(&stop_accepting).await {
+                    Some(p) => Some(p),
+                    None => break,
+                },
+                None => None,
+            };
             let Some((client, peer)) =
                 crate::listener::accept(&listener, &stop_accepting, "JDBC").await
             else {
                 break;
             };
             let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = self.settings.max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");
+                tracing::warn!(%peer, limit = self.settings.load().max_connections, "JDBC connection limit reached (max-tcp-connections): closing the new connection");
                 drop(client);
                 continue;
             };
             let proxy = self.clone();
             let stop = shutdown.child_token();
             tracker.spawn(async move {
-                proxy.handle(client, peer, stop).await;
+                proxy.handle(client, peer, handshake, stop).await;
                 drop(permit);
             });
         }
@@ -191,12 +205,18 @@ impl TcpProxy {
         tracker.wait().await;
     }
 
-    async fn handle(&self, client: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn handle(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        handshake: Option<tokio::sync::OwnedSemaphorePermit>,
+        shutdown: CancellationToken,
+    ) {
         let _open = self.metrics.connection(Listener::Jdbc);
         self.tune(&client);
         // Behind a load balancer, the client is whom its PROXY header
         // names; the header is consumed, the Thrift bytes after it are not.
-        let proxy_protocol = self.proxy_protocol.load_full();
+        let proxy_protocol = self.settings.load().proxy_protocol.clone();
         let peer = tokio::select! {
             _ = shutdown.cancelled() => return,
             resolved = proxy_protocol.resolve_peer(&client, peer) => match resolved {
@@ -204,10 +224,28 @@ impl TcpProxy {
                 Err(e) => return e.log("JDBC", peer),
             },
         };
+        // TLS on the listener: the handshake before Livy is chosen, so a
+        // client that fails it never costs an upstream connection.
+        let client = match (&self.tls, handshake) {
+            (Some(tls), Some(handshake)) => {
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = tls.handshakes().accept(tls.acceptor(), client, handshake) => h,
+                };
+                match done {
+                    Ok(s) => Client::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::debug!(%peer, listener = "jdbc", error = %e, "TLS handshake did not complete");
+                        return;
+                    }
+                }
+            }
+            _ => Client::Plain(client),
+        };
         let started = Instant::now();
         let (upstream, node, generation) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            connected = self.connect_upstream(started + self.settings.hold_timeout) => match connected {
+            connected = self.connect_upstream(started + self.settings.load().hold_timeout) => match connected {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "JDBC connection closed: no upstream");
@@ -216,6 +254,34 @@ impl TcpProxy {
             },
         };
         self.tune(&upstream);
+        let upstream = match &self.upstream_tls {
+            None => Upstream::Plain(upstream),
+            Some(connector) => {
+                let addr = node.thrift_addr(self.settings.load().thrift_port);
+                let handshake = async {
+                    let name = thrift_server_name(&addr)?;
+                    tokio::time::timeout(
+                        self.settings.load().connect_timeout,
+                        connector.connect(name, upstream),
+                    )
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })?
+                };
+                let done = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    h = handshake => h,
+                };
+                match done {
+                    Ok(s) => Upstream::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(%peer, node = %node, %addr, error = %e, "JDBC connection closed: TLS to Livy's Thrift port failed (thrift-tls-mode reencrypt)");
+                        return;
+                    }
+                }
+            }
+        };
         tracing::debug!(%peer, node = %node, "JDBC connection forwarded");
         let relayed = self.metrics.jdbc_connection();
         let (end, up, down) = self
@@ -243,8 +309,9 @@ impl TcpProxy {
     }
 
     fn tune(&self, stream: &TcpStream) {
-        let _ = stream.set_nodelay(self.settings.nodelay);
-        if let Some(idle) = self.settings.keepalive {
+        // (Called on the client socket before any TLS.)
+        let _ = stream.set_nodelay(self.settings.load().nodelay);
+        if let Some(idle) = self.settings.load().keepalive {
             let sock = socket2::SockRef::from(stream);
             let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle));
         }
@@ -280,7 +347,7 @@ impl TcpProxy {
                         source,
                     },
                     None => TcpError::NoLeader(
-                        self.settings.hold_timeout,
+                        self.settings.load().hold_timeout,
                         rx.borrow()
                             .problem
                             .as_ref()
@@ -289,7 +356,7 @@ impl TcpProxy {
                     ),
                 });
             };
-            let addr = leader.thrift_addr(self.settings.thrift_port);
+            let addr = leader.thrift_addr(self.settings.load().thrift_port);
             match self.try_connect(&addr).await {
                 Ok(s) => return Ok((s, leader, generation)),
                 Err(e) => {
@@ -324,7 +391,7 @@ impl TcpProxy {
     async fn first_accepting_other(&self, leader: &LivyNode) -> Option<(TcpStream, LivyNode)> {
         let nodes = self.nodes.snapshot();
         let attempts = nodes.iter().filter(|n| n.origin != leader.origin).map(|n| {
-            let addr = n.thrift_addr(self.settings.thrift_port);
+            let addr = n.thrift_addr(self.settings.load().thrift_port);
             let node = n.clone();
             Box::pin(async move {
                 match self.try_connect(&addr).await {
@@ -347,7 +414,12 @@ impl TcpProxy {
     }
 
     async fn try_connect(&self, addr: &str) -> io::Result<TcpStream> {
-        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+        match tokio::time::timeout(
+            self.settings.load().connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
@@ -358,15 +430,15 @@ impl TcpProxy {
     /// and the bytes sent up and down.
     async fn pipe(
         &self,
-        client: TcpStream,
-        upstream: TcpStream,
+        client: Client,
+        upstream: Upstream,
         node: &LivyNode,
         generation: u64,
         shutdown: CancellationToken,
     ) -> (&'static str, u64, u64) {
         let traffic = Traffic::new();
         let mut rx = self.leader.clone();
-        let close_on_failover = self.settings.close_on_failover;
+        let close_on_failover = self.settings.load().close_on_failover;
         let leader_moved = async {
             if !close_on_failover {
                 return std::future::pending().await;
@@ -378,9 +450,16 @@ impl TcpProxy {
                 })
                 .await;
         };
-        let idle = idle_watch(self.settings.idle_timeout, &traffic);
+        let idle = idle_watch(self.settings.load().idle_timeout, &traffic);
         let end = tokio::select! {
-            r = relay::relay(&client, &upstream, &traffic) => match r {
+            r = async {
+                match (client, upstream) {
+                    (Client::Plain(c), Upstream::Plain(u)) => relay::relay(&c, &u, &traffic).await,
+                    (Client::Tls(c), Upstream::Plain(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Plain(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
+                    (Client::Tls(c), Upstream::Tls(u)) => relay::relay_io(c, u, &traffic).await,
+                }
+            } => match r {
                 Ok(()) => "closed",
                 Err(_) => "error",
             },
@@ -397,6 +476,27 @@ impl TcpProxy {
             traffic.down.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A JDBC client connection: the socket, or TLS terminated on it.
+enum Client {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The connection to Livy's Thrift port: plain, or TLS (reencrypt).
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The name Livy's Thrift certificate must carry: the host of its
+/// `host:port` address (an IP address as such; IPv6 without brackets).
+fn thrift_server_name(addr: &str) -> io::Result<rustls_pki_types::ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).

@@ -124,3 +124,49 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// [`relay`] for streams that are not bare sockets (a TLS-terminated
+/// client): the same counting and half-close, through tokio's
+/// `AsyncRead`/`AsyncWrite` (TLS records have to be decrypted into a
+/// buffer, so the buffer lives as long as the connection here).
+pub(crate) async fn relay_io<C, S>(client: C, server: S, traffic: &Traffic) -> io::Result<()>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (client_r, client_w) = tokio::io::split(client);
+    let (server_r, server_w) = tokio::io::split(server);
+    tokio::try_join!(
+        one_way_io(client_r, server_w, &traffic.up, traffic),
+        one_way_io(server_r, client_w, &traffic.down, traffic),
+    )?;
+    Ok(())
+}
+
+async fn one_way_io<R, W>(
+    mut from: R,
+    mut to: W,
+    counter: &AtomicU64,
+    traffic: &Traffic,
+) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        traffic.record(counter, n);
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+    }
+    // TLS: close_notify, then the socket's FIN.
+    match to.shutdown().await {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -238,20 +238,47 @@ pub struct ZooKeeper {
     dir: tempfile::TempDir,
     port: u16,
     proc: Option<Proc>,
+    options: ZkOptions,
+}
+
+/// How a server from [`ZooKeeper::start_with`] differs from the default one.
+#[derive(Clone, Default)]
+pub struct ZkOptions {
+    /// More zoo.cfg lines (TLS stores, auth providers, ...).
+    pub cfg: String,
+    /// JVM flags for the server (`-Djava.security.auth.login.config=...`).
+    pub jvm: Vec<String>,
+    /// Serve only a `secureClientPort` (TLS, Netty) and no plain port: the
+    /// port of [`ZooKeeper::connect_string`] is then the TLS one.
+    pub tls_only: bool,
 }
 
 impl ZooKeeper {
     /// Starts a server and waits until it answers.
     pub fn start() -> ZooKeeper {
+        ZooKeeper::start_with(ZkOptions::default())
+    }
+
+    /// Starts a server configured by `options` and waits until it listens.
+    pub fn start_with(options: ZkOptions) -> ZooKeeper {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let listen = if options.tls_only {
+            format!(
+                "secureClientPort={port}\nsecureClientPortAddress=127.0.0.1\n\
+                 serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+            )
+        } else {
+            format!("clientPort={port}\nclientPortAddress=127.0.0.1\n")
+        };
         std::fs::write(
             dir.path().join("zoo.cfg"),
             format!(
-                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                "tickTime=500\ndataDir={}\n{listen}\
                  admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=10000\n\
-                 4lw.commands.whitelist=ruok,srvr\n",
-                dir.path().join("data").display()
+                 4lw.commands.whitelist=ruok,srvr\n{}\n",
+                dir.path().join("data").display(),
+                options.cfg
             ),
         )
         .expect("zoo.cfg");
@@ -259,9 +286,15 @@ impl ZooKeeper {
             dir,
             port,
             proc: None,
+            options,
         };
         zk.start_again();
         zk
+    }
+
+    /// The server's own log (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("zk.log")).unwrap_or_default()
     }
 
     /// `127.0.0.1:PORT`.
@@ -273,7 +306,8 @@ impl ZooKeeper {
     pub fn start_again(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("zk.log")).expect("log file");
         let mut cmd = Command::new("java");
-        cmd.arg("-cp")
+        cmd.args(&self.options.jvm)
+            .arg("-cp")
             .arg(classpath(ZK_SERVER_EXTRA_JARS))
             .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
             .arg(self.dir.path().join("zoo.cfg"))
@@ -282,9 +316,16 @@ impl ZooKeeper {
             .stderr(log);
         self.proc = Some(Proc::spawn("zookeeper", &mut cmd));
         let port = self.port;
+        // No plain port to ask `ruok` on: listening is the sign of life.
+        let tls_only = self.options.tls_only;
         assert!(
-            wait_until(Duration::from_secs(60), || zk_ok(port)),
-            "ZooKeeper did not start"
+            wait_until(Duration::from_secs(60), || if tls_only {
+                TcpStream::connect(("127.0.0.1", port)).is_ok()
+            } else {
+                zk_ok(port)
+            }),
+            "ZooKeeper did not start:\n{}",
+            self.log()
         );
     }
 
@@ -532,6 +573,10 @@ pub struct SimPlan {
     pub session_timeout_ms: u64,
     /// Latch path.
     pub leader_path: String,
+    /// Environment of every node, so of its latch JVM too (e.g.
+    /// `JAVA_TOOL_OPTIONS` with the ZooKeeper client's TLS or JAAS
+    /// properties, as a Livy server is started).
+    pub env: Vec<(String, String)>,
 }
 
 fn sim_ip(i: usize) -> String {
@@ -609,6 +654,7 @@ impl SimPlan {
                 .args(["--session-timeout-ms", &self.session_timeout_ms.to_string()])
                 .args(&peers)
                 .args(&self.extra)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log);
@@ -672,6 +718,7 @@ impl SimCluster {
             extra: Vec::new(),
             session_timeout_ms: 4000,
             leader_path: "/livy_ha/leader".to_string(),
+            env: Vec::new(),
         }
     }
 

@@ -96,6 +96,9 @@ impl Drop for Setup {
 /// The proxy's settings in these tests, with `hold` as the hold timeout.
 pub fn settings(hold: Duration) -> TcpSettings {
     TcpSettings {
+        listen: None,
+        tls: None,
+        tls_mode: livy_proxy::tls::ThriftTlsMode::Passthrough,
         hold_timeout: hold,
         connect_timeout: Duration::from_secs(2),
         thrift_port: 10090,

@@ -1,0 +1,1126 @@
+//! TLS on the listeners, through the binary: certificate reload (SIGHUP, a
+//! Kubernetes-style `..data` symlink swap, a bad new file), mutual TLS and
+//! the client identity, handshake bounds, SNI and Host never choosing an
+//! upstream, the admin and JDBC listeners over TLS. Certificates are made
+//! here with rcgen; clients are curl, `openssl s_client` and rustls.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Proxy, SimCluster, free_port, wait_until};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use rustls_pki_types::pem::PemObject;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A test CA.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost with `serial`:
+    /// (certificate PEM, key PEM).
+    fn server(&self, serial: u64) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "livy-proxy");
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate for `cn` (SANs `{cn}.example` and a SPIFFE
+    /// URI), expired if asked.
+    fn client(&self, cn: &str, expired: bool) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![format!("{cn}.example")]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            format!("spiffe://test/{cn}").try_into().unwrap(),
+        ));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// The serial of the certificate `openssl s_client` is served on `addr`,
+/// in hex as `openssl x509 -serial` prints it (`02`).
+fn served_serial(addr: SocketAddr, ca: &str) -> Option<String> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", "localhost", "-CAfile", ca])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    x509.stdin.take()?.write_all(&out.stdout).ok()?;
+    let out = x509.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().strip_prefix("serial=").map(str::to_string)
+}
+
+/// curl over TLS with the test CA and `more`; its `%{http_code}` (`000`
+/// when the handshake failed) and stderr.
+fn curl(ca: &str, url: &str, more: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--cacert", ca])
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .args(more)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A plain GET of `url` with curl; the body.
+fn curl_body(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The value of one series in a metrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The sim's recorded requests that curl sent (not the proxy's probes).
+fn curl_requests(sim: &SimCluster, i: usize) -> Vec<serde_json::Value> {
+    sim.requests(i)
+        .into_iter()
+        .filter(|r| {
+            r["headers"]["user-agent"]
+                .as_str()
+                .is_some_and(|ua| ua.starts_with("curl/"))
+        })
+        .collect()
+}
+
+/// A rustls client trusting `ca`, with a client certificate if given.
+fn client_config(ca: &str, cert: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match cert {
+        None => builder.with_no_client_auth(),
+        Some((c, k)) => builder
+            .with_client_auth_cert(
+                rustls_pki_types::CertificateDer::pem_file_iter(c)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                rustls_pki_types::PrivateKeyDer::from_pem_file(k).unwrap(),
+            )
+            .unwrap(),
+    };
+    Arc::new(config)
+}
+
+/// A blocking TLS connection.
+struct TlsConn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl TlsConn {
+    fn open(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsConn> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap())
+            .map_err(std::io::Error::other)?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        // Drive the handshake to its end.
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Ok(TlsConn(s))
+    }
+
+    /// The serial of the server's certificate on this connection.
+    fn serial(&self) -> String {
+        let der = &self.0.conn.peer_certificates().unwrap()[0];
+        let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        x.raw_serial_as_string().replace(':', "").to_uppercase()
+    }
+
+    /// GET `path` on this keep-alive connection; the status.
+    fn get(&mut self, path: &str) -> std::io::Result<u16> {
+        write!(
+            self.0,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/rustls\r\n\r\n"
+        )?;
+        self.0.flush()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if self.0.read(&mut byte)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        self.0.read_exact(&mut body)?;
+        head.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(head.clone()))
+    }
+}
+
+/// A Kubernetes Secret volume: `tls.crt` and `tls.key` are symlinks to
+/// `..data/tls.crt` and `..data/tls.key`, `..data` a symlink to a
+/// timestamped directory; an update writes a new directory, points
+/// `..data_tmp` at it and renames that over `..data` (atomic), then removes
+/// the old directory: exactly what the kubelet's AtomicWriter does.
+struct SecretVolume {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl SecretVolume {
+    fn new(dir: &Path, cert: &str, key: &str) -> SecretVolume {
+        let dir = dir.join("secret");
+        std::fs::create_dir(&dir).unwrap();
+        let mut v = SecretVolume { dir, version: 0 };
+        v.update(cert, key);
+        std::os::unix::fs::symlink("..data/tls.crt", v.dir.join("tls.crt")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.key", v.dir.join("tls.key")).unwrap();
+        v
+    }
+
+    fn update(&mut self, cert: &str, key: &str) {
+        let old = format!("..2026_12_01_00_00_0{}.000000001", self.version);
+        self.version += 1;
+        let new = format!("..2026_12_01_00_00_0{}.000000001", self.version);
+        std::fs::create_dir(self.dir.join(&new)).unwrap();
+        std::fs::write(self.dir.join(&new).join("tls.crt"), cert).unwrap();
+        std::fs::write(self.dir.join(&new).join("tls.key"), key).unwrap();
+        std::os::unix::fs::symlink(&new, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+
+    fn cert(&self) -> String {
+        self.dir.join("tls.crt").display().to_string()
+    }
+
+    fn key(&self) -> String {
+        self.dir.join("tls.key").display().to_string()
+    }
+}
+
+fn wait_ready(proxy: &Proxy, ca: &str, url: &str) {
+    assert!(
+        wait_until(DEADLINE, || curl(ca, url, &[]).0 == "200"),
+        "no 200 over TLS:\n{}",
+        proxy.logs()
+    );
+}
+
+#[test]
+fn a_rotated_secret_and_sighup_renew_the_certificate_without_dropping_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rotation CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c1, k1) = ca.server(1);
+    let mut secret = SecretVolume::new(tmp.path(), &c1, &k1);
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &secret.cert(),
+        "--tls-key",
+        &secret.key(),
+    ]);
+    let url = format!("https://localhost:{}/version", proxy.addr().port());
+    wait_ready(&proxy, &ca_file, &url);
+    assert_eq!(served_serial(proxy.addr(), &ca_file).as_deref(), Some("01"));
+    let mut kept = TlsConn::open(proxy.addr(), client_config(&ca_file, None)).unwrap();
+    assert_eq!(kept.get("/version").unwrap(), 200);
+    assert_eq!(kept.serial(), "01");
+
+    // The kubelet swaps `..data`: picked up from the file change alone.
+    let (c2, k2) = ca.server(2);
+    secret.update(&c2, &k2);
+    assert!(
+        wait_until(DEADLINE, || served_serial(proxy.addr(), &ca_file)
+            .as_deref()
+            == Some("02")),
+        "the new certificate is not served:\n{}",
+        proxy.logs()
+    );
+    // The connection made before keeps working, on its own certificate.
+    assert_eq!(kept.get("/version").unwrap(), 200);
+    assert_eq!(kept.serial(), "01");
+
+    // SIGHUP reads the files again too.
+    let (c3, k3) = ca.server(3);
+    secret.update(&c3, &k3);
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        wait_until(DEADLINE, || served_serial(proxy.addr(), &ca_file)
+            .as_deref()
+            == Some("03")),
+        "{}",
+        proxy.logs()
+    );
+    assert!(
+        wait_until(DEADLINE, || proxy.logs().lines().any(|l| l
+            .contains("TLS certificate and key reloaded")
+            && l.contains("SIGHUP"))),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(kept.get("/version").unwrap(), 200);
+    let metrics = curl_body(&format!("{}/metrics", proxy.admin_url()));
+    let ok = metric(
+        &metrics,
+        "livy_proxy_tls_reloads_total{service=\"default\",listener=\"http\",result=\"success\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(ok >= 2.0, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            "livy_proxy_tls_reloads_total{service=\"default\",listener=\"http\",result=\"failure\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_bad_new_key_keeps_the_old_certificate_and_counts_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("bad-reload CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c1, k1) = ca.server(1);
+    let mut secret = SecretVolume::new(tmp.path(), &c1, &k1);
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &secret.cert(),
+        "--tls-key",
+        &secret.key(),
+    ]);
+    let url = format!("https://localhost:{}/version", proxy.addr().port());
+    wait_ready(&proxy, &ca_file, &url);
+    let metrics = curl_body(&format!("{}/metrics", proxy.admin_url()));
+    // The expiry is the certificate's notAfter, Unix seconds (rcgen's
+    // default: 4096-01-01).
+    assert_eq!(
+        metric(
+            &metrics,
+            "livy_proxy_tls_certificate_expiry_seconds{service=\"default\",listener=\"http\"}"
+        ),
+        Some(67_090_118_400.0),
+        "{metrics}"
+    );
+
+    // A new certificate with a key that is not its own.
+    let (c2, _) = ca.server(2);
+    let (_, other_key) = ca.server(3);
+    secret.update(&c2, &other_key);
+    let failure =
+        "livy_proxy_tls_reloads_total{service=\"default\",listener=\"http\",result=\"failure\"}";
+    assert!(
+        wait_until(DEADLINE, || metric(
+            &curl_body(&format!("{}/metrics", proxy.admin_url())),
+            failure
+        ) == Some(1.0)),
+        "{}",
+        proxy.logs()
+    );
+    assert!(
+        proxy.logs().contains("TLS reload failed"),
+        "{}",
+        proxy.logs()
+    );
+    assert!(proxy.logs().contains("tls-key"), "{}", proxy.logs());
+    assert_eq!(served_serial(proxy.addr(), &ca_file).as_deref(), Some("01"));
+    assert_eq!(curl(&ca_file, &url, &[]).0, "200");
+    // SIGHUP with the same bad files: another failure, the same certificate.
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        wait_until(DEADLINE, || metric(
+            &curl_body(&format!("{}/metrics", proxy.admin_url())),
+            failure
+        ) == Some(2.0)),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(served_serial(proxy.addr(), &ca_file).as_deref(), Some("01"));
+}
+
+/// A proxy in front of one sim node, verifying client certificates.
+struct MtlsSetup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    ca: Ca,
+    ca_file: String,
+    sim: SimCluster,
+    proxy: Proxy,
+}
+
+fn mtls(more: &[&str]) -> MtlsSetup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let ca = Ca::new("mTLS CA");
+    let ca_file = write(&dir, "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let cert = write(&dir, "cert.pem", &c);
+    let key = write(&dir, "key.pem", &k);
+    let sim = SimCluster::plan(1).start_static(0);
+    let mut args: Vec<String> = [
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca_file,
+        "--tls-client-identity-header",
+        "X-Client-Cert",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(more.iter().map(|s| s.to_string()));
+    let proxy = Proxy::start(&args);
+    MtlsSetup {
+        _tmp: tmp,
+        dir,
+        ca,
+        ca_file,
+        sim,
+        proxy,
+    }
+}
+
+impl MtlsSetup {
+    fn url(&self) -> String {
+        format!("https://localhost:{}/version", self.proxy.addr().port())
+    }
+
+    /// Writes a client certificate; the curl flags that send it.
+    fn client(&self, name: &str, from: &Ca, expired: bool) -> Vec<String> {
+        let (c, k) = from.client(name, expired);
+        vec![
+            "--cert".into(),
+            write(&self.dir, &format!("{name}.crt"), &c),
+            "--key".into(),
+            write(&self.dir, &format!("{name}.key"), &k),
+        ]
+    }
+
+    fn curl(&self, flags: &[String]) -> (String, String) {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        curl(&self.ca_file, &self.url(), &flags)
+    }
+}
+
+#[test]
+fn required_client_certificates_are_verified_and_the_identity_reaches_livy_and_the_log() {
+    let s = mtls(&[]);
+    let alice = s.client("alice", &s.ca, false);
+    assert!(
+        wait_until(DEADLINE, || s.curl(&alice).0 == "200"),
+        "{}",
+        s.proxy.logs()
+    );
+    // No certificate, one from another CA, an expired one: no handshake.
+    let stranger = s.client("mallory", &Ca::new("other CA"), false);
+    let expired = s.client("old", &s.ca, true);
+    for (what, flags) in [
+        ("none", vec![]),
+        ("wrong CA", stranger),
+        ("expired", expired),
+    ] {
+        let (code, err) = s.curl(&flags);
+        assert_eq!(code, "000", "{what}: {err}");
+    }
+    assert!(
+        wait_until(DEADLINE, || s.proxy.logs().contains("TLS handshake failed")),
+        "{}",
+        s.proxy.logs()
+    );
+
+    // A forged identity header is replaced by the verified one.
+    s.sim.clear_requests(0);
+    let mut forged = alice.clone();
+    forged.extend(["-H".into(), "X-Client-Cert: Subject=\"CN=admin\"".into()]);
+    assert_eq!(s.curl(&forged).0, "200");
+    let seen = curl_requests(&s.sim, 0);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0]["headers"]["x-client-cert"],
+        "Subject=\"CN=alice\";DNS=alice.example;URI=spiffe://test/alice",
+        "{}",
+        seen[0]
+    );
+    // The access log names the client certificate.
+    assert!(
+        wait_until(DEADLINE, || s.proxy.logs().lines().any(|l| l
+            .contains("client_cert=\"CN=alice\"")
+            && l.contains(
+                "client_san=\"DNS:alice.example,URI:spiffe://test/alice\""
+            ))),
+        "{}",
+        s.proxy.logs()
+    );
+}
+
+#[test]
+fn optional_client_certificates_admit_clients_without_one_but_strip_a_forged_identity() {
+    let s = mtls(&["--tls-client-auth", "optional"]);
+    assert!(
+        wait_until(DEADLINE, || s.curl(&[]).0 == "200"),
+        "{}",
+        s.proxy.logs()
+    );
+    s.sim.clear_requests(0);
+    // Without a certificate: served, and the forged header never arrives.
+    let forged = vec![
+        "-H".to_string(),
+        "X-Client-Cert: Subject=\"CN=admin\"".to_string(),
+    ];
+    assert_eq!(s.curl(&forged).0, "200");
+    // With one: its identity.
+    let bob = s.client("bob", &s.ca, false);
+    assert_eq!(s.curl(&bob).0, "200");
+    // A certificate the CA did not sign is still refused.
+    let stranger = s.client("eve", &Ca::new("other CA"), false);
+    assert_eq!(s.curl(&stranger).0, "000");
+    let seen = curl_requests(&s.sim, 0);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[0]["headers"].get("x-client-cert").is_none(),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(
+        seen[1]["headers"]["x-client-cert"],
+        "Subject=\"CN=bob\";DNS=bob.example;URI=spiffe://test/bob"
+    );
+}
+
+#[test]
+fn the_identity_header_is_stripped_on_a_plain_listener_too() {
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-client-identity-header",
+        "X-Client-Cert",
+    ]);
+    let url = format!("{}/version", proxy.url());
+    assert!(
+        wait_until(DEADLINE, || curl_body(&url).contains("version")),
+        "{}",
+        proxy.logs()
+    );
+    sim.clear_requests(0);
+    let out = Command::new("curl")
+        .args(["-sS", "-H", "X-Client-Cert: Subject=\"CN=admin\"", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let seen = curl_requests(&sim, 0);
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0]["headers"].get("x-client-cert").is_none(),
+        "{}",
+        seen[0]
+    );
+}
+
+#[test]
+fn tls_listen_serves_tls_beside_the_plain_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("side-by-side CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let sim = SimCluster::plan(1).start_static(0);
+    let tls_port = free_port();
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--tls-key",
+        &write(tmp.path(), "k.pem", &k),
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+    ]);
+    wait_ready(
+        &proxy,
+        &ca_file,
+        &format!("https://localhost:{tls_port}/version"),
+    );
+    assert!(curl_body(&format!("{}/version", proxy.url())).contains("version"));
+}
+
+#[test]
+fn handshakes_are_bounded_in_time_and_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("handshake CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--tls-key",
+        &write(tmp.path(), "k.pem", &k),
+        "--tls-handshake-timeout",
+        "2s",
+        "--max-tls-handshakes",
+        "1",
+    ]);
+    let url = format!("https://localhost:{}/version", proxy.addr().port());
+    wait_ready(&proxy, &ca_file, &url);
+    // A client that connects and says nothing holds the only handshake;
+    // the next one waits (accepting waits), then is served once the
+    // silent one's handshake timed out.
+    let mut silent = TcpStream::connect(proxy.addr()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(curl(&ca_file, &url, &[]).0, "200", "{}", proxy.logs());
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(silent.read(&mut buf), Ok(0) | Err(_)),
+        "the silent client is closed"
+    );
+    let logs = proxy.logs();
+    assert!(logs.contains("max-tls-handshakes reached"), "{logs}");
+    assert!(logs.contains("TLS handshake timed out"), "{logs}");
+}
+
+#[test]
+fn sni_and_host_naming_another_livy_node_still_reach_the_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("SNI CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let plan = SimCluster::plan(2);
+    let other = plan.node_arg(1);
+    let other_host = other.split("//").nth(1).unwrap().to_string();
+    let sim = plan.start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--node",
+        &other,
+        "--tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--tls-key",
+        &write(tmp.path(), "k.pem", &k),
+    ]);
+    let port = proxy.addr().port();
+    wait_ready(
+        &proxy,
+        &ca_file,
+        &format!("https://localhost:{port}/version"),
+    );
+    sim.clear_requests(0);
+    sim.clear_requests(1);
+    // SNI `livy-2` (curl -k: the certificate does not name it) and a Host
+    // naming livy-2's address.
+    let (code, err) = curl(
+        &ca_file,
+        &format!("https://livy-2:{port}/version"),
+        &[
+            "-k",
+            "--resolve",
+            &format!("livy-2:{port}:127.0.0.1"),
+            "-H",
+            &format!("Host: {other_host}"),
+        ],
+    );
+    assert_eq!(code, "200", "{err}");
+    assert_eq!(curl_requests(&sim, 0).len(), 1);
+    assert!(curl_requests(&sim, 1).is_empty());
+}
+
+#[test]
+fn the_proxys_own_answers_name_no_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("version CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    // Nothing listens at the node: every request is the proxy's own 503.
+    let proxy = Proxy::start(&[
+        "--node",
+        &format!("127.0.0.1:{}", free_port()),
+        "--hold-timeout",
+        "1s",
+        "--tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--tls-key",
+        &write(tmp.path(), "k.pem", &k),
+    ]);
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "20", "--cacert", &ca_file])
+        .arg(format!("https://localhost:{}/version", proxy.addr().port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("HTTP/"), "{text}");
+    assert!(text.contains(" 503"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("\nserver:"),
+        "a Server header: {text}"
+    );
+    assert!(!text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+#[test]
+fn the_admin_listener_speaks_tls_with_its_own_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("admin CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(7);
+    let (cc, ck) = ca.client("prometheus", false);
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--admin-tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--admin-tls-key",
+        &write(tmp.path(), "k.pem", &k),
+        "--admin-tls-client-ca",
+        &ca_file,
+    ]);
+    let admin = proxy
+        .admin_url()
+        .replace("http://127.0.0.1", "https://localhost");
+    let client = [
+        "--cert",
+        &write(tmp.path(), "cc.pem", &cc),
+        "--key",
+        &write(tmp.path(), "ck.pem", &ck),
+    ];
+    assert!(
+        wait_until(DEADLINE, || curl(
+            &ca_file,
+            &format!("{admin}/healthz"),
+            &client
+        )
+        .0 == "200"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(curl(&ca_file, &format!("{admin}/healthz"), &[]).0, "000");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &ca_file])
+        .args(client)
+        .arg(format!("{admin}/metrics"))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains(
+            "livy_proxy_tls_certificate_expiry_seconds{service=\"default\",listener=\"admin\"}"
+        ),
+        "{metrics}"
+    );
+    // The HTTP listener stays plain.
+    assert!(curl_body(&format!("{}/version", proxy.url())).contains("version"));
+}
+
+/// Echoes `msg` over `conn`; what came back.
+fn echo<S: Read + Write>(conn: &mut S, msg: &[u8]) -> Vec<u8> {
+    conn.write_all(msg).unwrap();
+    conn.flush().unwrap();
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).unwrap();
+    back
+}
+
+#[test]
+fn the_jdbc_listener_terminates_tls_in_front_of_a_plain_thrift_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("JDBC CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(5);
+    let plan = SimCluster::plan(1);
+    let thrift_port = plan.thrift_port().to_string();
+    let sim = plan.start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-port",
+        &thrift_port,
+        "--thrift-tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--thrift-tls-key",
+        &write(tmp.path(), "k.pem", &k),
+    ]);
+    assert!(
+        wait_until(DEADLINE, || curl_body(&format!("{}/version", proxy.url()))
+            .contains("version")),
+        "{}",
+        proxy.logs()
+    );
+    let mut conn = TlsConn::open(jdbc, client_config(&ca_file, None)).expect("TLS to JDBC");
+    assert_eq!(conn.serial(), "05");
+    assert_eq!(
+        echo(&mut conn.0, b"TCLIService.OpenSession"),
+        b"TCLIService.OpenSession"
+    );
+    // openssl s_client sees the same certificate.
+    assert_eq!(served_serial(jdbc, &ca_file).as_deref(), Some("05"));
+}
+
+/// Livy's Thrift port with `livy.server.thrift.use.SSL`: a TLS echo
+/// serving `cert`/`key` (PEM) on a loopback port.
+async fn tls_echo(c: &str, k: &str) -> SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        rustls_pki_types::CertificateDer::pem_slice_iter(c.as_bytes())
+            .map(|c| c.unwrap())
+            .collect(),
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let thrift = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let thrift_addr = thrift.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = thrift.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    thrift_addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_passthrough_carries_tls_end_to_end_to_a_tls_thrift_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Livy Thrift CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(9);
+    let thrift_addr = tls_echo(&c, &k).await;
+    let sim = SimCluster::plan(1).start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = sim.node_arg(0);
+    let id = node.split('=').next().unwrap().to_string();
+    let proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-node",
+        &format!("{id}={thrift_addr}"),
+    ]);
+    let url = format!("{}/version", proxy.url());
+    assert!(
+        tokio::task::spawn_blocking(
+            move || wait_until(DEADLINE, || curl_body(&url).contains("version"))
+        )
+        .await
+        .unwrap(),
+        "{}",
+        proxy.logs()
+    );
+    let ca_for_client = ca_file.clone();
+    let (serial, back) = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::open(jdbc, client_config(&ca_for_client, None))
+            .expect("TLS through the proxy");
+        let back = echo(&mut conn.0, b"TCLIService.OpenSession");
+        (conn.serial(), back)
+    })
+    .await
+    .unwrap();
+    // Livy's own certificate: the proxy did not terminate anything.
+    assert_eq!(serial, "09");
+    assert_eq!(back, b"TCLIService.OpenSession");
+}
+
+/// A proxy whose JDBC listener terminates TLS with `listener_ca`'s
+/// certificate (serial 5) and re-encrypts to a TLS echo with
+/// `livy_ca`'s (serial 9), trusting `trusted` for it; the JDBC address
+/// and the sim node it probes.
+async fn reencrypting_proxy(
+    tmp: &Path,
+    listener_ca: &Ca,
+    livy_ca: &Ca,
+    trusted: &str,
+) -> (Proxy, SocketAddr, SimCluster) {
+    let (lc, lk) = listener_ca.server(5);
+    let (c, k) = livy_ca.server(9);
+    let thrift_addr = tls_echo(&c, &k).await;
+    let sim = SimCluster::plan(1).start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = sim.node_arg(0);
+    let id = node.split('=').next().unwrap().to_string();
+    let proxy = Proxy::start(&[
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-node",
+        &format!("{id}={thrift_addr}"),
+        "--thrift-tls-cert",
+        &write(tmp, "lc.pem", &lc),
+        "--thrift-tls-key",
+        &write(tmp, "lk.pem", &lk),
+        "--thrift-tls-mode",
+        "reencrypt",
+        "--thrift-upstream-ca",
+        trusted,
+    ]);
+    let url = format!("{}/version", proxy.url());
+    assert!(
+        tokio::task::spawn_blocking(
+            move || wait_until(DEADLINE, || curl_body(&url).contains("version"))
+        )
+        .await
+        .unwrap(),
+        "{}",
+        proxy.logs()
+    );
+    (proxy, jdbc, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_terminates_tls_and_originates_it_to_a_tls_thrift_port() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca) = (Ca::new("proxy CA"), Ca::new("Livy CA"));
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    let livy_ca_file = write(tmp.path(), "livy-ca.pem", &livy_ca.pem());
+    let (_proxy, jdbc, _sim) =
+        reencrypting_proxy(tmp.path(), &listener_ca, &livy_ca, &livy_ca_file).await;
+    let (serial, back) = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::open(jdbc, client_config(&client_ca, None)).expect("TLS");
+        let back = echo(&mut conn.0, b"TCLIService.OpenSession");
+        (conn.serial(), back)
+    })
+    .await
+    .unwrap();
+    // The proxy's certificate to the client, Livy's verified behind it.
+    assert_eq!(serial, "05");
+    assert_eq!(back, b"TCLIService.OpenSession");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_refuses_a_thrift_port_whose_certificate_it_does_not_trust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca) = (Ca::new("proxy CA"), Ca::new("Livy CA"));
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    // Trusting the proxy's own CA, not Livy's.
+    let (proxy, jdbc, _sim) =
+        reencrypting_proxy(tmp.path(), &listener_ca, &livy_ca, &client_ca).await;
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut conn = TlsConn::open(jdbc, client_config(&client_ca, None)).expect("TLS");
+        conn.0.write_all(b"TCLIService.OpenSession").unwrap();
+        let _ = conn.0.flush();
+        let mut buf = [0u8; 8];
+        matches!(conn.0.read(&mut buf), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the connection was relayed");
+    assert!(
+        wait_until(DEADLINE, || proxy
+            .logs()
+            .contains("TLS to Livy's Thrift port failed")),
+        "{}",
+        proxy.logs()
+    );
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn tls_key_combinations_and_bad_files_are_config_errors_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("config CA");
+    let (c, k) = ca.server(1);
+    let cert = write(tmp.path(), "c.pem", &c);
+    let key = write(tmp.path(), "k.pem", &k);
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let garbage = write(tmp.path(), "garbage.pem", "not PEM\n");
+    let base = ["--node", "127.0.0.1:1", "--admin-listen", "off"];
+    for (more, key_named) in [
+        (vec!["--tls-client-auth", "optional"], "tls-client-auth"),
+        (vec!["--tls-client-ca", &ca_file], "tls-client-ca"),
+        (
+            vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-auth",
+                "sometimes",
+                "--tls-client-ca",
+                &ca_file,
+            ],
+            "tls-client-auth",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--tls-client-ca",
+                &garbage,
+            ],
+            "tls-client-ca",
+        ),
+        (vec!["--admin-tls-cert", &cert], "admin-tls-cert"),
+        (vec!["--thrift-tls-key", &key], "thrift-tls-key"),
+        (
+            vec!["--thrift-tls-cert", &garbage, "--thrift-tls-key", &key],
+            "thrift-tls-cert",
+        ),
+        (vec!["--tls-listen", "127.0.0.1:0"], "tls-listen"),
+        (vec!["--thrift-tls-mode", "reencrypt"], "thrift-tls-mode"),
+        (
+            vec![
+                "--thrift-tls-cert",
+                &cert,
+                "--thrift-tls-key",
+                &key,
+                "--thrift-tls-mode",
+                "passthrough",
+            ],
+            "thrift-tls-mode",
+        ),
+        (vec!["--thrift-upstream-ca", &ca_file], "thrift-upstream-ca"),
+        (
+            vec![
+                "--thrift-tls-cert",
+                &cert,
+                "--thrift-tls-key",
+                &key,
+                "--thrift-tls-mode",
+                "reencrypt",
+                "--thrift-upstream-ca",
+                &garbage,
+            ],
+            "thrift-upstream-ca",
+        ),
+        (vec!["--max-tls-handshakes", "0"], "max-tls-handshakes"),
+        (
+            vec!["--tls-handshake-timeout", "0s"],
+            "tls-handshake-timeout",
+        ),
+        (
+            vec!["--tls-client-identity-header", "bad header"],
+            "tls-client-identity-header",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(more.iter().copied());
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{more:?}: {err}");
+        // The key, as the loader names it or as clap names a bad flag value.
+        assert!(
+            err.contains(&format!("`{key_named}`")) || err.contains(&format!("'--{key_named} ")),
+            "{more:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{more:?}: {err}");
+    }
+}
