@@ -31,8 +31,18 @@ pub enum ContentLengthError {
 /// The message's length by its `Content-Length` fields (every field, every
 /// comma-separated element, all equal), or `None` without any.
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ContentLengthError> {
+    read_content_length(headers).map(|(length, _)| length)
+}
+
+/// [`content_length`], and whether the fields say it canonically: one
+/// field holding the bare number. One lookup of the fields.
+fn read_content_length(headers: &HeaderMap) -> Result<(Option<u64>, bool), ContentLengthError> {
     let mut length = None;
+    let mut fields = 0;
+    let mut bare = true;
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        fields += 1;
+        bare &= value.as_bytes().iter().all(u8::is_ascii_digit);
         for element in value.as_bytes().split(|&b| b == b',') {
             let n = digits(trim_ows(element))?;
             match length {
@@ -41,7 +51,7 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ContentLengthE
             }
         }
     }
-    Ok(length)
+    Ok((length, fields == 1 && bare))
 }
 
 /// As [`content_length`], and leaves the headers with a single field
@@ -51,16 +61,11 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ContentLengthE
 pub fn normalize_content_length(
     headers: &mut HeaderMap,
 ) -> Result<Option<u64>, ContentLengthError> {
-    let length = content_length(headers)?;
-    if let Some(n) = length {
-        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-        let canonical = matches!(
-            (values.next(), values.next()),
-            (Some(v), None) if v.as_bytes().iter().all(u8::is_ascii_digit)
-        );
-        if !canonical {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    let (length, canonical) = read_content_length(headers)?;
+    if let Some(n) = length
+        && !canonical
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(length)
 }

@@ -42,6 +42,79 @@ static FORWARDING: [HeaderName; 3] = [
     HeaderName::from_static("x-proxied-https"),
 ];
 
+/// The fields of a header list that the header rules act on, found in one
+/// pass over the names, so that each rule runs (and hashes a name) only
+/// when its field is there: the usual request has none of them.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Which of [`HOP_BY_HOP`] are present.
+    hop_by_hop: [bool; 6],
+    /// Whether `Connection` names a header beyond `keep-alive` (in the
+    /// fixed list) and `close` (names none).
+    names_others: bool,
+    /// Whether a `Proxy-*` field is present.
+    proxy_prefixed: bool,
+    /// How many `Cookie` fields there are.
+    pub cookies: usize,
+    /// Whether `Expect` is present.
+    pub expect: bool,
+    /// Whether `Content-Length` is present.
+    pub content_length: bool,
+    /// Whether a client-sent forwarding header (or one of `strip`) is.
+    pub forwarding: bool,
+    /// The first `Host` field's value.
+    pub host: Option<HeaderValue>,
+}
+
+/// One pass over `headers`' names: what [`Found`] lists. `strip` are the
+/// more forwarding headers to look for (`strip-headers`).
+pub fn scan(headers: &HeaderMap, strip: &[HeaderName]) -> Found {
+    let mut found = Found::default();
+    for (name, value) in headers.iter() {
+        let text = name.as_str();
+        // Told apart by the first letter: most names match none of these.
+        match text.as_bytes().first() {
+            Some(b'c') => {
+                if name == header::CONNECTION {
+                    found.hop_by_hop[0] = true;
+                    found.names_others |= names_others(value);
+                } else if name == header::COOKIE {
+                    found.cookies += 1;
+                } else if name == header::CONTENT_LENGTH {
+                    found.content_length = true;
+                }
+            }
+            Some(b'k') if text == "keep-alive" => found.hop_by_hop[1] = true,
+            Some(b't') if name == header::TE => found.hop_by_hop[2] = true,
+            Some(b't') if name == header::TRAILER => found.hop_by_hop[3] = true,
+            Some(b't') if name == header::TRANSFER_ENCODING => found.hop_by_hop[4] = true,
+            Some(b'u') if name == header::UPGRADE => found.hop_by_hop[5] = true,
+            Some(b'p') if text.starts_with("proxy-") => found.proxy_prefixed = true,
+            Some(b'e') if name == header::EXPECT => found.expect = true,
+            Some(b'h') if name == header::HOST && found.host.is_none() => {
+                found.host = Some(value.clone());
+            }
+            Some(b'x' | b'f') if is_forwarding(name, &[]) => found.forwarding = true,
+            _ => {}
+        }
+        if !strip.is_empty() && strip.contains(name) {
+            found.forwarding = true;
+        }
+    }
+    found
+}
+
+/// Whether one `Connection` value names a header other than `keep-alive`
+/// and `close`; the usual single token is told without splitting.
+fn names_others(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+        return false;
+    }
+    connection_tokens(value)
+        .any(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+}
+
 /// Removes hop-by-hop headers: the fixed list, anything `Connection` names,
 /// and every `Proxy-*` header (`Proxy-Authorization` is for this hop only).
 ///
@@ -49,24 +122,13 @@ static FORWARDING: [HeaderName; 3] = [
 /// no allocation) and then removes only what it found: the common
 /// `Connection: keep-alive` costs one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut found = [false; 6];
-    let mut proxy_prefixed = false;
-    // Whether `Connection` names a header beyond `keep-alive` (in the fixed
-    // list) and `close` (names none): the usual values cost nothing more.
-    let mut names_others = false;
-    for (name, value) in headers.iter() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            found[i] = true;
-            if i == 0 {
-                names_others |= connection_tokens(value).any(|t| {
-                    !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close")
-                });
-            }
-        } else if name.as_str().starts_with("proxy-") {
-            proxy_prefixed = true;
-        }
-    }
-    if names_others {
+    let found = scan(headers, &[]);
+    remove_hop_by_hop(headers, &found);
+}
+
+/// [`strip_hop_by_hop`] after the scan: removes what `found` says is there.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, found: &Found) {
+    if found.names_others {
         // Read before Connection itself goes.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -78,10 +140,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
+    for (name, _) in HOP_BY_HOP.iter().zip(found.hop_by_hop).filter(|(_, f)| *f) {
         headers.remove(name);
     }
-    if proxy_prefixed {
+    if found.proxy_prefixed {
         let proxies: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
@@ -152,7 +214,14 @@ pub struct ClientSide<'a> {
 /// cannot forge its address in Livy's logs; trusted, each of them is
 /// extended the same way: all incoming values, then this hop's.
 pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientSide<'_>) {
-    if !client.trust_forwarded {
+    let present = headers.keys().any(|n| is_forwarding(n, client.strip));
+    add_forwarded_scanned(headers, client, present);
+}
+
+/// [`add_forwarded`] after [`scan`]: `present` says whether a client-sent
+/// forwarding header is there to strip.
+pub fn add_forwarded_scanned(headers: &mut HeaderMap, client: &ClientSide<'_>, present: bool) {
+    if !client.trust_forwarded && present {
         strip_forwarding(headers, client.strip);
     }
     append_hop(headers, &X_FORWARDED_FOR, client.client_ip.clone());
@@ -171,21 +240,17 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &ClientSide<'_>) {
     }
 }
 
-/// Removes the forwarding headers a client sent, and the `extra` ones. One
-/// scan of the names first: a request without any (the usual) costs no
-/// allocation.
+/// Whether `name` is a forwarding header a client may send: every
+/// `X-Forwarded-*`, [`FORWARDING`], and the `extra` ones.
+fn is_forwarding(name: &HeaderName, extra: &[HeaderName]) -> bool {
+    name.as_str().starts_with("x-forwarded-") || FORWARDING.contains(name) || extra.contains(name)
+}
+
+/// Removes the forwarding headers a client sent, and the `extra` ones.
 fn strip_forwarding(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    let is_forwarding = |name: &HeaderName| {
-        name.as_str().starts_with("x-forwarded-")
-            || FORWARDING.contains(name)
-            || extra.contains(name)
-    };
-    if !headers.keys().any(is_forwarding) {
-        return;
-    }
     let found: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_forwarding(n))
+        .filter(|n| is_forwarding(n, extra))
         .cloned()
         .collect();
     for name in found {

@@ -45,7 +45,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -195,30 +194,26 @@ pub struct HttpProxy {
     shared: Arc<Shared>,
 }
 
-/// A request with the client's address attached, as the service sees it.
+/// A request with what the forwarding loop needs of its connection, as
+/// the service sees it. Only that: it is moved a few times per request.
+/// The client's own address is the stack's business (`stack::ClientInfo`).
 pub struct ClientRequest {
     /// The request as hyper parsed it.
     pub request: Request<Incoming>,
-    /// The client connection's peer address.
-    pub peer: SocketAddr,
-    /// The peer's IP as an `X-Forwarded-For` value, formatted once per
-    /// connection.
-    pub peer_ip: HeaderValue,
     /// The proxy's address this connection reached (the accepted socket's
     /// local address, concrete even when the listener is bound to
     /// 0.0.0.0): what a rewritten `Location` names without `public-url`.
     pub local: Option<SocketAddr>,
-    /// Whether the connection is TLS (`X-Forwarded-Proto: https`).
+    /// Whether the connection is TLS (`https` in a rewritten `Location`).
     pub tls: bool,
 }
 
 impl ClientRequest {
-    /// A request from the client at `peer`.
-    pub fn new(request: Request<Incoming>, peer: SocketAddr) -> Self {
+    /// A request from a plain-text connection whose local address is
+    /// unknown.
+    pub fn new(request: Request<Incoming>) -> Self {
         ClientRequest {
             request,
-            peer,
-            peer_ip: peer_ip_header(peer),
             local: None,
             tls: false,
         }
@@ -392,7 +387,7 @@ impl HttpProxy {
                 let service = |tls, identity| {
                     let info =
                         Arc::new(stack::ClientInfo::new(peer, local, tls).with_identity(identity));
-                    TowerToHyperService::new(stack.for_connection(info))
+                    stack::HyperStack::new(stack.for_connection(info))
                 };
                 let ended = match (&tls, handshake) {
                     (Some(tls), Some(handshake)) => {
@@ -476,26 +471,35 @@ impl HttpProxy {
         identity: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
         let settings = self.shared.settings.load();
+        let version = req.version();
+        // One pass over the names; each rule below runs only when its
+        // fields are there.
+        let mut found = headers::scan(req.headers(), &settings.strip_headers);
         // The authority the client addressed, for X-Forwarded-Host.
-        let client_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        let client_host = found.host.take().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let version = req.version();
         let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers);
+        headers::remove_hop_by_hop(headers, &found);
         // hyper's HTTP/1 parser already refuses a bad length, but h2 passes
         // repeated identical fields on, which would reach Livy as two lines.
-        framing::normalize_content_length(headers)
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        headers::join_cookies(headers);
-        // The client's Host stays for now: every attempt replaces it with
-        // the Livy server's own (`aim_at`).
+        if found.content_length {
+            framing::normalize_content_length(headers)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        }
+        if found.cookies > 1 {
+            headers::join_cookies(headers);
+        }
+        // The client's Host stays in the request, unsent: each attempt's
+        // exchange writes the Livy server's own instead (`aim_at`).
         // The proxy already holds the body (or streams it): Livy must not
         // wait for a 100-continue exchange the client started with us.
-        headers.remove(header::EXPECT);
-        headers::add_forwarded(
+        if found.expect {
+            headers.remove(header::EXPECT);
+        }
+        headers::add_forwarded_scanned(
             headers,
             &headers::ClientSide {
                 client_ip,
@@ -505,6 +509,7 @@ impl HttpProxy {
                 emit_forwarded: settings.emit_forwarded,
                 strip: &settings.strip_headers,
             },
+            found.forwarding,
         );
         // Only the proxy says who a client certificate named: a copy the
         // client sent is removed, whatever trust-forwarded says.
@@ -540,26 +545,41 @@ impl HttpProxy {
     /// JSON responses.
     pub async fn forward(&self, req: ClientRequest) -> (Response<ProxyBody>, Outcome) {
         let started = Instant::now();
-        // Cheap clones (no copy of the bytes), kept for the log lines.
-        let method = req.request.method().clone();
-        let uri = req.request.uri().clone();
         let mut outcome = Outcome::default();
-        let response = match self.try_forward(req, started, &mut outcome).await {
+        // The head stays here, for the log lines: the forwarding loop takes
+        // the headers out of it and borrows the rest.
+        let (mut head, incoming) = req.request.into_parts();
+        let response = match self
+            .try_forward(
+                &mut head,
+                incoming,
+                req.local,
+                req.tls,
+                started,
+                &mut outcome,
+            )
+            .await
+        {
             Ok(resp) => resp,
             Err(e) => {
+                let (method, uri) = (&head.method, &head.uri);
                 tracing::warn!(%method, path = uri.path(), kind = e.kind(), error = %e, "request failed");
                 outcome.error = Some(e.kind());
                 e.into_response(self.shared.settings.load().retry_after)
                     .map(Either::Right)
             }
         };
+        let (method, uri) = (&head.method, &head.uri);
         tracing::debug!(%method, path = uri.path(), status = response.status().as_u16(), elapsed = ?started.elapsed(), "request");
         (response, outcome)
     }
 
     async fn try_forward(
         &self,
-        req: ClientRequest,
+        parts: &mut http::request::Parts,
+        incoming: Incoming,
+        local: Option<SocketAddr>,
+        tls: bool,
         started: Instant,
         outcome: &mut Outcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -568,13 +588,12 @@ impl HttpProxy {
         // the rules it runs under.
         let settings = s.settings.load_full();
         let deadline = started + settings.hold_timeout;
-        let (parts, incoming) = req.request.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(parts.method.to_string()));
         }
         // Hop-by-hop, framing and forwarding headers were settled by the
         // stack's `ForwardingHeaders` layer (stack.rs).
-        let upstream_headers = parts.headers;
+        let upstream_headers = std::mem::take(&mut parts.headers);
         let path_and_query = framing::origin_form(&parts.uri)
             .map_err(|e| ProxyError::BadRequest(format!("bad request target: {e}")))?;
 
@@ -584,7 +603,7 @@ impl HttpProxy {
         // only borrows it, so a redirect or a retry changes the Host and the
         // body and nothing is copied.
         let mut upstream_req = Request::new(UpstreamBody::Buffered(Bytes::new()));
-        *upstream_req.method_mut() = parts.method;
+        *upstream_req.method_mut() = parts.method.clone();
         // Origin-form on the wire, as HTTP/1.1 to an origin server wants it;
         // the authority travels in Host. The path is shared with the
         // client's request, not copied.
@@ -610,8 +629,14 @@ impl HttpProxy {
         loop {
             // The view generation this attempt is made under: a retry waits
             // for a newer one (or a backoff), never for a change it missed.
-            let mut generation = leader_rx.borrow().generation;
-            let node = match redirected_to.clone() {
+            // Read once: the usual request finds a leader known and
+            // neither waits nor reads the clock for a held time.
+            let (mut generation, known) = {
+                let view = leader_rx.borrow();
+                let known = view.leader.as_ref().map(|l| l.node.clone());
+                (view.generation, known)
+            };
+            let node = match redirected_to.clone().or(known) {
                 Some(n) => n,
                 None => match held(outcome, wait_for_leader(&mut leader_rx, deadline)).await {
                     Some((n, g)) => {
@@ -641,7 +666,6 @@ impl HttpProxy {
             };
             outcome.node = Some(node.clone());
             let authority = s.authority.of(&node);
-            aim_at(&mut upstream_req, &authority)?;
             *upstream_req.body_mut() = attempt_body;
             let sent = tokio::time::timeout(
                 settings.upstream_timeout,
@@ -663,7 +687,7 @@ impl HttpProxy {
                         body.put_back(take_body(&mut upstream_req));
                     }
                     let Some(target) = self.redirect_target(&resp, &node) else {
-                        return Ok(self.relay_response(resp, req.local, req.tls));
+                        return Ok(self.relay_response(resp, local, tls));
                     };
                     // Evidence that the view is out of date. Discovery checks
                     // it at once; the request waits (briefly) for its answer,
@@ -712,7 +736,7 @@ impl HttpProxy {
                         });
                     }
                     tracing::info!(from = %node, "a passive server took a body too large to resend: its redirect goes to the client, pointing at the proxy, whose view has moved");
-                    return Ok(self.relay_response(resp, req.local, req.tls));
+                    return Ok(self.relay_response(resp, local, tls));
                 }
                 Err(UpstreamError::ClientBody(e)) => return Err(e.into()),
                 Err(e) if e.is_tls() => {
@@ -852,18 +876,6 @@ impl HttpProxy {
         }
         Response::from_parts(parts, Either::Left(body))
     }
-}
-
-/// Points the upstream request at `node`: its `Host` becomes the Livy
-/// server's own, since Livy's passive filter builds its redirect from the
-/// Host it sees (as with nginx's `proxy_pass`). `insert` replaces every
-/// value the client sent.
-fn aim_at(req: &mut Request<UpstreamBody>, endpoint: &Endpoint) -> Result<(), ProxyError> {
-    let host = HeaderValue::from_maybe_shared(endpoint.authority().clone()).map_err(|e| {
-        ProxyError::BadRequest(format!("cannot build the upstream Host header: {e}"))
-    })?;
-    req.headers_mut().insert(header::HOST, host);
-    Ok(())
 }
 
 /// The leader's `host:port`, formatted once per leader rather than once per
@@ -1014,7 +1026,7 @@ type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 async fn serve_client<I>(
     io: TokioIo<I>,
     h2: bool,
-    service: TowerToHyperService<stack::ConnectionStack>,
+    service: stack::HyperStack<stack::ConnectionStack>,
     builders: &Builders,
     header_timeout: Duration,
     shutdown: &CancellationToken,

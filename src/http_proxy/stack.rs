@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use tower::Service;
@@ -121,8 +122,6 @@ impl Service<Request<Incoming>> for Forward {
         let proxy = self.proxy.clone();
         let req = ClientRequest {
             request,
-            peer: self.client.peer,
-            peer_ip: self.client.peer_ip.clone(),
             local: self.client.local,
             tls: self.client.tls,
         };
@@ -136,7 +135,8 @@ impl Service<Request<Incoming>> for Forward {
 /// replicas.
 #[derive(Clone)]
 pub struct RequestIds {
-    prefix: u64,
+    /// The prefix's 16 hex digits and the dash, formatted once.
+    prefix: [u8; 17],
     next: Arc<AtomicU64>,
 }
 
@@ -151,31 +151,57 @@ impl Default for RequestIds {
                 .unwrap_or_default()
                 .as_nanos(),
         );
-        RequestIds {
-            prefix: h.finish(),
-            next: Arc::new(AtomicU64::new(1)),
-        }
+        RequestIds::with_prefix(h.finish())
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 impl RequestIds {
+    /// Ids `<prefix in 16 hex digits>-1`, `-2`, and so on.
+    fn with_prefix(prefix: u64) -> Self {
+        let mut hex = [b'-'; 17];
+        for (i, b) in hex[..16].iter_mut().enumerate() {
+            *b = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        RequestIds {
+            prefix: hex,
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
     /// The next id: `<16 hex digits of prefix>-<counter in hex>`, written
     /// into a buffer on the stack (`format!` was a tenth of the stack's
     /// cost per request).
     pub fn next(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 33];
-        for (i, b) in buf[..16].iter_mut().enumerate() {
-            *b = HEX[((self.prefix >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        buf[16] = b'-';
+        buf[..17].copy_from_slice(&self.prefix);
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
         for i in 0..digits {
             buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf[..17 + digits])
-            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        // Owned by its `Bytes` (one allocation, shared by reference count):
+        // the id goes into the request and then the response, and a
+        // `HeaderValue::from_bytes` copy would be copied again into a
+        // shared buffer by its first clone.
+        let id = Bytes::from_owner(MadeId {
+            buf,
+            len: 17 + digits,
+        });
+        HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// A made request id's bytes, on the heap once.
+struct MadeId {
+    buf: [u8; 33],
+    len: usize,
+}
+
+impl AsRef<[u8]> for MadeId {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -207,6 +233,60 @@ pub struct StackParts {
 
 /// One connection's stack (outermost first).
 pub type ConnectionStack = Observe<Limit<ForwardingHeaders<Forward>>>;
+
+/// A connection's tower stack as hyper's service, which hyper calls
+/// through `&self`. hyper-util's `TowerToHyperService` clones the whole
+/// stack for every request and drives it through a `Oneshot` (the clone,
+/// the request and the `Oneshot` state moved several times: about 1,000
+/// instructions per request, docs/benchmarks.md). Here the connection's
+/// one stack is called in place: it is polled ready with a no-op waker
+/// first, as tower's contract asks, and only a stack that is not ready at
+/// once (none of this proxy's layers ever is not) falls back to a clone
+/// driven by tower's `Oneshot`, which waits for readiness properly.
+///
+/// The lock is never contended: hyper calls the service from the
+/// connection's own task. A `Mutex` rather than a `RefCell` because the
+/// HTTP/2 side wants the service `Sync`.
+pub struct HyperStack<S> {
+    stack: std::sync::Mutex<S>,
+}
+
+impl<S> HyperStack<S> {
+    /// Serves `stack` to hyper.
+    pub fn new(stack: S) -> Self {
+        HyperStack {
+            stack: std::sync::Mutex::new(stack),
+        }
+    }
+}
+
+impl<S, R> hyper::service::Service<R> for HyperStack<S>
+where
+    S: Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    /// The fallback boxed: inline, it would make every request's future
+    /// larger by a whole stack and request, moved with it into hyper.
+    type Future = futures_util::future::Either<S::Future, Pin<Box<tower::util::Oneshot<S, R>>>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut stack = self
+            .stack
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => futures_util::future::Either::Left(stack.call(req)),
+            // Not ready (or failing): a clone waits for readiness with the
+            // connection's real waker and reports the error itself.
+            _ => futures_util::future::Either::Right(Box::pin(tower::ServiceExt::oneshot(
+                stack.clone(),
+                req,
+            ))),
+        }
+    }
+}
 
 impl StackParts {
     /// The parts for `proxy`'s listener: at most `in_flight`'s maximum
@@ -278,11 +358,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+        // One lookup whether the client sent an id or not.
+        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(id) => id.get().clone(),
+            http::header::Entry::Vacant(slot) => {
                 let id = self.parts.ids.next();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                slot.insert(id.clone());
                 id
             }
         };
@@ -335,9 +416,10 @@ where
         let this = self.project();
         let Ok((mut resp, outcome)) = ready!(this.inner.poll(cx));
         if let Some(seen) = this.seen.take() {
-            resp.headers_mut()
-                .insert(X_REQUEST_ID, seen.request_id.clone());
             record(&this.parts.metrics, &seen, &resp, outcome);
+            // Moved, not cloned: a made id's bytes would be copied into a
+            // shared buffer on their first clone.
+            resp.headers_mut().insert(X_REQUEST_ID, seen.request_id);
         }
         Poll::Ready(Ok(resp))
     }
@@ -410,10 +492,7 @@ where
 {
     type Response = (Response<ProxyBody>, Outcome);
     type Error = Infallible;
-    type Future = futures_util::future::Either<
-        S::Future,
-        std::future::Ready<Result<(Response<ProxyBody>, Outcome), Infallible>>,
-    >;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -429,16 +508,43 @@ where
             Ok(()) => futures_util::future::Either::Left(self.inner.call(req)),
             Err(error) => {
                 tracing::warn!(method = %req.method(), path = req.uri().path(), kind = error.kind(), error = %error, "request failed");
-                let outcome = Outcome {
-                    error: Some(error.kind()),
-                    ..Outcome::default()
-                };
-                let retry_after = self.proxy.retry_after();
-                let resp = error
-                    .into_response(retry_after)
-                    .map(http_body_util::Either::Right);
-                futures_util::future::Either::Right(std::future::ready(Ok((resp, outcome))))
+                Early::answer(error, self.proxy.retry_after())
             }
+        }
+    }
+}
+
+/// The inner service's answer, or a layer's own given at once.
+pub type Answer<F> = futures_util::future::Either<F, Early>;
+
+/// A layer's own answer (a 400, a 503), given at once. Boxed: it is rare,
+/// and inline it would make every request's future larger by a whole
+/// response, moved with it through the stack.
+pub struct Early(Option<Box<(Response<ProxyBody>, Outcome)>>);
+
+impl Early {
+    /// The proxy's own answer to `error`, with the outcome naming its kind.
+    fn answer<F>(error: ProxyError, retry_after: Duration) -> Answer<F> {
+        let outcome = Outcome {
+            error: Some(error.kind()),
+            ..Outcome::default()
+        };
+        let resp = error
+            .into_response(retry_after)
+            .map(http_body_util::Either::Right);
+        futures_util::future::Either::Right(Early(Some(Box::new((resp, outcome)))))
+    }
+}
+
+impl Future for Early {
+    type Output = Result<(Response<ProxyBody>, Outcome), Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.0.take() {
+            Some(answer) => Poll::Ready(Ok(*answer)),
+            // Polled again after it answered: as `Ready` would panic,
+            // this never finishes instead.
+            None => Poll::Pending,
         }
     }
 }
@@ -468,26 +574,17 @@ where
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         match self.permits.try_acquire() {
             Some(permit) => LimitFuture {
-                inner: Some(self.inner.call(req)),
+                inner: futures_util::future::Either::Left(self.inner.call(req)),
                 permit: Some(permit),
-                shed: None,
             },
             None => {
                 let error = ProxyError::Overloaded(format!(
                     "{} requests are in flight (max-requests-in-flight)",
                     self.permits.max()
                 ));
-                let outcome = Outcome {
-                    error: Some(error.kind()),
-                    ..Outcome::default()
-                };
-                let resp = error
-                    .into_response(self.proxy.retry_after())
-                    .map(http_body_util::Either::Right);
                 LimitFuture {
-                    inner: None,
+                    inner: Early::answer(error, self.proxy.retry_after()),
                     permit: None,
-                    shed: Some((resp, outcome)),
                 }
             }
         }
@@ -498,9 +595,8 @@ pin_project_lite::pin_project! {
     /// [`Limit`]'s future: the inner one holding its permit, or the 503.
     pub struct LimitFuture<F> {
         #[pin]
-        inner: Option<F>,
+        inner: Answer<F>,
         permit: Option<Permit>,
-        shed: Option<(Response<ProxyBody>, Outcome)>,
     }
 }
 
@@ -512,17 +608,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(shed) = this.shed.take() {
-            return Poll::Ready(Ok(shed));
-        }
-        match this.inner.as_pin_mut() {
-            Some(inner) => {
-                let out = ready!(inner.poll(cx));
-                this.permit.take();
-                Poll::Ready(out)
-            }
-            None => Poll::Pending,
-        }
+        let out = ready!(this.inner.poll(cx));
+        this.permit.take();
+        Poll::Ready(out)
     }
 }
 
@@ -532,10 +620,7 @@ mod tests {
 
     #[test]
     fn made_request_ids_are_unique_prefix_dash_counter() {
-        let ids = RequestIds {
-            prefix: 0x0123_4567_89ab_cdef,
-            next: Arc::new(AtomicU64::new(1)),
-        };
+        let ids = RequestIds::with_prefix(0x0123_4567_89ab_cdef);
         assert_eq!(ids.next(), "0123456789abcdef-1");
         assert_eq!(ids.next(), "0123456789abcdef-2");
         ids.next.store(0x1f0, Ordering::Relaxed);

@@ -187,11 +187,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Sends `req` and reads the response head. The request is only
     /// borrowed: after an error with `sent == false` it can go elsewhere.
+    /// Its `Host` is `host` (the server's `host:port`), whatever the request
+    /// holds: written here rather than set in the request's headers by
+    /// every attempt (a `HeaderMap` insert that also made the map grow).
     pub(super) async fn exchange(
         &mut self,
+        host: &[u8],
         req: &mut Request<UpstreamBody>,
     ) -> Result<Head, SendError> {
-        if let Some(mut early) = self.write_request(req).await? {
+        if let Some(mut early) = self.write_request(host, req).await? {
             early.reusable = false;
             return Ok(early);
         }
@@ -202,17 +206,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// before a streamed body was sent (see the module docs).
     async fn write_request(
         &mut self,
+        host: &[u8],
         req: &mut Request<UpstreamBody>,
     ) -> Result<Option<Head>, SendError> {
-        let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+        // Noted while the fields are written, rather than looked up by hash.
+        let mut has_length = false;
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
         for (name, value) in req.headers() {
+            if name == header::HOST {
+                continue;
+            }
+            has_length |= name == header::CONTENT_LENGTH;
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -512,14 +524,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         let mut headers = HeaderMap::with_capacity(self.spans.len());
+        // Noted on the way, rather than looked up by hash after.
+        let mut transfer_encoding = false;
         for (name, value) in self.spans.drain(..) {
             let name = HeaderName::from_bytes(&head[name])
                 .map_err(|_| invalid("Livy sent an invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value))
                 .map_err(|_| invalid("Livy sent an invalid header value"))?;
+            transfer_encoding |= name == header::TRANSFER_ENCODING;
             headers.append(name, value);
         }
-        let length = if headers.contains_key(header::TRANSFER_ENCODING) {
+        let length = if transfer_encoding {
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length,
             // which must not reach the client beside a re-framed body.
             headers.remove(header::CONTENT_LENGTH);
@@ -530,7 +545,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             framing::normalize_content_length(&mut headers)
                 .map_err(|e| invalid(format!("Livy sent a bad Content-Length: {e}")))?
         };
-        let (framing, mut reusable) = framing_of(method, status, &headers, length);
+        let te = transfer_encoding.then_some(&headers);
+        let (framing, mut reusable) = framing_of(method, status, te, length);
         reusable &= version == Version::HTTP_11 && !says_close(&headers);
         Ok(Some(Head {
             status,
@@ -700,11 +716,13 @@ fn take_data(buf: &mut BytesMut, left: &mut u64) -> Option<Bytes> {
 
 /// How a response's body is delimited (RFC 9112 §6.3), and whether that
 /// framing lets the connection be reused.
-/// `length` is the checked `Content-Length`, if any.
+/// `length` is the checked `Content-Length`, if any; `transfer_encoding`
+/// the headers when they hold a `Transfer-Encoding` (noted while they were
+/// built, so that the usual answer costs no lookup).
 fn framing_of(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    transfer_encoding: Option<&HeaderMap>,
     length: Option<u64>,
 ) -> (Framing, bool) {
     if method == Method::HEAD
@@ -714,9 +732,9 @@ fn framing_of(
     {
         return (Framing::Done, true);
     }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
+    if let Some(last) = transfer_encoding
+        .into_iter()
+        .flat_map(|h| h.get_all(header::TRANSFER_ENCODING))
         .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .map(str::trim)
         .rfind(|t| !t.is_empty())
@@ -736,11 +754,16 @@ fn framing_of(
 
 /// Whether a `Connection` header asks for the connection to end.
 fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        // The usual single token, told without splitting.
+        let bytes = v.as_bytes();
+        !bytes.eq_ignore_ascii_case(b"keep-alive")
+            && (bytes.eq_ignore_ascii_case(b"close")
+                || v.to_str()
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
 }
 
 #[cfg(test)]
@@ -761,7 +784,10 @@ mod tests {
         let f = |m: &Method, s, h: &[(&'static str, &'static str)]| {
             let h = headers(h);
             framing::content_length(&h)
-                .map(|length| framing_of(m, s, &h, length))
+                .map(|length| {
+                    let te = h.contains_key(header::TRANSFER_ENCODING).then_some(&h);
+                    framing_of(m, s, te, length)
+                })
                 .map_err(|e| e.to_string())
         };
         assert_eq!(
@@ -940,7 +966,7 @@ mod tests {
             server // kept open, the rest never read
         });
         let mut req = post(1 << 20);
-        let head = conn.exchange(&mut req).await.unwrap();
+        let head = conn.exchange(b"livy:8998", &mut req).await.unwrap();
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(!head.reusable && !head.body_unsent);
         let _server = livy.await.unwrap();
@@ -958,7 +984,7 @@ mod tests {
             drop(server);
         });
         let mut req = post(1 << 20);
-        let head = conn.exchange(&mut req).await.unwrap();
+        let head = conn.exchange(b"livy:8998", &mut req).await.unwrap();
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
         livy.await.unwrap();
     }

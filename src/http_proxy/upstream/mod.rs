@@ -191,7 +191,7 @@ impl Upstream {
         run_other_ready_tasks_first().await;
         let permit = loop {
             while let Some(mut conn) = self.checkout(endpoint) {
-                match conn.exchange(req).await {
+                match conn.exchange(endpoint.authority(), req).await {
                     Ok(head) => return Ok(self.attach(endpoint, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
@@ -245,7 +245,7 @@ impl Upstream {
             }
         };
         let mut conn = Conn::new(stream, Some(permit));
-        match conn.exchange(req).await {
+        match conn.exchange(endpoint.authority(), req).await {
             Ok(head) => Ok(self.attach(endpoint, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
                 authority: name(),
