@@ -283,6 +283,8 @@ pub async fn run(
         tokio::spawn(state.serve_tls(l, tls.admin.clone(), admin_stop.clone()))
     });
 
+    // The client TLS the proxy and the probes share, re-read on SIGHUP.
+    let upstream_tls = config.discovery.upstream_tls.clone();
     // Serving: reloads until the drain begins.
     let mut current = config;
     loop {
@@ -292,6 +294,12 @@ pub async fn run(
                 if let Some(r) = &reloader {
                     for source in tls.all() {
                         source.reload("SIGHUP");
+                    }
+                    if let Some(upstream) = &upstream_tls {
+                        match upstream.reload() {
+                            Ok(()) => tracing::info!("TLS to Livy: upstream-ca and upstream-client-cert reloaded"),
+                            Err(e) => tracing::warn!(error = %e, "TLS to Livy: reload failed, the configuration in use is kept"),
+                        }
                     }
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {

@@ -416,3 +416,40 @@ fn an_early_answer_to_an_upload_is_livys_answer_over_tls() {
     let pki = Pki::new(&["127.0.0.11"]);
     early_answers_reach_the_client(Some(&pki));
 }
+
+#[test]
+fn a_renewed_upstream_ca_is_read_again_on_sighup() {
+    let zk = ZooKeeper::start();
+    let pki = Pki::new(&["livy.test"]);
+    let (plan, port) = tls_plan(2, &pki, &[]);
+    let cluster = plan.start(&zk);
+    cluster.wait_for_leader(Duration::from_secs(60));
+    // The proxy starts trusting another CA than the one that signed Livy's
+    // certificate: refused.
+    let bundle = pki.path("bundle.pem");
+    std::fs::copy(pki.path("client-ca.pem"), &bundle).unwrap();
+    let mut args = https_nodes(2, port);
+    args.extend([
+        "--zookeeper".to_string(),
+        zk.connect_string(),
+        "--upstream-ca".to_string(),
+        bundle.clone(),
+        "--upstream-server-name".to_string(),
+        "livy.test".to_string(),
+    ]);
+    let proxy = Proxy::start(&args);
+    let body = wait_for(&proxy, "/version", 502);
+    assert_eq!(kind(&body), "upstream_tls", "{body}");
+    // The bundle renewed in place, then SIGHUP: the next connection to
+    // Livy trusts it, without a restart.
+    std::fs::copy(pki.path("ca.pem"), &bundle).unwrap();
+    proxy.signal(libc::SIGHUP);
+    wait_for(&proxy, "/version", 200);
+    assert!(
+        proxy
+            .logs()
+            .contains("upstream-ca and upstream-client-cert reloaded"),
+        "{}",
+        proxy.logs()
+    );
+}

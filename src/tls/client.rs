@@ -19,7 +19,7 @@
 //! resumption on (rustls' in-memory cache), so a new pooled connection to
 //! the same server costs one round trip less.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ClientConfig;
@@ -43,11 +43,15 @@ pub struct UpstreamTlsFiles<'a> {
     pub server_name: Option<&'a str>,
 }
 
-/// The client side of TLS to Livy, built once at start: shared by the
-/// proxy's pool and the probes.
+/// The client side of TLS to Livy, built at start and re-read on SIGHUP:
+/// shared by the proxy's pool and the probes.
 #[derive(Debug)]
 pub struct UpstreamTls {
-    config: Arc<ClientConfig>,
+    /// Swapped whole by [`UpstreamTls::reload`]: new connections handshake
+    /// with the new one, open ones keep theirs.
+    config: arc_swap::ArcSwap<ClientConfig>,
+    /// The files it was built from, read again on a reload.
+    files: OwnedFiles,
     server_name: Option<ServerName<'static>>,
     /// How many roots came from the system store, for the start-up log.
     pub system_roots: usize,
@@ -56,7 +60,22 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     /// The connector new connections handshake with.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        tokio_rustls::TlsConnector::from(self.config.clone())
+        tokio_rustls::TlsConnector::from(self.config.load_full())
+    }
+
+    /// Reads `upstream-ca`, `upstream-client-cert` and `upstream-client-key`
+    /// again (SIGHUP): a renewed CA bundle or client certificate applies to
+    /// the next connection to Livy; a file that does not load keeps the
+    /// configuration in use and is the error.
+    pub fn reload(&self) -> Result<(), TlsFileError> {
+        let fresh = upstream_tls(&UpstreamTlsFiles {
+            ca: self.files.ca.as_deref(),
+            client_cert: self.files.client_cert.as_deref(),
+            client_key: self.files.client_key.as_deref(),
+            server_name: self.files.server_name.as_deref(),
+        })?;
+        self.config.store(fresh.config.load_full());
+        Ok(())
     }
 
     /// The name a node's certificate must carry: the override, else the
@@ -157,10 +176,25 @@ pub fn upstream_tls(files: &UpstreamTlsFiles<'_>) -> Result<UpstreamTls, TlsFile
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(UpstreamTls {
-        config: Arc::new(config),
+        config: arc_swap::ArcSwap::from_pointee(config),
+        files: OwnedFiles {
+            ca: files.ca.map(Path::to_path_buf),
+            client_cert: files.client_cert.map(Path::to_path_buf),
+            client_key: files.client_key.map(Path::to_path_buf),
+            server_name: files.server_name.map(str::to_string),
+        },
         server_name,
         system_roots,
     })
+}
+
+/// [`UpstreamTlsFiles`], owned, for a reload.
+#[derive(Debug)]
+struct OwnedFiles {
+    ca: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    server_name: Option<String>,
 }
 
 /// The TLS reason inside an I/O error from a handshake or a read, if the
