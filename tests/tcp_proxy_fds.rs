@@ -95,7 +95,9 @@ async fn thousands_of_connections_leak_no_descriptors() {
     // At least one upstream connection each (a connect that outlives
     // connect-timeout under this burst is retried, so more is possible).
     assert!(b.accepted.load(Ordering::SeqCst) > rounds);
-    let after = fds_down_to(before, Duration::from_secs(30)).await;
+    // Generous: on a loaded machine the last sockets of the burst take a
+    // while to close; a real leak stays open past any deadline.
+    let after = fds_down_to(before, Duration::from_secs(90)).await;
     assert!(
         after <= before,
         "descriptors before {before}, after {after}; open now: {:?}",
