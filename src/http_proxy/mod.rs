@@ -686,6 +686,18 @@ impl HttpProxy {
                     if resp.extensions().get::<BodyNotSent>().is_some() {
                         body.put_back(take_body(&mut upstream_req));
                     }
+                    // A server redirecting the request to itself is taking
+                    // over: its latch names it, its role has not flipped
+                    // yet (a moment after a failover). Ask it again shortly,
+                    // within the hold time, rather than pass that on.
+                    if body.can_send()
+                        && Instant::now() + SELF_REDIRECT_PAUSE < deadline
+                        && redirects_to_itself(&resp, &node, upstream_req.uri())
+                    {
+                        tracing::debug!(node = %node, "Livy server redirected the request to itself: taking over; asking again");
+                        held(outcome, tokio::time::sleep(SELF_REDIRECT_PAUSE)).await;
+                        continue;
+                    }
                     let Some(target) = self.redirect_target(&resp, &node) else {
                         return Ok(self.relay_response(resp, local, tls));
                     };
@@ -943,6 +955,39 @@ async fn held<T>(outcome: &mut Outcome, wait: impl Future<Output = T>) -> T {
     out
 }
 
+/// Pause before asking a server that redirected a request to itself again.
+pub const SELF_REDIRECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether `resp` is a redirect of the request for `target` to the same
+/// URL on `node` itself (not the UI's `/` -> `/ui`, which changes the path).
+fn redirects_to_itself<B>(resp: &Response<B>, node: &LivyNode, target: &http::Uri) -> bool {
+    if !matches!(
+        resp.status(),
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+    ) {
+        return false;
+    }
+    let Some(location) = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((named, _)) = headers::known_node(location, std::iter::once(node)) else {
+        return false;
+    };
+    let Ok(url) = url::Url::parse(location) else {
+        return false;
+    };
+    let path_and_query = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    named.origin == node.origin
+        && target.path_and_query().map_or("/", |pq| pq.as_str()) == path_and_query
+}
+
 /// Whether the view still names `node` as the leader.
 fn still_names(rx: &LeaderRx, node: &LivyNode) -> bool {
     rx.borrow()
@@ -1057,5 +1102,38 @@ mod tests {
         );
         assert_eq!(ms(b.next(2)), 10, "a new leader is retried soon");
         assert_eq!(ms(b.next(2)), 20);
+    }
+
+    #[test]
+    fn a_redirect_of_the_same_url_to_the_same_server_is_a_takeover() {
+        let node = LivyNode::parse(
+            "livy-2=http://127.0.0.12:8998",
+            crate::node::AddressDefaults::default(),
+        )
+        .unwrap();
+        let redirect = |status: u16, location: &str| {
+            Response::builder()
+                .status(status)
+                .header(header::LOCATION, location)
+                .body(())
+                .unwrap()
+        };
+        let target: http::Uri = "/sessions?from=0".parse().unwrap();
+        let to =
+            |status, location| redirects_to_itself(&redirect(status, location), &node, &target);
+        assert!(to(307, "http://127.0.0.12:8998/sessions?from=0"));
+        assert!(
+            !to(307, "http://127.0.0.11:8998/sessions?from=0"),
+            "another node"
+        );
+        assert!(!to(307, "http://127.0.0.12:8998/ui"), "the UI's redirect");
+        assert!(
+            !to(302, "http://127.0.0.12:8998/sessions?from=0"),
+            "not Livy's 307"
+        );
+        assert!(
+            !to(307, "/sessions?from=0"),
+            "relative: not Livy's HA redirect"
+        );
     }
 }
