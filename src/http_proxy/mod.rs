@@ -395,8 +395,12 @@ impl HttpProxy {
                         // client that connects and sends nothing is
                         // dropped), with the configuration in force now,
                         // then HTTP/2 if ALPN chose `h2`, else HTTP/1.1.
+                        // The TLS branch's futures are boxed: inline, they
+                        // would size every connection's task, plain ones
+                        // too, for the largest branch (memory per idle
+                        // connection, docs/benchmarks.md).
                         let done = tokio::select! {
-                            h = tls.handshakes().accept(tls.acceptor(), stream, handshake) => h,
+                            h = Box::pin(tls.handshakes().accept(tls.acceptor(), stream, handshake)) => h,
                             _ = shutdown.cancelled() => return,
                         };
                         let stream = match done {
@@ -410,7 +414,7 @@ impl HttpProxy {
                         let h2 = conn.alpn_protocol() == Some(b"h2");
                         let identity = crate::tls::identity::of_connection(conn).map(Arc::new);
                         let io = TokioIo::new(stream);
-                        serve_client(
+                        Box::pin(serve_client(
                             io,
                             h2,
                             service(true, identity),
@@ -418,7 +422,7 @@ impl HttpProxy {
                             header_timeout,
                             &shutdown,
                             watcher,
-                        )
+                        ))
                         .await
                     }
                     _ => {
