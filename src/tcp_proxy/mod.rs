@@ -193,7 +193,7 @@ impl TcpProxy {
                 drop(client);
                 continue;
             };
-            let proxy = self.clone();
+            let proxy = self.for_connection();
             let stop = shutdown.child_token();
             tracker.spawn(async move {
                 proxy.handle(client, peer, handshake, stop).await;
@@ -203,6 +203,16 @@ impl TcpProxy {
         drop(listener);
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// A copy for one connection, its settings the ones in force now and
+    /// fixed for its life: a reload during the connection (its retries,
+    /// its relay) does not mix old and new values.
+    fn for_connection(&self) -> TcpProxy {
+        TcpProxy {
+            settings: Arc::new(arc_swap::ArcSwap::new(self.settings.load_full())),
+            ..self.clone()
+        }
     }
 
     async fn handle(
