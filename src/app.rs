@@ -79,7 +79,7 @@ pub struct TlsSources {
     /// The JDBC listener's (`thrift-tls-*`).
     pub jdbc: Option<Arc<TlsSource>>,
     /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
-    pub jdbc_upstream: Option<Arc<rustls::ClientConfig>>,
+    pub jdbc_upstream: Option<Arc<crate::tls::client::UpstreamTls>>,
 }
 
 impl TlsSources {
@@ -99,8 +99,8 @@ impl TlsSources {
             admin: one(&config.admin.tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
             jdbc: one(&config.tcp.tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
             jdbc_upstream: match &config.tcp.tls_mode {
-                crate::tls::ThriftTlsMode::Reencrypt { upstream_ca } => {
-                    Some(crate::tls::thrift_client_config(upstream_ca)?)
+                crate::tls::ThriftTlsMode::Reencrypt { upstream } => {
+                    Some(Arc::new(crate::tls::client::upstream_tls(upstream)?))
                 }
                 _ => None,
             },
@@ -113,6 +113,22 @@ impl TlsSources {
             .flatten()
             .cloned()
             .collect()
+    }
+
+    /// The listeners' and the TLS clients' to Livy (`upstream`), for the
+    /// file watcher.
+    fn renewable(
+        &self,
+        upstream: &Option<Arc<crate::tls::client::UpstreamTls>>,
+    ) -> Vec<Arc<dyn crate::tls::source::Renewable>> {
+        let mut out: Vec<Arc<dyn crate::tls::source::Renewable>> = Vec::new();
+        for s in self.all() {
+            out.push(s);
+        }
+        for c in [upstream, &self.jdbc_upstream].into_iter().flatten() {
+            out.push(c.clone());
+        }
+        out
     }
 }
 
@@ -206,9 +222,15 @@ pub async fn run(
     for source in tls.all() {
         source.attach(metrics.clone());
     }
+    // The client TLS the proxy and the probes share (and the JDBC
+    // listener's to Livy's Thrift port), renewed like the listeners'.
+    let upstream_tls = config.discovery.upstream_tls.clone();
+    for client in [&upstream_tls, &tls.jdbc_upstream].into_iter().flatten() {
+        client.attach(metrics.clone());
+    }
     // Renewed certificates are picked up from disk; SIGHUP reloads too.
     let tls_stop = CancellationToken::new();
-    crate::tls::source::watch(tls.all(), tls_stop.clone());
+    crate::tls::source::watch(tls.renewable(&upstream_tls), tls_stop.clone());
     let discovery_stop = CancellationToken::new();
     // One node list for discovery and both proxies: a reload replaces it.
     let nodes = config.discovery.nodes.clone();
@@ -283,8 +305,6 @@ pub async fn run(
         tokio::spawn(state.serve_tls(l, tls.admin.clone(), admin_stop.clone()))
     });
 
-    // The client TLS the proxy and the probes share, re-read on SIGHUP.
-    let upstream_tls = config.discovery.upstream_tls.clone();
     // Serving: reloads until the drain begins.
     let mut current = config;
     loop {
@@ -295,11 +315,8 @@ pub async fn run(
                     for source in tls.all() {
                         source.reload("SIGHUP");
                     }
-                    if let Some(upstream) = &upstream_tls {
-                        match upstream.reload() {
-                            Ok(()) => tracing::info!("TLS to Livy: upstream-ca and upstream-client-cert reloaded"),
-                            Err(e) => tracing::warn!(error = %e, "TLS to Livy: reload failed, the configuration in use is kept"),
-                        }
+                    for client in [&upstream_tls, &tls.jdbc_upstream].into_iter().flatten() {
+                        client.reload("SIGHUP");
                     }
                     current = reload(current, r, &proxy, &nodes, &access_log, &metrics);
                     if let Some(tcp) = &jdbc_proxy {

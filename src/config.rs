@@ -417,10 +417,39 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_THRIFT_TLS_MODE", value_name = "MODE")]
     pub thrift_tls_mode: Option<ThriftTlsModeKey>,
 
-    /// PEM CA bundle Livy's Thrift certificates are verified against, with
-    /// --thrift-tls-mode reencrypt.
+    /// PEM CA certificates trusted for Livy's Thrift port with
+    /// --thrift-tls-mode reencrypt, besides the system's roots [default:
+    /// --upstream-ca].
     #[arg(long, env = "LIVY_PROXY_THRIFT_UPSTREAM_CA", value_name = "FILE")]
     pub thrift_upstream_ca: Option<PathBuf>,
+
+    /// PEM certificate chain sent to Livy's Thrift port when it asks, with
+    /// reencrypt; with --thrift-upstream-client-key [default:
+    /// --upstream-client-cert and --upstream-client-key].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_THRIFT_UPSTREAM_CLIENT_CERT",
+        value_name = "FILE"
+    )]
+    pub thrift_upstream_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --thrift-upstream-client-cert.
+    #[arg(
+        long,
+        env = "LIVY_PROXY_THRIFT_UPSTREAM_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    pub thrift_upstream_client_key: Option<PathBuf>,
+
+    /// The name Livy's Thrift certificates are checked against, with
+    /// reencrypt [default: --upstream-server-name, else each node's Thrift
+    /// host].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_THRIFT_UPSTREAM_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub thrift_upstream_server_name: Option<String>,
 
     // ---- Admin listener (section `admin`) ----
     /// Address of the admin listener (/healthz, /readyz, /status, /metrics),
@@ -545,6 +574,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "thrift-tls-client-auth",
     "thrift-tls-mode",
     "thrift-upstream-ca",
+    "thrift-upstream-client-cert",
+    "thrift-upstream-client-key",
+    "thrift-upstream-server-name",
     "upstream-ca",
     "upstream-client-cert",
     "upstream-client-key",
@@ -1104,11 +1136,12 @@ impl Build<'_> {
             )?,
             zk_security,
             upstream_tls: Some(Arc::new(
-                crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsFiles {
-                    ca: k.upstream_ca.as_deref(),
-                    client_cert: k.upstream_client_cert.as_deref(),
-                    client_key: k.upstream_client_key.as_deref(),
-                    server_name: k.upstream_server_name.as_deref(),
+                crate::tls::client::upstream_tls(&crate::tls::client::UpstreamTlsSpec {
+                    ca: k.upstream_ca.clone(),
+                    client_cert: k.upstream_client_cert.clone(),
+                    client_key: k.upstream_client_key.clone(),
+                    server_name: k.upstream_server_name.clone(),
+                    ..Default::default()
                 })
                 .map_err(|e| self.invalid(&e.key, e.problem))?,
             )),
@@ -1365,16 +1398,8 @@ impl Build<'_> {
             None if tls.is_some() => ThriftTlsMode::Terminate,
             None | Some(ThriftTlsModeKey::Passthrough) => ThriftTlsMode::Passthrough,
             Some(ThriftTlsModeKey::Terminate) => ThriftTlsMode::Terminate,
-            Some(ThriftTlsModeKey::Reencrypt) => match &k.thrift_upstream_ca {
-                Some(ca) => ThriftTlsMode::Reencrypt {
-                    upstream_ca: ca.clone(),
-                },
-                None => {
-                    return Err(self.invalid(
-                        "thrift-tls-mode",
-                        "reencrypt needs thrift-upstream-ca (the CA of Livy's Thrift certificates)",
-                    ));
-                }
+            Some(ThriftTlsModeKey::Reencrypt) => ThriftTlsMode::Reencrypt {
+                upstream: Box::new(thrift_upstream(k)),
             },
         };
         match (&mode, tls.is_some()) {
@@ -1392,11 +1417,25 @@ impl Build<'_> {
             }
             _ => {}
         }
-        if k.thrift_upstream_ca.is_some() && !matches!(mode, ThriftTlsMode::Reencrypt { .. }) {
-            return Err(self.invalid(
-                "thrift-upstream-ca",
-                "only used with thrift-tls-mode = reencrypt",
-            ));
+        if !matches!(mode, ThriftTlsMode::Reencrypt { .. }) {
+            let set = [
+                ("thrift-upstream-ca", k.thrift_upstream_ca.is_some()),
+                (
+                    "thrift-upstream-client-cert",
+                    k.thrift_upstream_client_cert.is_some(),
+                ),
+                (
+                    "thrift-upstream-client-key",
+                    k.thrift_upstream_client_key.is_some(),
+                ),
+                (
+                    "thrift-upstream-server-name",
+                    k.thrift_upstream_server_name.is_some(),
+                ),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(key, "only used with thrift-tls-mode = reencrypt"));
+            }
         }
         Ok(mode)
     }
@@ -1427,6 +1466,54 @@ impl Build<'_> {
             max_connections: self.count("max-tcp-connections", k.max_tcp_connections, 10_000)?,
             proxy_protocol: http.proxy_protocol.clone(),
         })
+    }
+}
+
+/// TLS to Livy's Thrift port (reencrypt): each `thrift-upstream-*` key,
+/// unset, takes its `upstream-*` counterpart's value (one company CA and
+/// one proxy certificate are the common case); the client certificate and
+/// key fall back as a pair, so a pair is never half one and half the other.
+fn thrift_upstream(k: &Keys) -> crate::tls::client::UpstreamTlsSpec {
+    use crate::tls::client::{KeyNames, UpstreamTlsSpec};
+    let (own, base) = (KeyNames::JDBC_UPSTREAM, KeyNames::UPSTREAM);
+    let (ca, ca_key) = match &k.thrift_upstream_ca {
+        Some(ca) => (Some(ca.clone()), own.ca),
+        None => (k.upstream_ca.clone(), base.ca),
+    };
+    let own_pair =
+        k.thrift_upstream_client_cert.is_some() || k.thrift_upstream_client_key.is_some();
+    let (client_cert, client_key, cert_key, key_key) = if own_pair {
+        (
+            k.thrift_upstream_client_cert.clone(),
+            k.thrift_upstream_client_key.clone(),
+            own.client_cert,
+            own.client_key,
+        )
+    } else {
+        (
+            k.upstream_client_cert.clone(),
+            k.upstream_client_key.clone(),
+            base.client_cert,
+            base.client_key,
+        )
+    };
+    let (server_name, name_key) = match &k.thrift_upstream_server_name {
+        Some(n) => (Some(n.clone()), own.server_name),
+        None => (k.upstream_server_name.clone(), base.server_name),
+    };
+    UpstreamTlsSpec {
+        ca,
+        client_cert,
+        client_key,
+        server_name,
+        keys: KeyNames {
+            label: own.label,
+            ca: ca_key,
+            client_cert: cert_key,
+            client_key: key_key,
+            server_name: name_key,
+        },
+        alpn: crate::tls::ALPN_NONE,
     }
 }
 

@@ -357,7 +357,7 @@ impl Metrics {
         let tls_reloads = Family::<ListenerResultLabels, Counter>::default();
         registry.register(
             "tls_reloads",
-            "TLS certificate reloads (SIGHUP or a file change), by listener and result",
+            "TLS certificate reloads (SIGHUP or a file change), by listener (upstream, jdbc_upstream: the TLS clients to Livy) and result",
             tls_reloads.clone(),
         );
         let tls_expiry = Family::<ListenerLabel, Gauge>::default();
@@ -535,13 +535,18 @@ impl Metrics {
     /// (Unix seconds): its expiry gauge and its reload counters, at 0, so
     /// that a first failure shows in `increase()`.
     pub fn tls_listener(&self, listener: Listener, not_after: i64) {
-        for result in ["success", "failure"] {
-            let _ = self.tls_reloads.get_or_create(&ListenerResultLabels {
-                listener: listener.as_str(),
-                result,
-            });
-        }
+        self.tls_reloads_at_zero(listener.as_str());
         self.tls_certificate(listener, not_after);
+    }
+
+    /// The reload counters of `listener` (a listener's label, or
+    /// `upstream`/`jdbc_upstream` for the TLS clients to Livy), at 0.
+    pub fn tls_reloads_at_zero(&self, listener: &'static str) {
+        for result in ["success", "failure"] {
+            let _ = self
+                .tls_reloads
+                .get_or_create(&ListenerResultLabels { listener, result });
+        }
     }
 
     /// `listener` now serves a certificate valid until `not_after`.
@@ -553,14 +558,12 @@ impl Metrics {
             .set(not_after);
     }
 
-    /// A TLS reload of `listener` finished.
-    pub fn tls_reload(&self, listener: Listener, ok: bool) {
+    /// A TLS reload of `listener` (as [`Metrics::tls_reloads_at_zero`])
+    /// finished.
+    pub fn tls_reload(&self, listener: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.tls_reloads
-            .get_or_create(&ListenerResultLabels {
-                listener: listener.as_str(),
-                result,
-            })
+            .get_or_create(&ListenerResultLabels { listener, result })
             .inc();
     }
 

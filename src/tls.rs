@@ -19,6 +19,7 @@
 pub mod client;
 pub mod handshake;
 pub mod identity;
+pub mod pem;
 pub mod source;
 
 use std::path::PathBuf;
@@ -70,42 +71,15 @@ pub enum ThriftTlsMode {
     Passthrough,
     /// TLS ends on the listener (`thrift-tls-cert`); plain TCP to Livy.
     Terminate,
-    /// TLS ends on the listener and a new TLS connection goes to Livy,
-    /// whose certificate must chain to `upstream_ca` and name the node's
-    /// Thrift host.
+    /// TLS ends on the listener and a new TLS connection goes to Livy's
+    /// Thrift port, made as [`client::UpstreamTls`] makes those to
+    /// `https://` nodes (system roots and a CA bundle, the server name, a
+    /// client certificate), from the `thrift-upstream-*` keys or their
+    /// `upstream-*` counterparts.
     Reencrypt {
-        /// `thrift-upstream-ca`.
-        upstream_ca: PathBuf,
+        /// What the client is built from.
+        upstream: Box<client::UpstreamTlsSpec>,
     },
-}
-
-/// The rustls client configuration for Livy's Thrift port
-/// (`thrift-tls-mode = reencrypt`): the roots from the CA bundle at `ca`,
-/// TLS 1.2 and 1.3, no client certificate.
-pub fn thrift_client_config(
-    ca: &std::path::Path,
-) -> Result<Arc<rustls::ClientConfig>, TlsFileError> {
-    let bad = |e: &dyn std::fmt::Display| TlsFileError {
-        origin: String::new(),
-        key: "thrift-upstream-ca".to_string(),
-        problem: format!("{}: {e}", ca.display()),
-    };
-    let pem = std::fs::read(ca).map_err(|e| bad(&e))?;
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&"no PEM certificate in the file"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .map_err(|e| bad(&e))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// One listener's TLS files, as configured (the paths are restart-only;

@@ -19,8 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use zookeeper_client as zk;
@@ -280,31 +279,23 @@ impl ZkSecurity {
                 problem: "TLS to ZooKeeper is not configured".to_string(),
             });
         };
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(&t.ca).map_err(|e| bad("zk-tls-ca", &t.ca, e))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| bad("zk-tls-ca", &t.ca, e))?;
-            roots.add(cert).map_err(|e| bad("zk-tls-ca", &t.ca, e))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad("zk-tls-ca", &t.ca, e))?
-            .with_root_certificates(roots);
-        let config = match &t.identity {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| bad("zk-tls-cert", cert, e))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad("zk-tls-cert", cert, e))?;
-                let private =
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad("zk-tls-key", key, e))?;
-                builder
-                    .with_client_auth_cert(chain, private)
-                    .map_err(|e| bad("zk-tls-key", key, e))?
-            }
+        // The same PEM reading as the TLS clients to Livy, but only the
+        // `zk-tls-ca` bundle is trusted (no system roots), as the crate does.
+        let keyed = |e: crate::tls::pem::PemError| ZkSecurityError {
+            key: e.key,
+            problem: e.problem,
         };
+        let mut roots = rustls::RootCertStore::empty();
+        crate::tls::pem::add_roots(&mut roots, "zk-tls-ca", &t.ca).map_err(keyed)?;
+        let identity = match &t.identity {
+            None => None,
+            Some((cert, key)) => Some(
+                crate::tls::pem::Identity::read("zk-tls-cert", cert, "zk-tls-key", key)
+                    .map_err(keyed)?,
+            ),
+        };
+        let config =
+            crate::tls::pem::client_config(roots, identity, &[], "zk-tls-ca").map_err(keyed)?;
         Ok(Arc::new(config))
     }
 }

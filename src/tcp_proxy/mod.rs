@@ -47,7 +47,7 @@ pub struct TcpSettings {
     pub listen: Option<std::net::SocketAddr>,
     /// Its TLS files (`thrift-tls-*`), read by the listener.
     pub tls: Option<crate::tls::TlsSpec>,
-    /// What it does with TLS (`thrift-tls-mode`, `thrift-upstream-ca`).
+    /// What it does with TLS (`thrift-tls-mode`, `thrift-upstream-*`).
     pub tls_mode: crate::tls::ThriftTlsMode,
     /// How long a connection waits for a reachable active server.
     pub hold_timeout: Duration,
@@ -106,8 +106,9 @@ pub struct TcpProxy {
     /// TLS terminated on the listener (`thrift-tls-*`); Livy's Thrift
     /// port is then spoken to in plain TCP.
     tls: Option<Arc<crate::tls::TlsSource>>,
-    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`).
-    upstream_tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`), renewed
+    /// from its files: each connection takes the configuration in force.
+    upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
 }
 
 impl TcpProxy {
@@ -132,10 +133,10 @@ impl TcpProxy {
     pub fn with_tls(
         mut self,
         tls: Option<Arc<crate::tls::TlsSource>>,
-        upstream: Option<Arc<rustls::ClientConfig>>,
+        upstream: Option<Arc<crate::tls::client::UpstreamTls>>,
     ) -> Self {
         self.tls = tls;
-        self.upstream_tls = upstream.map(tokio_rustls::TlsConnector::from);
+        self.upstream_tls = upstream;
         self
     }
 
@@ -236,6 +237,8 @@ impl TcpProxy {
         };
         // TLS on the listener: the handshake before Livy is chosen, so a
         // client that fails it never costs an upstream connection.
+        // The verified client certificate, for the access log.
+        let mut identity = None;
         let client = match (&self.tls, handshake) {
             (Some(tls), Some(handshake)) => {
                 let done = tokio::select! {
@@ -243,7 +246,12 @@ impl TcpProxy {
                     h = tls.handshakes().accept(tls.acceptor(), client, handshake) => h,
                 };
                 match done {
-                    Ok(s) => Client::Tls(Box::new(s)),
+                    Ok(s) => {
+                        if tls.verifies_clients() && self.access_log.load(Ordering::Relaxed) {
+                            identity = crate::tls::identity::of_connection(s.get_ref().1);
+                        }
+                        Client::Tls(Box::new(s))
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, listener = "jdbc", error = %e, "TLS handshake did not complete");
                         return;
@@ -266,13 +274,15 @@ impl TcpProxy {
         self.tune(&upstream);
         let upstream = match &self.upstream_tls {
             None => Upstream::Plain(upstream),
-            Some(connector) => {
+            Some(tls) => {
                 let addr = node.thrift_addr(self.settings.load().thrift_port);
                 let handshake = async {
-                    let name = thrift_server_name(&addr)?;
+                    let name = tls
+                        .server_name(thrift_host(&addr))
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                     tokio::time::timeout(
                         self.settings.load().connect_timeout,
-                        connector.connect(name, upstream),
+                        tls.connector().connect(name, upstream),
                     )
                     .await
                     .map_err(|_| {
@@ -308,6 +318,8 @@ impl TcpProxy {
             tracing::info!(
                 target: "access",
                 client = %peer,
+                client_cert = identity.as_ref().map_or("-", |c| c.subject.as_str()),
+                client_san = identity.as_ref().map_or_else(|| "-".to_string(), |c| c.sans_text()).as_str(),
                 upstream = %node.id,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 bytes_in = up,
@@ -500,13 +512,12 @@ enum Upstream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// The name Livy's Thrift certificate must carry: the host of its
-/// `host:port` address (an IP address as such; IPv6 without brackets).
-fn thrift_server_name(addr: &str) -> io::Result<rustls_pki_types::ServerName<'static>> {
+/// The host of a Thrift `host:port` address, the name Livy's Thrift
+/// certificate must carry unless one is configured (an IP address as such;
+/// IPv6 without brackets).
+fn thrift_host(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    rustls_pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host:?}: {e}")))
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Resolves when no byte has moved for `timeout` (never when `None`).

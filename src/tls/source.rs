@@ -8,7 +8,9 @@
 //! `ResolvesServerCert`, renews the client CA bundle by the same step.
 //!
 //! Renewal comes from SIGHUP ([`TlsSource::reload`], called by the app's
-//! reload) and from the files changing on disk ([`watch`]): the directories
+//! reload) and from the files changing on disk ([`watch`], which renews
+//! the TLS clients to Livy, [`super::client::UpstreamTls`], the same way:
+//! any [`Renewable`]): the directories
 //! holding them are watched (notify; inotify on Linux), because Kubernetes
 //! renews a mounted Secret by pointing its `..data` symlink at a new
 //! directory, an event in the directory, not in the file. After a change
@@ -132,21 +134,40 @@ impl TlsSource {
                 true
             }
             Err(e) => {
-                *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = read_all(&self.spec);
+                *self.tried.lock().unwrap_or_else(|e| e.into_inner()) =
+                    read_all(&self.spec.files());
                 tracing::warn!(listener, trigger, error = %e, "TLS reload failed: the certificate in use is kept");
                 false
             }
         };
         if let Some(m) = self.metrics.get() {
-            m.tls_reload(self.listener, ok);
+            m.tls_reload(self.listener.as_str(), ok);
         }
         ok
     }
+}
 
-    /// [`TlsSource::reload`] if the files' bytes differ from the last ones
-    /// tried.
+/// TLS configuration read from files, renewed when they change: a
+/// listener's ([`TlsSource`]) or a client's to Livy.
+pub trait Renewable: Send + Sync {
+    /// The files it is read from (their directories are watched).
+    fn files(&self) -> Vec<PathBuf>;
+    /// Reads the files again and loads them if their bytes differ from the
+    /// last ones tried.
+    fn reload_if_changed(&self);
+}
+
+impl Renewable for TlsSource {
+    fn files(&self) -> Vec<PathBuf> {
+        self.spec
+            .files()
+            .into_iter()
+            .map(Path::to_path_buf)
+            .collect()
+    }
+
     fn reload_if_changed(&self) {
-        let now = read_all(&self.spec);
+        let now = read_all(&self.spec.files());
         if *self.tried.lock().unwrap_or_else(|e| e.into_inner()) == now {
             return;
         }
@@ -167,10 +188,11 @@ fn warn_if_expired(listener: Listener, not_after: i64) {
     }
 }
 
-/// The bytes of `spec`'s files, or `None` if one cannot be read.
-fn read_all(spec: &TlsSpec) -> Option<Vec<u8>> {
+/// The bytes of `files`, one after the other, or `None` if one cannot be
+/// read: what tells a change.
+pub(crate) fn read_all(files: &[&Path]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    for f in spec.files() {
+    for f in files {
         out.extend(std::fs::read(f).ok()?);
     }
     Some(out)
@@ -192,7 +214,8 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// Watches the directories of `sources`' files until `stop`, reloading a
 /// source whose files changed. A directory that cannot be watched is
 /// logged; SIGHUP still reloads it.
-pub fn watch(sources: Vec<Arc<TlsSource>>, stop: CancellationToken) {
+pub fn watch(mut sources: Vec<Arc<dyn Renewable>>, stop: CancellationToken) {
+    sources.retain(|s| !s.files().is_empty());
     if sources.is_empty() {
         return;
     }
@@ -214,7 +237,7 @@ pub fn watch(sources: Vec<Arc<TlsSource>>, stop: CancellationToken) {
     };
     let dirs: BTreeSet<PathBuf> = sources
         .iter()
-        .flat_map(|s| s.spec.files().into_iter().map(directory))
+        .flat_map(|s| s.files().into_iter().map(|f| directory(&f)))
         .collect();
     for dir in &dirs {
         use notify::Watcher;

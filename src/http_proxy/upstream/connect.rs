@@ -221,7 +221,7 @@ mod tests {
     use super::*;
     use crate::http_proxy::upstream::conn::Conn;
     use crate::node::{AddressDefaults, Origin};
-    use crate::tls::client::{UpstreamTlsFiles, upstream_tls};
+    use crate::tls::client::{UpstreamTlsSpec, upstream_tls};
 
     /// A TLS server on loopback whose certificate (for `names`) a private
     /// CA signed; the CA's PEM file, and the server's accepted streams.
@@ -273,9 +273,9 @@ mod tests {
 
     fn connector(dir: &tempfile::TempDir, server_name: Option<&str>) -> Connector {
         let ca = dir.path().join("ca.pem");
-        let tls = upstream_tls(&UpstreamTlsFiles {
-            ca: Some(&ca),
-            server_name,
+        let tls = upstream_tls(&UpstreamTlsSpec {
+            ca: Some(ca),
+            server_name: server_name.map(str::to_string),
             ..Default::default()
         })
         .unwrap();
