@@ -851,12 +851,7 @@ impl Config {
     /// `flags` are the matches of a command that includes [`Source`]'s (or
     /// [`Keys`]') arguments.
     pub fn load(file: Option<&Path>, flags: &ArgMatches) -> Result<Config, ConfigError> {
-        let mut keys = match file {
-            Some(path) => read_file(path)?,
-            None => Keys::default(),
-        };
-        keys.update_from_arg_matches(flags)
-            .map_err(|e| ConfigError::Flags(first_line(&e)))?;
+        let keys = Config::keys(file, flags)?;
         let given = given_flags(flags);
         let origin = file
             .map(|p| format!("config file {}: ", p.display()))
@@ -867,6 +862,19 @@ impl Config {
             origin: &origin,
         }
         .config()
+    }
+
+    /// The keys alone, as [`Config::load`] reads them (file, then flags and
+    /// environment), without building the sections: for `livy-proxy
+    /// health`, which needs the admin listener's and reads no other file.
+    pub fn keys(file: Option<&Path>, flags: &ArgMatches) -> Result<Keys, ConfigError> {
+        let mut keys = match file {
+            Some(path) => read_file(path)?,
+            None => Keys::default(),
+        };
+        keys.update_from_arg_matches(flags)
+            .map_err(|e| ConfigError::Flags(first_line(&e)))?;
+        Ok(keys)
     }
 
     /// Builds the sections from `keys` that were already loaded once (a

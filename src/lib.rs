@@ -27,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod http_proxy;
 pub mod limit;
 pub mod listener;

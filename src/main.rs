@@ -36,10 +36,7 @@ struct Cli {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("health") {
-        return health(
-            args.get(2)
-                .map_or("http://127.0.0.1:9998/healthz", |s| s.as_str()),
-        );
+        return livy_proxy::health::main(&args[2..]);
     }
     let parsed = Cli::command()
         .try_get_matches()
@@ -150,43 +147,6 @@ fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
         tokio::spawn(signals(control.clone()));
         Ok(app::run(config, listeners, control, Some(reloader)).await)
     })
-}
-
-/// `livy-proxy health [URL]`: exit 0 if the URL answers 200, else 1. For a
-/// container HEALTHCHECK in an image without a shell or curl. Plain
-/// `http://host:port/path` only, one request with a 3 s budget: written
-/// with std's socket rather than pulling an HTTP client into the binary.
-fn health(url: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    let Some(rest) = url.strip_prefix("http://") else {
-        eprintln!("livy-proxy health: only http:// URLs");
-        return ExitCode::from(2);
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let check = || -> std::io::Result<bool> {
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?
-            .next()
-            .ok_or_else(|| std::io::Error::other("no address"))?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
-    };
-    match check() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("livy-proxy health: {url}: {e}");
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// SIGTERM or SIGINT begins the drain, a second one forces the end; SIGHUP

@@ -249,25 +249,40 @@ struct SecretVolume {
 
 impl SecretVolume {
     fn new(dir: &Path, cert: &str, key: &str) -> SecretVolume {
-        let dir = dir.join("secret");
+        SecretVolume::with_files(dir, "secret", &[("tls.crt", cert), ("tls.key", key)])
+    }
+
+    /// A volume in `dir/name` holding `files` (name, contents).
+    fn with_files(dir: &Path, name: &str, files: &[(&str, &str)]) -> SecretVolume {
+        let dir = dir.join(name);
         std::fs::create_dir(&dir).unwrap();
         let mut v = SecretVolume { dir, version: 0 };
-        v.update(cert, key);
-        std::os::unix::fs::symlink("..data/tls.crt", v.dir.join("tls.crt")).unwrap();
-        std::os::unix::fs::symlink("..data/tls.key", v.dir.join("tls.key")).unwrap();
+        v.update_files(files);
+        for (f, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{f}"), v.dir.join(f)).unwrap();
+        }
         v
     }
 
     fn update(&mut self, cert: &str, key: &str) {
+        self.update_files(&[("tls.crt", cert), ("tls.key", key)]);
+    }
+
+    fn update_files(&mut self, files: &[(&str, &str)]) {
         let old = format!("..2026_12_01_00_00_0{}.000000001", self.version);
         self.version += 1;
         let new = format!("..2026_12_01_00_00_0{}.000000001", self.version);
         std::fs::create_dir(self.dir.join(&new)).unwrap();
-        std::fs::write(self.dir.join(&new).join("tls.crt"), cert).unwrap();
-        std::fs::write(self.dir.join(&new).join("tls.key"), key).unwrap();
+        for (f, text) in files {
+            std::fs::write(self.dir.join(&new).join(f), text).unwrap();
+        }
         std::os::unix::fs::symlink(&new, self.dir.join("..data_tmp")).unwrap();
         std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
         let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
     }
 
     fn cert(&self) -> String {
@@ -857,19 +872,40 @@ fn the_jdbc_listener_terminates_tls_in_front_of_a_plain_thrift_port() {
 /// Livy's Thrift port with `livy.server.thrift.use.SSL`: a TLS echo
 /// serving `cert`/`key` (PEM) on a loopback port.
 async fn tls_echo(c: &str, k: &str) -> SocketAddr {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        rustls_pki_types::CertificateDer::pem_slice_iter(c.as_bytes())
-            .map(|c| c.unwrap())
-            .collect(),
-        rustls_pki_types::PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
-    )
-    .unwrap();
+    tls_echo_with(c, k, None).await
+}
+
+/// [`tls_echo`] requiring a client certificate `client_ca` signed, if set.
+async fn tls_echo_with(c: &str, k: &str, client_ca: Option<&str>) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(rustls_pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+                .unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+    };
+    let config = builder
+        .with_single_cert(
+            rustls_pki_types::CertificateDer::pem_slice_iter(c.as_bytes())
+                .map(|c| c.unwrap())
+                .collect(),
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+        )
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let thrift = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let thrift_addr = thrift.local_addr().unwrap();
@@ -1023,6 +1059,327 @@ async fn jdbc_reencrypt_refuses_a_thrift_port_whose_certificate_it_does_not_trus
     );
 }
 
+/// Whether a TLS connection to the JDBC listener at `jdbc` (trusting
+/// `ca`) echoes what it is sent: relayed to Livy and back.
+fn jdbc_echoes(jdbc: SocketAddr, ca: &str) -> bool {
+    let Ok(mut conn) = TlsConn::open(jdbc, client_config(ca, None)) else {
+        return false;
+    };
+    let msg = b"TCLIService.OpenSession";
+    if conn.0.write_all(msg).and_then(|()| conn.0.flush()).is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; msg.len()];
+    conn.0.read_exact(&mut back).is_ok() && back == msg
+}
+
+/// A proxy whose JDBC listener terminates TLS with `listener_ca`'s
+/// certificate (serial 5) and re-encrypts to Livy's Thrift port at
+/// `thrift_addr` with `more` flags; the JDBC address.
+fn reencrypt_to(
+    tmp: &Path,
+    listener_ca: &Ca,
+    thrift_addr: SocketAddr,
+    more: Vec<String>,
+) -> (Proxy, SocketAddr, SimCluster) {
+    let (lc, lk) = listener_ca.server(5);
+    let sim = SimCluster::plan(1).start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = sim.node_arg(0);
+    let id = node.split('=').next().unwrap().to_string();
+    let mut args: Vec<String> = [
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-node",
+        &format!("{id}={thrift_addr}"),
+        "--thrift-tls-cert",
+        &write(tmp, "lc.pem", &lc),
+        "--thrift-tls-key",
+        &write(tmp, "lk.pem", &lk),
+        "--thrift-tls-mode",
+        "reencrypt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(more);
+    let proxy = Proxy::start(&args);
+    let url = format!("{}/version", proxy.url());
+    assert!(
+        wait_until(DEADLINE, || curl_body(&url).contains("version")),
+        "{}",
+        proxy.logs()
+    );
+    (proxy, jdbc, sim)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_takes_the_upstream_keys_and_presents_the_proxys_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca, proxy_client_ca) = (
+        Ca::new("proxy CA"),
+        Ca::new("Livy CA"),
+        Ca::new("proxy client CA"),
+    );
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    let (c, k) = livy_ca.server(9);
+    // Livy's Thrift port with SSL and client certificates required.
+    let thrift_addr = tls_echo_with(&c, &k, Some(&proxy_client_ca.pem())).await;
+    let (cc, ck) = proxy_client_ca.client("livy-proxy", false);
+    // Only the upstream-* keys: one company CA and one proxy certificate
+    // for Livy's REST and Thrift ports alike.
+    let more = [
+        "--upstream-ca".to_string(),
+        write(tmp.path(), "livy-ca.pem", &livy_ca.pem()),
+        "--upstream-client-cert".to_string(),
+        write(tmp.path(), "cc.pem", &cc),
+        "--upstream-client-key".to_string(),
+        write(tmp.path(), "ck.pem", &ck),
+    ];
+    let tmp_path = tmp.path().to_path_buf();
+    let (proxy, jdbc, _sim) = tokio::task::spawn_blocking(move || {
+        reencrypt_to(&tmp_path, &listener_ca, thrift_addr, more.to_vec())
+    })
+    .await
+    .unwrap();
+    let ok = tokio::task::spawn_blocking(move || jdbc_echoes(jdbc, &client_ca))
+        .await
+        .unwrap();
+    assert!(ok, "not relayed:\n{}", proxy.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_reencrypt_trusts_a_ca_renewed_on_disk_without_sighup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (listener_ca, livy_ca, other_ca) = (
+        Ca::new("proxy CA"),
+        Ca::new("Livy CA"),
+        Ca::new("some other CA"),
+    );
+    let client_ca = write(tmp.path(), "proxy-ca.pem", &listener_ca.pem());
+    let (c, k) = livy_ca.server(9);
+    let thrift_addr = tls_echo(&c, &k).await;
+    // The mounted bundle names another CA at first.
+    let mut secret =
+        SecretVolume::with_files(tmp.path(), "livy-ca", &[("ca.crt", &other_ca.pem())]);
+    let ca_path = secret.path("ca.crt");
+    let tmp_path = tmp.path().to_path_buf();
+    let (proxy, jdbc, _sim) = tokio::task::spawn_blocking(move || {
+        reencrypt_to(
+            &tmp_path,
+            &listener_ca,
+            thrift_addr,
+            vec!["--thrift-upstream-ca".to_string(), ca_path],
+        )
+    })
+    .await
+    .unwrap();
+    let ca = client_ca.clone();
+    assert!(
+        !tokio::task::spawn_blocking(move || jdbc_echoes(jdbc, &ca))
+            .await
+            .unwrap(),
+        "relayed to a Thrift port signed by an untrusted CA"
+    );
+    // The kubelet swaps `..data`: no SIGHUP.
+    secret.update_files(&[("ca.crt", &livy_ca.pem())]);
+    let admin = proxy.admin_url();
+    let (renewed, metrics) = tokio::task::spawn_blocking(move || {
+        let renewed = wait_until(DEADLINE, || jdbc_echoes(jdbc, &client_ca));
+        (renewed, curl_body(&format!("{admin}/metrics")))
+    })
+    .await
+    .unwrap();
+    assert!(renewed, "the renewed CA is not used:\n{}", proxy.logs());
+    let success = metric(
+        &metrics,
+        "livy_proxy_tls_reloads_total{service=\"default\",listener=\"jdbc_upstream\",result=\"success\"}",
+    );
+    assert!(success >= Some(1.0), "{metrics}");
+    assert!(
+        proxy.logs().lines().any(|l| l
+            .contains("TLS to Livy: CA bundle and client certificate reloaded")
+            && l.contains("file change")
+            && l.contains("jdbc_upstream")),
+        "{}",
+        proxy.logs()
+    );
+}
+
+#[test]
+fn the_jdbc_access_log_names_the_verified_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("JDBC mTLS CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(5);
+    let (cc, ck) = ca.client("alice", false);
+    let plan = SimCluster::plan(1);
+    let thrift_port = plan.thrift_port().to_string();
+    let sim = plan.start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--thrift-listen",
+        &jdbc.to_string(),
+        "--thrift-port",
+        &thrift_port,
+        "--thrift-tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--thrift-tls-key",
+        &write(tmp.path(), "k.pem", &k),
+        "--thrift-tls-client-ca",
+        &ca_file,
+    ]);
+    assert!(
+        wait_until(DEADLINE, || curl_body(&format!("{}/version", proxy.url()))
+            .contains("version")),
+        "{}",
+        proxy.logs()
+    );
+    let (cc, ck) = (
+        write(tmp.path(), "cc.pem", &cc),
+        write(tmp.path(), "ck.pem", &ck),
+    );
+    {
+        let mut conn =
+            TlsConn::open(jdbc, client_config(&ca_file, Some((&cc, &ck)))).expect("mTLS to JDBC");
+        assert_eq!(
+            echo(&mut conn.0, b"TCLIService.OpenSession"),
+            b"TCLIService.OpenSession"
+        );
+    }
+    assert!(
+        wait_until(DEADLINE, || proxy.logs().lines().any(|l| l
+            .contains("jdbc")
+            && l.contains("access")
+            && l.contains("client_cert=\"CN=alice\"")
+            && l.contains(
+                "client_san=\"DNS:alice.example,URI:spiffe://test/alice\""
+            ))),
+        "{}",
+        proxy.logs()
+    );
+}
+
+/// `livy-proxy health` with `args`: its exit code and stderr.
+fn health(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
+        .arg("health")
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn health_speaks_https_to_an_admin_tls_listener_trusting_the_certificate_it_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("admin CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    // A certificate for a service name, not for the 127.0.0.1 health asks:
+    // the proxy's own certificate is trusted as it is.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["livy-proxy.example".into()]).unwrap();
+    params.serial_number = Some(SerialNumber::from(7u64));
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let admin_cert = write(tmp.path(), "admin.pem", &cert.pem());
+    let admin_key = write(tmp.path(), "admin-key.pem", &key.serialize_pem());
+    let (cc, ck) = ca.client("kubelet", false);
+    let (cc, ck) = (
+        write(tmp.path(), "cc.pem", &cc),
+        write(tmp.path(), "ck.pem", &ck),
+    );
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--admin-tls-cert",
+        &admin_cert,
+        "--admin-tls-key",
+        &admin_key,
+    ]);
+    let admin = proxy.admin_url().replace("http://", "");
+    let https = format!("https://{admin}/healthz");
+    assert!(
+        wait_until(DEADLINE, || health(&[
+            &https,
+            "--admin-tls-cert",
+            &admin_cert
+        ])
+        .0 == Some(0)),
+        "{:?}\n{}",
+        health(&[&https, "--admin-tls-cert", &admin_cert]),
+        proxy.logs()
+    );
+    // No URL: admin-listen's /healthz, over https because admin-tls-cert
+    // is set, here from the same config file the proxy could read.
+    let config = write(
+        tmp.path(),
+        "livy-proxy.toml",
+        &format!("admin-listen = \"{admin}\"\nadmin-tls-cert = \"{admin_cert}\"\n"),
+    );
+    assert_eq!(health(&["--config", &config]), (Some(0), String::new()));
+    // Plain HTTP to a TLS listener, or TLS trusting another certificate:
+    // not healthy.
+    assert_eq!(health(&[&format!("http://{admin}/healthz")]).0, Some(1));
+    let (code, err) = health(&[&https, "--admin-tls-cert", &ca_file]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+    drop(proxy);
+
+    // An admin listener that requires client certificates.
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--admin-tls-cert",
+        &admin_cert,
+        "--admin-tls-key",
+        &admin_key,
+        "--admin-tls-client-ca",
+        &ca_file,
+    ]);
+    let admin = proxy.admin_url().replace("http://", "");
+    let https = format!("https://{admin}/healthz");
+    let with_cert = [
+        https.as_str(),
+        "--admin-tls-cert",
+        &admin_cert,
+        "--client-cert",
+        &cc,
+        "--client-key",
+        &ck,
+    ];
+    assert!(
+        wait_until(DEADLINE, || health(&with_cert).0 == Some(0)),
+        "{:?}\n{}",
+        health(&with_cert),
+        proxy.logs()
+    );
+    assert_eq!(
+        health(&[&https, "--admin-tls-cert", &admin_cert]).0,
+        Some(1)
+    );
+    // Half a client certificate is a usage error.
+    assert_eq!(
+        health(&[
+            &https,
+            "--admin-tls-cert",
+            &admin_cert,
+            "--client-cert",
+            &cc
+        ])
+        .0,
+        Some(2)
+    );
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
         .args(args)
@@ -1100,6 +1457,28 @@ fn tls_key_combinations_and_bad_files_are_config_errors_naming_the_key() {
                 &garbage,
             ],
             "thrift-upstream-ca",
+        ),
+        (
+            vec!["--thrift-upstream-server-name", "livy.test"],
+            "thrift-upstream-server-name",
+        ),
+        (
+            vec![
+                "--thrift-tls-cert",
+                &cert,
+                "--thrift-tls-key",
+                &key,
+                "--thrift-tls-mode",
+                "reencrypt",
+                "--thrift-upstream-client-cert",
+                &cert,
+                // upstream-client-key does not complete a thrift-upstream pair.
+                "--upstream-client-cert",
+                &cert,
+                "--upstream-client-key",
+                &key,
+            ],
+            "thrift-upstream-client-cert",
         ),
         (vec!["--max-tls-handshakes", "0"], "max-tls-handshakes"),
         (
