@@ -6,6 +6,9 @@
 //! where the leader must be known without probing (so that a refused
 //! certificate shows as the request's 502, not as "no leader").
 //!
+//! The CA bundle renewed (SIGHUP, and a Kubernetes-style `..data` swap
+//! without one).
+//!
 //! Also here: Livy's early answer to an upload (a 413 before the body
 //! ends) reaches the client as Livy's answer, over plain HTTP and TLS.
 
@@ -448,7 +451,109 @@ fn a_renewed_upstream_ca_is_read_again_on_sighup() {
     assert!(
         proxy
             .logs()
-            .contains("upstream-ca and upstream-client-cert reloaded"),
+            .contains("TLS to Livy: CA bundle and client certificate reloaded"),
+        "{}",
+        proxy.logs()
+    );
+}
+
+/// A Kubernetes Secret volume holding one file, `name`: a symlink to
+/// `..data/name`, `..data` a symlink to a timestamped directory that an
+/// update replaces by renaming a new symlink over it, as the kubelet does.
+struct SecretFile {
+    dir: std::path::PathBuf,
+    name: &'static str,
+    version: u32,
+}
+
+impl SecretFile {
+    fn new(dir: &std::path::Path, name: &'static str, text: &str) -> SecretFile {
+        let dir = dir.join("secret");
+        std::fs::create_dir(&dir).unwrap();
+        let mut s = SecretFile {
+            dir,
+            name,
+            version: 0,
+        };
+        s.update(text);
+        std::os::unix::fs::symlink(format!("..data/{name}"), s.dir.join(name)).unwrap();
+        s
+    }
+
+    fn update(&mut self, text: &str) {
+        let old = format!("..2026_12_01_00_00_0{}.000000001", self.version);
+        self.version += 1;
+        let new = format!("..2026_12_01_00_00_0{}.000000001", self.version);
+        std::fs::create_dir(self.dir.join(&new)).unwrap();
+        std::fs::write(self.dir.join(&new).join(self.name), text).unwrap();
+        std::os::unix::fs::symlink(&new, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+
+    fn path(&self) -> String {
+        self.dir.join(self.name).display().to_string()
+    }
+}
+
+/// The value of one series in the proxy's /metrics.
+fn metric(proxy: &Proxy, series: &str) -> Option<f64> {
+    let text = curl(&format!("{}/metrics", proxy.admin_url()), &[]).1;
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_renewed_upstream_ca_is_used_after_a_kubernetes_secret_swap_without_sighup() {
+    let zk = ZooKeeper::start();
+    let pki = Pki::new(&["livy.test"]);
+    let (plan, port) = tls_plan(2, &pki, &[]);
+    let cluster = plan.start(&zk);
+    cluster.wait_for_leader(Duration::from_secs(60));
+    let wrong = std::fs::read_to_string(pki.path("client-ca.pem")).unwrap();
+    let mut secret = SecretFile::new(pki.dir.path(), "ca.crt", &wrong);
+    let mut args = https_nodes(2, port);
+    args.extend([
+        "--zookeeper".to_string(),
+        zk.connect_string(),
+        "--upstream-ca".to_string(),
+        secret.path(),
+        "--upstream-server-name".to_string(),
+        "livy.test".to_string(),
+    ]);
+    let proxy = Proxy::start(&args);
+    let body = wait_for(&proxy, "/version", 502);
+    assert_eq!(kind(&body), "upstream_tls", "{body}");
+    let series = |result: &str| {
+        format!(
+            "livy_proxy_tls_reloads_total{{service=\"default\",listener=\"upstream\",result=\"{result}\"}}"
+        )
+    };
+    assert_eq!(metric(&proxy, &series("failure")), Some(0.0));
+
+    // A bad bundle first: kept out, counted, the old one in force.
+    secret.update("not a certificate\n");
+    assert!(
+        common::wait_until(Duration::from_secs(30), || metric(
+            &proxy,
+            &series("failure")
+        ) == Some(1.0)),
+        "{}",
+        proxy.logs()
+    );
+    assert!(proxy.logs().contains("TLS to Livy: reload failed"));
+    assert_eq!(kind(&wait_for(&proxy, "/version", 502)), "upstream_tls");
+
+    // The right CA: the next connection to Livy trusts it, no SIGHUP.
+    secret.update(&std::fs::read_to_string(pki.path("ca.pem")).unwrap());
+    wait_for(&proxy, "/version", 200);
+    assert!(metric(&proxy, &series("success")) >= Some(1.0));
+    assert!(
+        proxy.logs().lines().any(|l| l
+            .contains("TLS to Livy: CA bundle and client certificate reloaded")
+            && l.contains("file change")),
         "{}",
         proxy.logs()
     );
