@@ -2013,4 +2013,40 @@ mod tests {
         assert!(check_zookeeper("h1").is_err());
         assert!(check_zookeeper("/chroot").is_err());
     }
+
+    #[test]
+    fn thrift_upstream_keys_fall_back_to_the_upstream_ones_the_pair_together() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let keys = Keys {
+            upstream_ca: p("ca.pem"),
+            upstream_client_cert: p("c.pem"),
+            upstream_client_key: p("k.pem"),
+            upstream_server_name: Some("livy.test".into()),
+            ..Keys::default()
+        };
+        let spec = thrift_upstream(&keys);
+        assert_eq!(spec.ca, p("ca.pem"));
+        assert_eq!(
+            (spec.client_cert, spec.client_key),
+            (p("c.pem"), p("k.pem"))
+        );
+        assert_eq!(spec.server_name.as_deref(), Some("livy.test"));
+        assert_eq!(spec.keys.ca, "upstream-ca");
+        assert_eq!(spec.keys.label, "jdbc_upstream");
+        assert!(spec.alpn.is_empty());
+        // Their own values win; half a pair of their own takes no half of
+        // the upstream pair.
+        let keys = Keys {
+            thrift_upstream_ca: p("thrift-ca.pem"),
+            thrift_upstream_client_cert: p("tc.pem"),
+            thrift_upstream_server_name: Some("thrift.test".into()),
+            ..keys
+        };
+        let spec = thrift_upstream(&keys);
+        assert_eq!(spec.ca, p("thrift-ca.pem"));
+        assert_eq!((spec.client_cert, spec.client_key), (p("tc.pem"), None));
+        assert_eq!(spec.keys.client_cert, "thrift-upstream-client-cert");
+        assert_eq!(spec.keys.client_key, "thrift-upstream-client-key");
+        assert_eq!(spec.server_name.as_deref(), Some("thrift.test"));
+    }
 }
