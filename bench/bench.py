@@ -12,14 +12,24 @@ Parts:
             its rounds.
   tcp       iperf3 throughput (with how busy each CPU was) and a
             connection-rate test through livy-proxy's JDBC listener, HAProxy
-            mode tcp, and direct; interleaved rounds, medians.
+            mode tcp (default, option splice-auto, and splice-request +
+            splice-response), a minimal C relay (bench/relay.c), and
+            direct; interleaved rounds, medians.
+  tls       livy-proxy and HAProxy terminating TLS (ECDSA P-256 certificate
+            made at bench time), one thread each pinned (--tls-modes for the
+            others of --modes): full and resumed handshakes per second,
+            TLS 1.3 and 1.2 (bench/tlspump.c, 4 clients); HTTPS req/s, p99
+            and CPU per request with wrk at 16 and 128 connections; JDBC TLS
+            throughput, passthrough and reencrypt, against OpenSSL end to
+            end (direct, the ceiling). Interleaved rounds, medians.
   modes     livy-proxy, HAProxy and nginx in each mode of --modes: pinned
             (one thread each, proxies on CPU 0, wrk and upstream on CPU 1),
             unpinned (one thread each, no taskset anywhere), unpinned-2 (two
             threads each), defaults (nothing pinned, each proxy's default
             thread count: livy-proxy one worker per core, HAProxy nbthread
             unset, nginx worker_processes auto); ratios to HAProxy per mode.
-  memory    RSS idle and with 10,000 idle keep-alive connections.
+  memory    RSS idle and with 10,000 idle keep-alive connections, plain and
+            TLS (livy-proxy one worker, HAProxy).
   failover  three livy-sim nodes, real ZooKeeper and Curator: time from the
             leader's exit to the proxy's first answer from the new leader, set
             against when the new leader learned it leads; failed requests
