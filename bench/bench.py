@@ -623,7 +623,7 @@ stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n";
                          "cpu_busy_pct": up[1], "cpu_busy_pct_reverse": down[1],
                          "rounds_gbit_s": [round(x[0], 2) for x in r["up"]],
                          "rounds_gbit_s_reverse": [round(x[0], 2) for x in r["down"]]}
-        print(f"  tcp  {name:14} {up[0]:.2f} Gbit/s up (CPU busy % {up[1]}), {down[0]:.2f} down (CPU busy % {down[1]}), "
+        print(f"  tcp  {name:20} {up[0]:.2f} Gbit/s up (CPU busy % {up[1]}), {down[0]:.2f} down (CPU busy % {down[1]}), "
               f"{rate:.0f} connections/s", flush=True)
     for p in procs:
         stop(p)
@@ -1098,7 +1098,7 @@ def table(results):
             busy = ""
             if "cpu_busy_pct" in r:
                 busy = f"  CPUs busy % {r['cpu_busy_pct']} / {r['cpu_busy_pct_reverse']}"
-            print(f"  {name:14} {r['gbit_s']:6.2f} / {r['gbit_s_reverse']:6.2f} Gbit/s up / down"
+            print(f"  {name:20} {r['gbit_s']:6.2f} / {r['gbit_s_reverse']:6.2f} Gbit/s up / down"
                   f" ({r['gbit_s']/d['gbit_s']*100:5.1f}% / {r['gbit_s_reverse']/d['gbit_s_reverse']*100:5.1f}% of direct)"
                   f"  {r['conn_per_s']:8.0f} conn/s ({r['conn_per_s']/d['conn_per_s']*100:5.1f}% of direct){busy}")
     tls = results.get("tls")
