@@ -12,14 +12,24 @@ Parts:
             its rounds.
   tcp       iperf3 throughput (with how busy each CPU was) and a
             connection-rate test through livy-proxy's JDBC listener, HAProxy
-            mode tcp, and direct; interleaved rounds, medians.
+            mode tcp (default, option splice-auto, and splice-request +
+            splice-response), a minimal C relay (bench/relay.c), and
+            direct; interleaved rounds, medians.
+  tls       livy-proxy and HAProxy terminating TLS (ECDSA P-256 certificate
+            made at bench time), one thread each pinned (--tls-modes for the
+            others of --modes): full and resumed handshakes per second,
+            TLS 1.3 and 1.2 (bench/tlspump.c, 4 clients); HTTPS req/s, p99
+            and CPU per request with wrk at 16 and 128 connections; JDBC TLS
+            throughput, passthrough and reencrypt, against OpenSSL end to
+            end (direct, the ceiling). Interleaved rounds, medians.
   modes     livy-proxy, HAProxy and nginx in each mode of --modes: pinned
             (one thread each, proxies on CPU 0, wrk and upstream on CPU 1),
             unpinned (one thread each, no taskset anywhere), unpinned-2 (two
             threads each), defaults (nothing pinned, each proxy's default
             thread count: livy-proxy one worker per core, HAProxy nbthread
             unset, nginx worker_processes auto); ratios to HAProxy per mode.
-  memory    RSS idle and with 10,000 idle keep-alive connections.
+  memory    RSS idle and with 10,000 idle keep-alive connections, plain and
+            TLS (livy-proxy one worker, HAProxy).
   failover  three livy-sim nodes, real ZooKeeper and Curator: time from the
             leader's exit to the proxy's first answer from the new leader, set
             against when the new leader learned it leads; failed requests
@@ -49,7 +59,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REL = ROOT / "target" / "release"
+# cargo's target directory (CARGO_TARGET_DIR when set, as bench/run's
+# build used it): the release binaries, and bench/run's builds of
+# bench/relay.c and bench/tlspump.c under bench/.
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+REL = TARGET / "release"
+TOOLS = TARGET / "bench"
 WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
 PROCS = []
 JSON_BODY = '{"from":0,"total":0,"sessions":[]}'
@@ -79,7 +94,10 @@ def start(name, cmd, cpu=None, **kw):
     if PIN and cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu)] + cmd
     log = open(WORK / f"{name}.log", "w")
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kw)
+    # stdout may be asked for (a PIPE); the log then has stderr alone.
+    kw.setdefault("stdout", log)
+    kw.setdefault("stderr", subprocess.STDOUT if kw["stdout"] is log else log)
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **kw)
     PROCS.append(p)
     return p
 
@@ -114,11 +132,11 @@ def wait_port(port, ip="127.0.0.1", deadline=30):
     raise SystemExit(f"nothing listens on {ip}:{port}\n{logs}")
 
 
-def wait_200(url, deadline=30):
+def wait_200(url, deadline=30, context=None):
     end = time.time() + deadline
     while time.time() < end:
         try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
+            if urllib.request.urlopen(url, timeout=1, context=context).status == 200:
                 return
         except Exception:
             pass
@@ -162,6 +180,52 @@ def rss_kib(pid):
     return 0
 
 
+# --- certificates ----------------------------------------------------------
+
+CERTS = None
+
+
+def certs():
+    """A CA and a server certificate it signed (subjectAltName 127.0.0.1 and
+    localhost), both ECDSA P-256, made with the openssl CLI at bench time;
+    the same files for every TLS server in the run. Returns paths: ca (the
+    CA certificate), chain (server certificate then CA), key (the server's
+    key, PKCS#8), pem (chain and key in one file, for HAProxy's `crt`)."""
+    global CERTS
+    if CERTS:
+        return CERTS
+    d = WORK / "tls"
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    def run(*cmd):
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    run("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-days", "2",
+        "-subj", "/CN=livy-proxy bench CA")
+    run("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=localhost")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                           "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.crt"), "-CAkey", str(d / "ca.key"),
+        "-CAcreateserial", "-days", "2", "-out", str(d / "server.crt"), "-extfile", str(d / "ext"))
+    chain = (d / "server.crt").read_text() + (d / "ca.crt").read_text()
+    (d / "chain.pem").write_text(chain)
+    (d / "haproxy.pem").write_text(chain + (d / "server.key").read_text())
+    CERTS = {"ca": d / "ca.crt", "chain": d / "chain.pem", "key": d / "server.key", "pem": d / "haproxy.pem"}
+    return CERTS
+
+
+def ca_context():
+    import ssl
+    return ssl.create_default_context(cafile=str(certs()["ca"]))
+
+
+def tool(name):
+    """bench/run's build of bench/NAME.c, or None when there was no C
+    compiler (the parts that need it then skip those rows)."""
+    path = TOOLS / name
+    return path if path.exists() else None
+
+
 # --- the servers -----------------------------------------------------------
 
 def nginx_conf(body):
@@ -194,11 +258,15 @@ http {{
     return port
 
 
-def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-proxy"):
+def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-proxy", tls=False):
+    """livy-proxy in front of `upstream`; with `tls`, its HTTP listener
+    speaks TLS only (`--tls-cert`/`--tls-key`, the bench's certificate)."""
     port = free_port()
     cmd = [str(binary), "--listen", f"127.0.0.1:{port}",
            "--node", f"up=http://127.0.0.1:{upstream}", "--probe-path", "/sessions",
            "--log-level", "warn", *extra]
+    if tls:
+        cmd += ["--tls-cert", str(certs()["chain"]), "--tls-key", str(certs()["key"])]
     if binary == REL / "livy-proxy":
         # Each instance its own admin port (the default one is shared); a
         # binary from before the admin listener has no such flag.
@@ -207,14 +275,24 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
         cmd += ["--worker-threads", str(threads)]
     p = start(name, cmd, cpu=0 if threads == 1 else None)
     wait_port(port)
-    wait_200(f"http://127.0.0.1:{port}/sessions")
+    if tls:
+        wait_200(f"https://127.0.0.1:{port}/sessions", context=ca_context())
+    else:
+        wait_200(f"http://127.0.0.1:{port}/sessions")
     return port, p
 
 
-def start_haproxy(upstream, mode="http", threads=1, name=None):
+def start_haproxy(upstream, mode="http", threads=1, name=None, tls=False, upstream_tls=False, options=()):
     """HAProxy; `threads` None leaves nbthread unset (its default: one
-    thread per CPU it may run on)."""
+    thread per CPU it may run on). `tls`: the frontend terminates TLS with
+    the bench's certificate (`bind ... ssl crt`); `upstream_tls`: the
+    server is reached over TLS, its certificate verified against the
+    bench's CA (`ssl verify required ca-file`). `options`: more lines for
+    `defaults`, e.g. "option splice-auto"."""
     port = free_port()
+    bind = f" ssl crt {certs()['pem']}" if tls else ""
+    server = f" ssl verify required ca-file {certs()['ca']}" if upstream_tls else ""
+    more = "\n  ".join(options)
     cfg = WORK / f"haproxy-{mode}-{port}.cfg"
     nbthread = f"nbthread {threads}" if threads else ""
     cfg.write_text(f"""
@@ -233,11 +311,12 @@ defaults
   timeout server 600s
   {"http-reuse always" if mode == "http" else ""}
   {"option http-keep-alive" if mode == "http" else ""}
+  {more}
 frontend f
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{bind}
   default_backend b
 backend b
-  server s1 127.0.0.1:{upstream}
+  server s1 127.0.0.1:{upstream}{server}
 """)
     p = start(name or f"haproxy-{mode}", ["haproxy", "-f", str(cfg), "-db"], cpu=0 if threads == 1 else None)
     wait_port(port)
@@ -285,23 +364,23 @@ end
 """
 
 
-def wrk_cmd(port, conns, seconds):
+def wrk_cmd(port, conns, seconds, scheme="http"):
     lua = WORK / "report.lua"
     if not lua.exists():
         lua.write_text(WRK_LUA)
     threads = 1 if conns == 1 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua),
-           f"http://127.0.0.1:{port}/sessions"]
+           f"{scheme}://127.0.0.1:{port}/sessions"]
     return taskset(cmd, 1)
 
 
-def warm_up(port, conns):
-    subprocess.run(wrk_cmd(port, conns, 1), capture_output=True)
+def warm_up(port, conns, scheme="http"):
+    subprocess.run(wrk_cmd(port, conns, 1, scheme), capture_output=True)
 
 
-def wrk(port, conns, seconds, pid=None):
+def wrk(port, conns, seconds, pid=None, scheme="http"):
     before = cpu_us(pid) if pid else None
-    out = subprocess.run(wrk_cmd(port, conns, seconds), capture_output=True, text=True).stdout
+    out = subprocess.run(wrk_cmd(port, conns, seconds, scheme), capture_output=True, text=True).stdout
     after = cpu_us(pid) if pid else None
     m = re.search(r"^JSON (.*)$", out, re.M)
     if not m:
@@ -313,17 +392,18 @@ def wrk(port, conns, seconds, pid=None):
     return r
 
 
-def interleaved_rounds(targets, procs, conns, seconds, rounds):
+def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http"):
     """wrk against every target in turn, `rounds` times, after a warm-up of
     each: a slow minute on this VM then falls on all of them alike. The
-    wrk results per target name, one per round."""
+    wrk results per target name, one per round. `scheme` https: wrk speaks
+    TLS (OpenSSL; each connection's handshake is in the warm-up)."""
     for port in targets.values():
-        warm_up(port, conns)
+        warm_up(port, conns, scheme)
     runs = {name: [] for name in targets}
     for _ in range(rounds):
         for name, port in targets.items():
             proc = procs.get(name)
-            runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None))
+            runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None, scheme=scheme))
     return runs
 
 
@@ -504,10 +584,28 @@ stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n";
                                   extra=["--thrift-listen", f"127.0.0.1:{jdbc_rate}", "--thrift-port", str(banner_port)])
     wait_port(jdbc_iperf)
     wait_port(jdbc_rate)
-    hp_iperf, hproc_iperf = start_haproxy(iperf_port, mode="tcp")
-    hp_rate, hproc_rate = start_haproxy(banner_port, mode="tcp")
-    targets = {"direct": (iperf_port, banner_port), "livy-proxy-1t": (jdbc_iperf, jdbc_rate),
-               "haproxy": (hp_iperf, hp_rate)}
+    targets = {"direct": (iperf_port, banner_port), "livy-proxy-1t": (jdbc_iperf, jdbc_rate)}
+    procs = [lp_iperf, lp_rate]
+    # HAProxy by default, and at its best TCP settings: splice(2) when it
+    # judges it worth it (splice-auto), and always, both ways.
+    for name, options in (("haproxy", ()), ("haproxy-splice-auto", ("option splice-auto",)),
+                          ("haproxy-splice", ("option splice-request", "option splice-response"))):
+        hp_iperf, hproc_iperf = start_haproxy(iperf_port, mode="tcp", name=name, options=options)
+        hp_rate, hproc_rate = start_haproxy(banner_port, mode="tcp", name=name, options=options)
+        targets[name] = (hp_iperf, hp_rate)
+        procs += [hproc_iperf, hproc_rate]
+    # The floor of what a relay costs here: bench/relay.c, two blocking
+    # threads per connection, 256 KiB copies, on CPU 0 like the proxies.
+    if tool("relay"):
+        ports = []
+        for up in (iperf_port, banner_port):
+            port = free_port()
+            procs.append(start(f"relay-{port}", [str(tool("relay")), str(port), str(up)], cpu=0))
+            wait_port(port)
+            ports.append(port)
+        targets["relay"] = tuple(ports)
+    else:
+        print(f"  tcp  (no {TOOLS}/relay: bench/run builds it with cc; the relay row is left out)", flush=True)
     # Rounds interleave the targets, like HTTP's; the median of each measure
     # is kept.
     runs = {name: {"up": [], "down": [], "rate": []} for name in targets}
@@ -525,11 +623,181 @@ stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n";
                          "cpu_busy_pct": up[1], "cpu_busy_pct_reverse": down[1],
                          "rounds_gbit_s": [round(x[0], 2) for x in r["up"]],
                          "rounds_gbit_s_reverse": [round(x[0], 2) for x in r["down"]]}
-        print(f"  tcp  {name:14} {up[0]:.2f} Gbit/s up (CPU busy % {up[1]}), {down[0]:.2f} down (CPU busy % {down[1]}), "
+        print(f"  tcp  {name:20} {up[0]:.2f} Gbit/s up (CPU busy % {up[1]}), {down[0]:.2f} down (CPU busy % {down[1]}), "
               f"{rate:.0f} connections/s", flush=True)
-    for p in (lp_iperf, lp_rate, hproc_iperf, hproc_rate):
+    for p in procs:
         stop(p)
     return results
+
+
+# --- TLS -------------------------------------------------------------------
+
+# Handshake clients run at once (tlspump processes, on CPU 1 when pinned):
+# while one computes its side of a handshake, the others' wait on the proxy.
+HANDSHAKE_CLIENTS = 4
+HANDSHAKE_KINDS = (("1.3", "new"), ("1.3", "resume"), ("1.2", "new"), ("1.2", "resume"))
+
+
+def summarize_wrk(rs):
+    """One statistic per key, the median of its rounds; every round kept."""
+    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
+    r["errors"] = sum(x["errors"] for x in rs)
+    r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
+    return r
+
+
+def handshake_round(port, kind, seconds, pid):
+    """HANDSHAKE_CLIENTS tlspump clients doing handshakes for `seconds`:
+    handshakes per second (all clients), how many were resumed, the
+    proxy's CPU per handshake, and how busy each CPU was."""
+    version, how = kind
+    cmd = [str(tool("tlspump")), "handshakes", str(port), how, str(seconds)] + (["-2"] if version == "1.2" else [])
+    before, ticks = cpu_us(pid), cpu_ticks()
+    clients = [start(f"hs-{port}-{i}", taskset(cmd, 1), stdout=subprocess.PIPE) for i in range(HANDSHAKE_CLIENTS)]
+    outs = [c.communicate(timeout=seconds + 60)[0].decode() for c in clients]
+    after, ticks_after = cpu_us(pid), cpu_ticks()
+    r = {"handshakes": 0, "resumed": 0, "failed": 0, "seconds": 0.0}
+    for out in outs:
+        m = re.search(r"^JSON (.*)$", out, re.M)
+        if not m:
+            raise SystemExit(f"tlspump handshakes failed: {out!r} (see {WORK}/hs-{port}-*.log)")
+        x = json.loads(m.group(1))
+        for k in ("handshakes", "resumed", "failed"):
+            r[k] += x[k]
+        r["seconds"] = max(r["seconds"], x["seconds"])
+    r["per_s"] = r["handshakes"] / r["seconds"]
+    cpu = (after[0] - before[0]) + (after[1] - before[1])
+    r["cpu_us_per_handshake"] = cpu / max(r["handshakes"], 1)
+    r["cpu_busy_pct"] = [round(100 * (b1 - b0) / max(t1 - t0, 1)) for (b0, t0), (b1, t1) in zip(ticks, ticks_after)]
+    return r
+
+
+def bench_tls_http(seconds, conns_list, rounds, mode):
+    """livy-proxy and HAProxy terminating TLS in front of the same plain
+    upstream as the HTTP part, in one of MODES: full and resumed handshakes
+    per second (TLS 1.3 and 1.2), then HTTPS req/s, p99 and CPU per request
+    with wrk; interleaved rounds, medians."""
+    global PIN
+    pin, threads = MODES[mode]
+    PIN = pin
+    try:
+        up = start_upstream()
+        up_proc = PROCS[-1]
+        targets, procs = {}, {}
+        targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy(f"lp-tls-{mode}", up, threads=threads, tls=True)
+        targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-tls-{mode}", tls=True)
+        res = {"handshakes": {}, "https": {}}
+        for kind in HANDSHAKE_KINDS:
+            key = f"tls{kind[0]}-{kind[1]}"
+            runs = {name: [] for name in targets}
+            for _ in range(rounds):
+                for name, port in targets.items():
+                    runs[name].append(handshake_round(port, kind, seconds, pid_of(procs[name])))
+            res["handshakes"][key] = {}
+            for name, rs in runs.items():
+                best = sorted(rs, key=lambda x: x["per_s"])[len(rs) // 2]
+                r = {"per_s": median([x["per_s"] for x in rs]),
+                     "cpu_us_per_handshake": median([x["cpu_us_per_handshake"] for x in rs]),
+                     "resumed_pct": 100 * sum(x["resumed"] for x in rs) / max(sum(x["handshakes"] for x in rs), 1),
+                     "failed": sum(x["failed"] for x in rs), "cpu_busy_pct": best["cpu_busy_pct"],
+                     "rounds_per_s": [round(x["per_s"]) for x in rs]}
+                res["handshakes"][key][name] = r
+                print(f"  tls  {mode:10} {name:10} {key:12} {r['per_s']:>8.0f} handshakes/s  resumed {r['resumed_pct']:5.1f}%"
+                      f"  cpu {r['cpu_us_per_handshake']:6.1f} us/handshake  CPUs busy % {r['cpu_busy_pct']}"
+                      f"  failed {r['failed']}  rounds {r['rounds_per_s']}", flush=True)
+        for c in conns_list:
+            runs = interleaved_rounds(targets, procs, c, seconds, rounds, scheme="https")
+            res["https"][str(c)] = {}
+            for name, rs in runs.items():
+                r = summarize_wrk(rs)
+                res["https"][str(c)][name] = r
+                cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
+                       if "user_us_per_req" in r else "")
+                print(f"  https {mode:10} {name:10} c={c:<4} {r['rps']:>9.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us"
+                      f"  errors {r['errors']}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]}", flush=True)
+        for p in list(procs.values()) + [up_proc]:
+            stop(p)
+        return {"pinned": pin, "threads": threads or "default", **res}
+    finally:
+        PIN = True
+
+
+def tlspump_run(port, direction, seconds):
+    """One tlspump client (CPU 1) writing (up) or reading (down) for
+    `seconds`: Gbit/s, the cipher, how busy each CPU was."""
+    cmd = taskset([str(tool("tlspump")), "client", str(port), str(certs()["ca"]), direction, str(seconds)], 1)
+    ticks = cpu_ticks()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    ticks_after = cpu_ticks()
+    m = re.search(r"^JSON (.*)$", out.stdout, re.M)
+    if not m:
+        raise SystemExit(f"tlspump client failed: {out.stdout}{out.stderr}")
+    r = json.loads(m.group(1))
+    r["cpu_busy_pct"] = [round(100 * (b1 - b0) / max(t1 - t0, 1)) for (b0, t0), (b1, t1) in zip(ticks, ticks_after)]
+    return r
+
+
+def bench_tls_jdbc(seconds, http_upstream, rounds):
+    """TLS bytes through the JDBC path: a tlspump server (OpenSSL, CPU 1)
+    as Livy's Thrift port and a tlspump client (CPU 1): direct (the
+    ceiling), passthrough (livy-proxy `--thrift-tls-mode passthrough`,
+    HAProxy `mode tcp`: bytes relayed, the TLS session is the endpoints'),
+    and reencrypt (livy-proxy `--thrift-tls-mode reencrypt`, HAProxy `bind
+    ssl` + `server ssl verify required`: TLS ends at the proxy and a second
+    TLS connection goes on). One thread each, on CPU 0."""
+    c = certs()
+    sink = free_port()
+    procs = [start("tlspump-server", [str(tool("tlspump")), "server", str(sink), str(c["chain"]), str(c["key"])], cpu=1)]
+    wait_port(sink)
+    targets = {"direct": sink}
+    lp_pass, lp_re = free_port(), free_port()
+    procs.append(start_livy_proxy("lp-jdbc-tls-pass", http_upstream, threads=1,
+                                  extra=["--thrift-listen", f"127.0.0.1:{lp_pass}", "--thrift-port", str(sink),
+                                         "--thrift-tls-mode", "passthrough"])[1])
+    procs.append(start_livy_proxy("lp-jdbc-tls-re", http_upstream, threads=1,
+                                  extra=["--thrift-listen", f"127.0.0.1:{lp_re}", "--thrift-port", str(sink),
+                                         "--thrift-tls-mode", "reencrypt", "--thrift-tls-cert", str(c["chain"]),
+                                         "--thrift-tls-key", str(c["key"]), "--thrift-upstream-ca", str(c["ca"])])[1])
+    wait_port(lp_pass)
+    wait_port(lp_re)
+    targets["livy-proxy-passthrough"] = lp_pass
+    targets["haproxy-passthrough"], p = start_haproxy(sink, mode="tcp", name="haproxy-tls-pass")
+    procs.append(p)
+    targets["livy-proxy-reencrypt"] = lp_re
+    targets["haproxy-reencrypt"], p = start_haproxy(sink, mode="tcp", name="haproxy-tls-re", tls=True, upstream_tls=True)
+    procs.append(p)
+    runs = {name: {"up": [], "down": []} for name in targets}
+    for _ in range(rounds):
+        for name, port in targets.items():
+            for d in ("up", "down"):
+                runs[name][d].append(tlspump_run(port, d, seconds))
+    results = {}
+    for name, r in runs.items():
+        up = sorted(r["up"], key=lambda x: x["gbit_s"])[len(r["up"]) // 2]
+        down = sorted(r["down"], key=lambda x: x["gbit_s"])[len(r["down"]) // 2]
+        results[name] = {"gbit_s": up["gbit_s"], "gbit_s_reverse": down["gbit_s"], "cipher": up["cipher"],
+                         "cpu_busy_pct": up["cpu_busy_pct"], "cpu_busy_pct_reverse": down["cpu_busy_pct"],
+                         "rounds_gbit_s": [round(x["gbit_s"], 2) for x in r["up"]],
+                         "rounds_gbit_s_reverse": [round(x["gbit_s"], 2) for x in r["down"]]}
+        print(f"  jdbc-tls {name:22} {up['gbit_s']:.2f} Gbit/s up (CPU busy % {up['cpu_busy_pct']}), {down['gbit_s']:.2f} down"
+              f" (CPU busy % {down['cpu_busy_pct']})  {up['cipher']}", flush=True)
+    for p in procs:
+        stop(p)
+    return results
+
+
+def bench_tls(seconds, conns_list, rounds, modes):
+    if not tool("tlspump"):
+        raise SystemExit(f"--parts tls needs {TOOLS}/tlspump (bench/run builds it from bench/tlspump.c with cc)")
+    out = {"certificate": "ECDSA P-256 (a CA and a server certificate, openssl CLI at bench time)",
+           "handshake_clients": HANDSHAKE_CLIENTS, "modes": {}}
+    for mode in modes:
+        out["modes"][mode] = bench_tls_http(seconds, conns_list, rounds, mode)
+    up = start_upstream()
+    up_proc = PROCS[-1]
+    out["jdbc"] = bench_tls_jdbc(seconds, up, rounds)
+    stop(up_proc)
+    return out
 
 
 # --- memory ----------------------------------------------------------------
@@ -548,31 +816,66 @@ async def hold_connections(port, n):
     return conns
 
 
+async def hold_tls_connections(port, n, batch=200):
+    """`n` TLS connections, each after a full handshake (TLS 1.3, the
+    bench's CA verified) and one keep-alive request with its answer read,
+    then left open: `batch` connections at a time, below livy-proxy's
+    max-tls-handshakes (256), so none waits in the backlog. Each request
+    follows its handshake at once: a connection left without its first
+    request past client-header-timeout is closed (that is the proxy's
+    defence, not what is measured), and 10,000 handshakes take longer."""
+    ctx = ca_context()
+    req = b"GET /sessions HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+        w.write(req)
+        await r.readuntil(JSON_BODY.encode())
+        return r, w
+    conns = []
+    for i in range(0, n, batch):
+        conns += await asyncio.gather(*(one() for _ in range(min(batch, n - i))))
+    return conns
+
+
 def bench_memory(n):
     up = start_upstream()
     out = {}
-    for name, starter in (("livy-proxy-1t", lambda: start_livy_proxy("livy-proxy-mem", up, threads=1)),
-                          ("livy-proxy", lambda: start_livy_proxy("livy-proxy-mem-default", up)),
-                          ("haproxy", lambda: start_haproxy(up))):
+    # A kept-alive connection idle for client-header-timeout (30 s) is
+    # closed; 10,000 TLS handshakes from one Python client take longer, so
+    # the idle timeout is HAProxy's here (timeout client 600s).
+    idle_args = ["--client-header-timeout", "600s"]
+    for name, starter, tls in (("livy-proxy-1t", lambda: start_livy_proxy("livy-proxy-mem", up, threads=1, extra=idle_args),
+                                False),
+                               ("livy-proxy", lambda: start_livy_proxy("livy-proxy-mem-default", up, extra=idle_args), False),
+                               ("haproxy", lambda: start_haproxy(up), False),
+                               ("livy-proxy-1t-tls", lambda: start_livy_proxy("livy-proxy-mem-tls", up, threads=1,
+                                                                              extra=idle_args, tls=True), True),
+                               ("haproxy-tls", lambda: start_haproxy(up, name="haproxy-mem-tls", tls=True), True)):
         port, p = starter()
         time.sleep(0.5)
         idle = rss_kib(pid_of(p))
 
         async def loaded():
-            conns = await hold_connections(port, n)
+            conns = await (hold_tls_connections if tls else hold_connections)(port, n)
             await asyncio.sleep(0.5)
             kib = rss_kib(pid_of(p))
+            # Open descriptors: the client connections plus the pool of
+            # upstream ones (part of what the RSS pays for).
+            fds = len(os.listdir(f"/proc/{pid_of(p)}/fd"))
             for _, w in conns:
                 w.close()
-            return kib
+            return kib, fds
 
         try:
-            busy = asyncio.run(asyncio.wait_for(loaded(), 120))
+            busy, fds = asyncio.run(asyncio.wait_for(loaded(), 300 if tls else 120))
         except asyncio.TimeoutError:
-            print(f"  mem  {name:14} could not hold {n} connections within 120 s", flush=True)
-            busy = 0
-        out[name] = {"idle_mib": idle / 1024, "with_idle_connections_mib": busy / 1024, "idle_connections": n}
-        print(f"  mem  {name:14} idle {idle/1024:.1f} MiB, with {n} keep-alive connections {busy/1024:.1f} MiB", flush=True)
+            print(f"  mem  {name:18} could not hold {n} connections within {300 if tls else 120} s", flush=True)
+            busy, fds = 0, 0
+        out[name] = {"idle_mib": idle / 1024, "with_idle_connections_mib": busy / 1024, "idle_connections": n,
+                     "tls": tls, "open_fds": fds}
+        print(f"  mem  {name:18} idle {idle/1024:.1f} MiB, with {n} keep-alive {'TLS ' if tls else ''}connections"
+              f" {busy/1024:.1f} MiB ({fds} descriptors open)", flush=True)
         stop(p)
     return out
 
@@ -725,7 +1028,7 @@ def machine():
             return "?"
     return {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
             "haproxy": ver(["haproxy", "-v"]), "nginx": ver(["nginx", "-v"]), "wrk": ver(["wrk", "-v"]),
-            "iperf3": ver(["iperf3", "-v"]), "rustc": ver(["rustc", "-V"]),
+            "iperf3": ver(["iperf3", "-v"]), "rustc": ver(["rustc", "-V"]), "openssl": ver(["openssl", "version"]),
             "livy-proxy": ver([str(REL / "livy-proxy"), "--version"]),
             "load_before": os.getloadavg()[0]}
 
@@ -795,9 +1098,43 @@ def table(results):
             busy = ""
             if "cpu_busy_pct" in r:
                 busy = f"  CPUs busy % {r['cpu_busy_pct']} / {r['cpu_busy_pct_reverse']}"
-            print(f"  {name:14} {r['gbit_s']:6.2f} / {r['gbit_s_reverse']:6.2f} Gbit/s up / down"
+            print(f"  {name:20} {r['gbit_s']:6.2f} / {r['gbit_s_reverse']:6.2f} Gbit/s up / down"
                   f" ({r['gbit_s']/d['gbit_s']*100:5.1f}% / {r['gbit_s_reverse']/d['gbit_s_reverse']*100:5.1f}% of direct)"
                   f"  {r['conn_per_s']:8.0f} conn/s ({r['conn_per_s']/d['conn_per_s']*100:5.1f}% of direct){busy}")
+    tls = results.get("tls")
+    if tls:
+        print(f"\nTLS ({tls['certificate']}; ratios to HAProxy in the same mode)")
+        for mode, m in tls["modes"].items():
+            for key, by_name in m["handshakes"].items():
+                hap = by_name["haproxy"]
+                for name, r in by_name.items():
+                    print(f"  {mode:10} {key:12} {name:10} {r['per_s']:>8.0f} handshakes/s (x{r['per_s'] / max(hap['per_s'], 1e-9):4.2f})"
+                          f"  resumed {r['resumed_pct']:5.1f}%  cpu {r['cpu_us_per_handshake']:6.1f} us/handshake"
+                          f" (x{r['cpu_us_per_handshake'] / max(hap['cpu_us_per_handshake'], 1e-9):4.2f})  CPUs busy % {r['cpu_busy_pct']}")
+            for c, by_name in m["https"].items():
+                hap = by_name["haproxy"]
+                for name, r in by_name.items():
+                    cpu = ""
+                    if "user_us_per_req" in r and "user_us_per_req" in hap:
+                        mine = r["user_us_per_req"] + r["sys_us_per_req"]
+                        cpu = f"  cpu {mine:5.2f} us/req (x{mine / (hap['user_us_per_req'] + hap['sys_us_per_req']):4.2f})"
+                    print(f"  {mode:10} https c={c:<4} {name:10} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f})"
+                          f"  p50/p99 {r['p50']:>6}/{r['p99']:>6} us (p99 x{r['p99'] / max(hap['p99'], 1):4.2f}){cpu}")
+        j = tls.get("jdbc")
+        if j:
+            d = j["direct"]
+            print("  JDBC TLS (tlspump client and server on CPU 1; direct is the ceiling)")
+            for name, r in j.items():
+                print(f"  {name:24} {r['gbit_s']:6.2f} / {r['gbit_s_reverse']:6.2f} Gbit/s up / down"
+                      f" ({r['gbit_s']/d['gbit_s']*100:5.1f}% / {r['gbit_s_reverse']/d['gbit_s_reverse']*100:5.1f}% of direct)"
+                      f"  CPUs busy % {r['cpu_busy_pct']} / {r['cpu_busy_pct_reverse']}")
+    mem = results.get("memory")
+    if mem:
+        print("\nMemory (VmRSS)")
+        for name, r in mem.items():
+            print(f"  {name:18} idle {r['idle_mib']:6.1f} MiB   with {r['idle_connections']} idle keep-alive"
+                  f" {'TLS' if r.get('tls') else 'plain'} connections {r['with_idle_connections_mib']:6.1f} MiB"
+                  f"   ({r.get('open_fds', '?')} descriptors open)")
 
 
 def main():
@@ -805,18 +1142,21 @@ def main():
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3,
                     help="HTTP and TCP: measured runs per target, interleaved; the median is kept")
-    ap.add_argument("--parts", default="http,modes,tcp,memory,failover")
+    ap.add_argument("--parts", default="http,modes,tcp,tls,memory,failover")
     ap.add_argument("--conns", default="1,16,128")
+    ap.add_argument("--tls-conns", default="16,128", help="with --parts tls: wrk connections for HTTPS")
     ap.add_argument("--idle-connections", type=int, default=10000)
     ap.add_argument("--failover-rounds", type=int, default=3)
     ap.add_argument("--modes", default="pinned,unpinned,defaults",
                     help="with --parts modes: which of " + ", ".join(MODES) + " to run")
+    ap.add_argument("--tls-modes", default="pinned",
+                    help="with --parts tls: handshakes and HTTPS in which of " + ", ".join(MODES))
     ap.add_argument("--ab-binary", help="with --parts ab: the livy-proxy binary to compare this build with")
     ap.add_argument("--out", help="results JSON; default bench/results/latest.json for a full run, "
                     "target/bench/<parts>.json for a subset (so a subset never replaces the published run)")
     a = ap.parse_args()
     parts = a.parts.split(",")
-    full = set(parts) >= {"http", "modes", "tcp", "memory", "failover"}
+    full = set(parts) >= {"http", "modes", "tcp", "tls", "memory", "failover"}
     out_dir = ROOT / "bench" / "results" if full else ROOT / "target" / "bench"
     a.out = a.out or str(out_dir / ("latest.json" if full else "-".join(parts) + ".json"))
     try:
@@ -836,6 +1176,10 @@ def main():
         if "tcp" in parts:
             print("TCP", flush=True)
             results["tcp"] = bench_tcp(a.seconds, start_upstream(), a.rounds)
+        if "tls" in parts:
+            print("TLS", flush=True)
+            results["tls"] = bench_tls(a.seconds, [int(c) for c in a.tls_conns.split(",")], a.rounds,
+                                       a.tls_modes.split(","))
         if "memory" in parts:
             print("Memory", flush=True)
             results["memory"] = bench_memory(a.idle_connections)
