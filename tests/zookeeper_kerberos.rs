@@ -155,6 +155,26 @@ impl Kdc {
         self.dir.path().join(name).display().to_string()
     }
 
+    /// One `kadmin.local` query against the running KDC's database.
+    fn kadmin(&self, query: &str) {
+        let out = Command::new(tool("kadmin.local"))
+            .args(["-r", REALM, "-q", query])
+            .env("KRB5_CONFIG", self.krb5_conf())
+            .env("KRB5_KDC_PROFILE", self.path("kdc.conf"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("kadmin.local runs");
+        assert!(out.status.success(), "{query}: {out:?}");
+    }
+
+    /// How many initial tickets (AS requests) the KDC gave `principal`.
+    fn logins(&self, principal: &str) -> usize {
+        self.read("kdc.log")
+            .lines()
+            .filter(|l| l.contains("AS_REQ") && l.contains("ISSUE") && l.contains(principal))
+            .count()
+    }
+
     fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
@@ -514,5 +534,42 @@ fn wrong_kerberos_keys_are_config_errors_naming_them() {
         ),
         "zk-kerberos-keytab",
         "without zookeeper",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_ticket_is_renewed_from_the_keytab_when_the_proxy_reconnects() {
+    let kdc = Kdc::start();
+    // Tickets of the proxy's principal last 20 s.
+    kdc.kadmin("modprinc -maxlife \"20 seconds\" livy-proxy/localhost");
+    let mut zk = kdc.zookeeper();
+    let mut cluster = cluster(&zk, &kdc);
+    let proxy = proxy(
+        &zk,
+        &cluster,
+        &kdc,
+        "30s",
+        &kerberos(&kdc, PROXY_PRINCIPAL, "proxy.keytab", true),
+    );
+    let leader = cluster.wait_for_leader(DEADLINE);
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    let logins = kdc.logins(PROXY_PRINCIPAL);
+    assert!(logins >= 1, "{}", kdc.read("kdc.log"));
+    // The session outlives its tickets: ZooKeeper checks them only when a
+    // connection logs in.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let (_, status) = admin(&proxy, "/status").await;
+    assert!(status.contains("\"connected\""), "{status}");
+    // A ZooKeeper restart makes the proxy log in again with expired
+    // tickets: new ones come from the keytab, and the latch is followed.
+    zk.stop();
+    zk.start_again();
+    cluster.terminate(leader);
+    let next = cluster.wait_for_leader(DEADLINE);
+    wait_served_by(&proxy, &format!("livy-{}", next + 1)).await;
+    assert!(
+        kdc.logins(PROXY_PRINCIPAL) > logins,
+        "no new login from the keytab:\n{}",
+        kdc.read("kdc.log")
     );
 }

@@ -548,6 +548,79 @@ mod tests {
     }
 
     #[test]
+    fn keytab_header() {
+        assert_eq!(keytab_problem(&[0x05, 0x02, 0, 0]), None);
+        assert_eq!(keytab_problem(&[0x05, 0x01]), None);
+        assert_eq!(keytab_problem(b""), Some("is empty"));
+        assert!(keytab_problem(b"not a keytab").is_some());
+        assert!(keytab_problem(&[0x05]).is_some());
+    }
+
+    #[test]
+    fn the_mechanism_follows_the_keys_and_refuses_the_others() {
+        let digest = || {
+            ZkSecurity::from_keys(None, None, None, Some("livy".into()), Some("pw".into())).unwrap()
+        };
+        let none = || ZkSecurity::default();
+        let keys = |mechanism: Option<&str>, keytab: bool| KerberosKeys {
+            mechanism: mechanism.map(str::to_string),
+            keytab: keytab.then(|| PathBuf::from("k.keytab")),
+            ..KerberosKeys::default()
+        };
+        let key_of = |r: Result<ZkSecurity, ZkSecurityError>| r.unwrap_err().key;
+        // Inferred: no key, no SASL; the digest keys, DIGEST-MD5.
+        assert_eq!(none().with_mechanism(keys(None, false)).unwrap(), none());
+        assert_eq!(
+            digest().with_mechanism(keys(None, false)).unwrap(),
+            digest()
+        );
+        assert_eq!(
+            key_of(digest().with_mechanism(keys(None, true))),
+            "zk-sasl-mechanism"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("digest-md5"), true))),
+            "zk-kerberos-keytab"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("digest-md5"), false))),
+            "zk-sasl-user"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("kerberos"), false))),
+            "zk-sasl-mechanism"
+        );
+        if cfg!(feature = "kerberos") {
+            assert_eq!(
+                key_of(digest().with_mechanism(keys(Some("gssapi"), false))),
+                "zk-sasl-user"
+            );
+            let k = none().with_mechanism(keys(None, true)).unwrap();
+            let kerberos = k.kerberos.clone().unwrap();
+            assert_eq!(kerberos.service, "zookeeper");
+            assert_eq!(kerberos.keytab, Some(PathBuf::from("k.keytab")));
+            assert!(
+                k.describe().contains("SASL GSSAPI (Kerberos)"),
+                "{}",
+                k.describe()
+            );
+            // Only the mechanism: the process's credential cache.
+            let k = none().with_mechanism(keys(Some("gssapi"), false)).unwrap();
+            assert!(k.kerberos.unwrap().principal.is_none());
+            let empty = KerberosKeys {
+                service: Some(" ".into()),
+                ..keys(Some("gssapi"), false)
+            };
+            assert_eq!(key_of(none().with_mechanism(empty)), "zk-kerberos-service");
+        } else {
+            assert_eq!(
+                key_of(none().with_mechanism(keys(Some("gssapi"), false))),
+                "zk-sasl-mechanism"
+            );
+        }
+    }
+
+    #[test]
     fn missing_files_name_their_key() {
         let s = ZkSecurity::from_keys(Some("/nonexistent/ca.pem".into()), None, None, None, None)
             .unwrap();
