@@ -10,6 +10,8 @@
 //! The KDC's tools come from Debian's krb5-kdc, krb5-admin-server and
 //! krb5-user (scripts/deps.sh): missing, the tests fail.
 
+#![cfg(feature = "kerberos")]
+
 mod common;
 
 use std::net::{TcpStream, UdpSocket};
