@@ -5,7 +5,9 @@
 //! `Client` section, as Livy does, and the proxy with
 //! `zk-kerberos-principal` / `zk-kerberos-keytab` (no `kinit`). It follows
 //! the latch leader and a failover; with a wrong principal, keytab or
-//! service host it says why, never probes and never routes.
+//! service host it says why, never probes and never routes. Expired
+//! tickets are renewed from the keytab at a reconnect, and a KDC down at
+//! start is waited for, without probing.
 //!
 //! The KDC's tools come from Debian's krb5-kdc, krb5-admin-server and
 //! krb5-user (scripts/deps.sh): missing, the tests fail.
@@ -34,7 +36,8 @@ const PROXY_PRINCIPAL: &str = "livy-proxy/localhost@LIVY.TEST";
 /// the proxy.
 struct Kdc {
     dir: tempfile::TempDir,
-    _proc: Proc,
+    port: u16,
+    proc: Option<Proc>,
 }
 
 /// A Kerberos tool from Debian's packages (in /usr/sbin, which a non-root
@@ -135,22 +138,39 @@ impl Kdc {
         // Keys that were right once: the KDC has new ones since.
         keytab("stale.keytab", "stale/localhost");
         kadmin("cpw -randkey stale/localhost".to_string());
-        let log = std::fs::File::create(dir.path().join("krb5kdc.out")).unwrap();
+        let mut kdc = Kdc {
+            dir,
+            port,
+            proc: None,
+        };
+        kdc.start_again();
+        kdc
+    }
+
+    /// Runs `krb5kdc` (again, after `stop`) and waits until it listens.
+    fn start_again(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("krb5kdc.out")).unwrap();
         let mut cmd = Command::new(tool("krb5kdc"));
         cmd.arg("-n")
-            .env("KRB5_CONFIG", dir.path().join("krb5.conf"))
-            .env("KRB5_KDC_PROFILE", dir.path().join("kdc.conf"))
+            .env("KRB5_CONFIG", self.krb5_conf())
+            .env("KRB5_KDC_PROFILE", self.path("kdc.conf"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        let proc = Proc::spawn("krb5kdc", &mut cmd);
-        let kdc = Kdc { dir, _proc: proc };
+        self.proc = Some(Proc::spawn("krb5kdc", &mut cmd));
+        let port = self.port;
         assert!(
             wait_until(DEADLINE, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
             "the KDC never listened:\n{}",
-            kdc.read("krb5kdc.out")
+            self.read("krb5kdc.out")
         );
-        kdc
+    }
+
+    /// Stops the KDC (SIGTERM): an outage.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
     }
 
     fn path(&self, name: &str) -> String {
@@ -574,4 +594,31 @@ async fn an_expired_ticket_is_renewed_from_the_keytab_when_the_proxy_reconnects(
         "no new login from the keytab:\n{}",
         kdc.read("kdc.log")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_while_the_kdc_is_down_waits_without_probing_and_routes_once_it_is_back() {
+    let mut kdc = Kdc::start();
+    let zk = kdc.zookeeper();
+    let cluster = cluster(&zk, &kdc);
+    let leader = cluster.wait_for_leader(DEADLINE);
+    kdc.stop();
+    // Not a configuration error: the proxy starts, says why it cannot log
+    // in, and neither probes nor routes.
+    let proxy = proxy(
+        &zk,
+        &cluster,
+        &kdc,
+        "2s",
+        &kerberos(&kdc, PROXY_PRINCIPAL, "proxy.keytab", true),
+    );
+    never_routes(
+        &proxy,
+        &cluster,
+        "Cannot contact any KDC",
+        "kerberos-failed",
+    )
+    .await;
+    kdc.start_again();
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
 }
