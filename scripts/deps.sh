@@ -1,6 +1,7 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
-# venv, openssl for the TLS tests; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
+# venv, openssl for the TLS tests, MIT Kerberos to build with and a KDC for
+# the Kerberos tests; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
 # missing. Safe to run again: it installs nothing that is
 # already there.
 
@@ -10,6 +11,13 @@ for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurato
   have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 command -v javac >/dev/null 2>&1 || need_pkgs+=(default-jdk-headless)
+# Kerberos to ZooKeeper (the default `kerberos` feature): MIT's GSSAPI
+# headers and library to build against, clang and libclang for bindgen;
+# for tests/zookeeper_kerberos.rs a throwaway KDC (krb5kdc, kdb5_util,
+# kadmin.local) and the client tools.
+for pkg in libkrb5-dev clang libclang-dev krb5-kdc krb5-admin-server krb5-user; do
+  have_pkg "$pkg" || need_pkgs+=("$pkg")
+done
 # The JDBC test makes a Python venv (pyhive from PyPI); Debian's python3
 # needs python3-venv for that, a pyenv or upstream build has it built in.
 if ! command -v python3 >/dev/null 2>&1; then

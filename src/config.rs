@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::admin::AdminSettings;
 use crate::discovery::DiscoveryConfig;
-use crate::discovery::zk_security::ZkSecurity;
+use crate::discovery::zk_security::{KerberosKeys, ZkSecurity};
 use crate::http_proxy::HttpSettings;
 use crate::node::{AddressDefaults, LivyNode, NodeList, Origin, Scheme};
 use crate::proxy_protocol::{ProxyProtocol, TrustedNetworks};
@@ -343,6 +343,37 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_ZK_SASL_PASSWORD_FILE", value_name = "FILE")]
     pub zk_sasl_password_file: Option<PathBuf>,
 
+    /// SASL mechanism for ZooKeeper: digest-md5 or gssapi (Kerberos)
+    /// [default: gssapi when a zk-kerberos-* key is set, digest-md5 when
+    /// zk-sasl-user is, else no SASL].
+    #[arg(long, env = "LIVY_PROXY_ZK_SASL_MECHANISM", value_name = "MECHANISM")]
+    pub zk_sasl_mechanism: Option<String>,
+
+    /// Kerberos client principal for ZooKeeper, e.g.
+    /// livy-proxy/host@REALM [default: the credential cache's, else the
+    /// keytab's first].
+    #[arg(
+        long,
+        env = "LIVY_PROXY_ZK_KERBEROS_PRINCIPAL",
+        value_name = "PRINCIPAL"
+    )]
+    pub zk_kerberos_principal: Option<String>,
+
+    /// Keytab holding --zk-kerberos-principal's keys: tickets are got and
+    /// renewed from it, no kinit [default: the process's credential cache].
+    #[arg(long, env = "LIVY_PROXY_ZK_KERBEROS_KEYTAB", value_name = "FILE")]
+    pub zk_kerberos_keytab: Option<PathBuf>,
+
+    /// First part of ZooKeeper's service principal (Java's
+    /// zookeeper.sasl.client.username) [default: zookeeper].
+    #[arg(long, env = "LIVY_PROXY_ZK_KERBEROS_SERVICE", value_name = "NAME")]
+    pub zk_kerberos_service: Option<String>,
+
+    /// Host part of ZooKeeper's service principal, for every server
+    /// [default: each host of --zookeeper].
+    #[arg(long, env = "LIVY_PROXY_ZK_KERBEROS_SERVER_HOST", value_name = "HOST")]
+    pub zk_kerberos_server_host: Option<String>,
+
     /// How often the static node list is probed [default: 2s].
     #[arg(long, env = "LIVY_PROXY_PROBE_INTERVAL", value_name = "DURATION")]
     pub probe_interval: Option<Dur>,
@@ -536,6 +567,11 @@ pub const RESTART_ONLY: &[&str] = &[
     "zk-tls-key",
     "zk-sasl-user",
     "zk-sasl-password-file",
+    "zk-sasl-mechanism",
+    "zk-kerberos-principal",
+    "zk-kerberos-keytab",
+    "zk-kerberos-service",
+    "zk-kerberos-server-host",
     "probe-interval",
     "probe-timeout",
     "probe-path",
@@ -1117,11 +1153,28 @@ impl Build<'_> {
             k.zk_sasl_user.clone(),
             k.zk_sasl_password_file.clone(),
         )
+        .and_then(|s| {
+            s.with_mechanism(KerberosKeys {
+                mechanism: k.zk_sasl_mechanism.clone(),
+                principal: k.zk_kerberos_principal.clone(),
+                keytab: k.zk_kerberos_keytab.clone(),
+                service: k.zk_kerberos_service.clone(),
+                server_host: k.zk_kerberos_server_host.clone(),
+            })
+        })
         .and_then(|s| s.check().map(|()| s))
         .map_err(|e| self.invalid(e.key, e.problem))?;
         if k.zookeeper.is_none() && zk_security != ZkSecurity::default() {
             let key = if zk_security.tls() {
                 "zk-tls-ca"
+            } else if let Some(k) = &zk_security.kerberos {
+                if k.keytab.is_some() {
+                    "zk-kerberos-keytab"
+                } else if k.principal.is_some() {
+                    "zk-kerberos-principal"
+                } else {
+                    "zk-sasl-mechanism"
+                }
             } else {
                 "zk-sasl-user"
             };

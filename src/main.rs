@@ -64,6 +64,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    #[cfg(feature = "kerberos")]
+    if let Some(k) = &config.discovery.zk_security.kerberos {
+        // SAFETY: no thread has been started yet (the runtime is built in
+        // `run`, below), so nothing reads the environment meanwhile.
+        if let Err(e) = unsafe { livy_proxy::discovery::zk_kerberos::install(k) } {
+            eprintln!("livy-proxy: config error: key `{}`: {e}", e.key);
+            return ExitCode::from(2);
+        }
+    }
     let set_log_level = init_logging(&config);
     let reloader = Reloader {
         load: Box::new(move || Config::load(file.as_deref(), &matches)),

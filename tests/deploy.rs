@@ -805,9 +805,25 @@ fn dockerfile_passes_hadolint_and_runs_unprivileged() {
     let final_stage = &lines[start..];
     let last = final_stage[0];
     assert!(
-        last.contains("distroless/static") || last.contains("scratch"),
-        "the run stage is {last}: no static base"
+        last.contains("distroless/static")
+            || last.contains("distroless/cc")
+            || last.contains("scratch"),
+        "the run stage is {last}: no distroless base"
     );
+    // glibc's distroless has no Kerberos: the libraries the binary links
+    // (libgssapi_krb5, ...) come from the build stage.
+    if last.contains("distroless/cc") {
+        assert!(
+            final_stage
+                .iter()
+                .any(|l| l.starts_with("COPY --from=build /out/lib/")),
+            "the run stage lacks the build stage's Kerberos libraries"
+        );
+        assert!(
+            joined.contains("libkrb5-dev"),
+            "no libkrb5-dev to build with"
+        );
+    }
     let user = final_stage
         .iter()
         .rev()

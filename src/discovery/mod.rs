@@ -21,6 +21,8 @@ pub mod latch;
 pub mod probe;
 pub mod status;
 pub mod zk;
+#[cfg(feature = "kerberos")]
+pub mod zk_kerberos;
 pub mod zk_security;
 
 use std::sync::Arc;

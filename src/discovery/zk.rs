@@ -86,25 +86,43 @@ pub async fn run(
                 continue;
             }
         };
-        let tls = config.zk_security.tls();
-        let connecting = async {
-            // With TLS, every host of the connect string is reached over TLS.
-            if tls {
-                connector.secure_connect(&connect).await
-            } else {
-                connector.connect(&connect).await
-            }
-        };
-        let connected = tokio::select! {
+        // With Kerberos, the tickets first: a login that fails is a
+        // refusal like a rejected password, never an outage to probe past.
+        let login = tokio::select! {
             _ = shutdown.cancelled() => break,
-            c = connecting => c,
+            l = config.zk_security.kerberos_login() => l,
         };
-        let refused = match &connected {
-            Ok(_) => None,
-            Err(e) => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = refusal(e, &connect, &config) => r,
-            },
+        let (connected, refused) = match login {
+            Err(problem) => (
+                Err(zk::Error::AuthFailed),
+                Some(("kerberos-failed", kerberos_problem(&problem))),
+            ),
+            Ok(principal) => {
+                if let Some(principal) = principal {
+                    tracing::debug!(%principal, "Kerberos tickets ready for ZooKeeper");
+                }
+                let tls = config.zk_security.tls();
+                let connecting = async {
+                    // With TLS, every host of the connect string is reached over TLS.
+                    if tls {
+                        connector.secure_connect(&connect).await
+                    } else {
+                        connector.connect(&connect).await
+                    }
+                };
+                let connected = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    c = connecting => c,
+                };
+                let refused = match &connected {
+                    Ok(_) => None,
+                    Err(e) => tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        r = refusal(e, &connect, &config) => r,
+                    },
+                };
+                (connected, refused)
+            }
         };
         match connected {
             Err(_) if let Some((state, problem)) = refused => {
@@ -213,6 +231,11 @@ async fn refusal(
     if matches!(e, zk::Error::AuthFailed) {
         return Some(("auth-failed", auth_problem(connect, config)));
     }
+    // The crate drops a connection whose GSSAPI step failed and reports
+    // only that no host could be reached.
+    if let Some(problem) = config.zk_security.diagnose_kerberos(connect).await {
+        return Some(("kerberos-failed", kerberos_problem(&problem)));
+    }
     if !config.zk_security.tls() {
         return None;
     }
@@ -228,16 +251,28 @@ async fn refusal(
     ))
 }
 
+/// A Kerberos failure on the proxy's side, with the keys to check.
+fn kerberos_problem(problem: &str) -> String {
+    format!(
+        "{problem}: authentication failed; check zk-kerberos-principal, zk-kerberos-keytab, zk-kerberos-service and zk-kerberos-server-host, krb5.conf and the KDC"
+    )
+}
+
 /// What a refused SASL login means, for the log and readiness.
 fn auth_problem(connect: &str, config: &DiscoveryConfig) -> String {
-    if config.zk_security.sasl.is_some() {
+    if config.zk_security.kerberos.is_some() {
+        format!(
+            "ZooKeeper {connect} refused the proxy's Kerberos login ({}): authentication failed; check the server's JAAS Server section and keytab, and that zk-kerberos-service and zk-kerberos-server-host name its principal",
+            config.zk_security.describe()
+        )
+    } else if config.zk_security.sasl.is_some() {
         format!(
             "ZooKeeper {connect} refused the proxy's credentials ({}): authentication failed; check zk-sasl-user and zk-sasl-password-file against the server's JAAS file",
             config.zk_security.describe()
         )
     } else {
         format!(
-            "ZooKeeper {connect} requires authentication (the proxy sent none): authentication failed; set zk-sasl-user and zk-sasl-password-file"
+            "ZooKeeper {connect} requires authentication (the proxy sent none): authentication failed; set zk-sasl-user and zk-sasl-password-file, or zk-kerberos-principal and zk-kerberos-keytab"
         )
     }
 }

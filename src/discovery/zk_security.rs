@@ -1,11 +1,13 @@
-//! Securing the proxy's own ZooKeeper session: TLS and SASL DIGEST-MD5.
+//! Securing the proxy's own ZooKeeper session: TLS, SASL DIGEST-MD5 and
+//! SASL GSSAPI (Kerberos).
 //!
 //! Livy's servers reach a secured ensemble through Curator with
 //! `zookeeper.client.secure`, `zookeeper.ssl.*` and a JAAS `Client` section;
 //! the proxy must reach the same ensemble the same way to read the latch.
-//! The `zookeeper-client` crate does both (its `tls` and `sasl-digest-md5`
-//! features): this module turns the `zk-tls-*` and `zk-sasl-*` keys into its
-//! connector options.
+//! The `zookeeper-client` crate does all three (its `tls`, `sasl-digest-md5`
+//! and `sasl-gssapi` features): this module turns the `zk-tls-*`,
+//! `zk-sasl-*` and `zk-kerberos-*` keys into its connector options; the
+//! Kerberos credentials themselves are [`super::zk_kerberos`]'s business.
 //!
 //! The files are read again for every new session (each [`apply`] call), so
 //! a rotated certificate or password is picked up at the next session
@@ -31,6 +33,50 @@ pub struct ZkSecurity {
     pub tls: Option<ZkTls>,
     /// SASL DIGEST-MD5 login, when set.
     pub sasl: Option<ZkSasl>,
+    /// SASL GSSAPI (Kerberos) login, when set; never with `sasl`.
+    pub kerberos: Option<ZkKerberos>,
+}
+
+/// SASL GSSAPI, the JAAS `Krb5LoginModule` login of ZooKeeper's clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkKerberos {
+    /// The client principal (`zk-kerberos-principal`); `None`: the
+    /// credential cache's (or the keytab's first) principal.
+    pub principal: Option<String>,
+    /// The keytab the tickets come from (`zk-kerberos-keytab`); `None`:
+    /// the process's credential cache, kept by `kinit` or `k5start`.
+    pub keytab: Option<PathBuf>,
+    /// The servers' principal's first part (`zk-kerberos-service`, Java's
+    /// `zookeeper.sasl.client.username`).
+    pub service: String,
+    /// The servers' principal's host part for every host
+    /// (`zk-kerberos-server-host`); `None`: each host of the connect string.
+    pub server_host: Option<String>,
+}
+
+/// The `zk-sasl-mechanism` and `zk-kerberos-*` keys as given.
+#[derive(Clone, Debug, Default)]
+pub struct KerberosKeys {
+    /// `zk-sasl-mechanism`: `digest-md5`, `gssapi`, or unset.
+    pub mechanism: Option<String>,
+    /// `zk-kerberos-principal`.
+    pub principal: Option<String>,
+    /// `zk-kerberos-keytab`.
+    pub keytab: Option<PathBuf>,
+    /// `zk-kerberos-service`.
+    pub service: Option<String>,
+    /// `zk-kerberos-server-host`.
+    pub server_host: Option<String>,
+}
+
+/// Why a keytab file's bytes are not a keytab (MIT and Java keytabs start
+/// with the version bytes 0x05 0x01 or 0x05 0x02), or `None`.
+pub fn keytab_problem(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [] => Some("is empty"),
+        [0x05, 0x01 | 0x02, ..] => None,
+        _ => Some("is not a Kerberos keytab (no 0x05 0x02 version header)"),
+    }
 }
 
 /// TLS to ZooKeeper's `secureClientPort`.
@@ -141,7 +187,85 @@ impl ZkSecurity {
                 password_file,
             }),
         };
-        Ok(ZkSecurity { tls, sasl })
+        Ok(ZkSecurity {
+            tls,
+            sasl,
+            kerberos: None,
+        })
+    }
+
+    /// Adds the SASL mechanism: `zk-sasl-mechanism` when given, else
+    /// GSSAPI when a `zk-kerberos-*` key is set, else DIGEST-MD5 when
+    /// `zk-sasl-user` is. A key the mechanism would ignore is an error.
+    pub fn with_mechanism(mut self, k: KerberosKeys) -> Result<ZkSecurity, ZkSecurityError> {
+        let err = |key: &'static str, problem: String| ZkSecurityError { key, problem };
+        let kerberos_key = [
+            ("zk-kerberos-principal", k.principal.is_some()),
+            ("zk-kerberos-keytab", k.keytab.is_some()),
+            ("zk-kerberos-service", k.service.is_some()),
+            ("zk-kerberos-server-host", k.server_host.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(key, set)| set.then_some(key));
+        let gssapi = match k.mechanism.as_deref() {
+            Some("gssapi") => true,
+            Some("digest-md5") => false,
+            Some(other) => {
+                return Err(err(
+                    "zk-sasl-mechanism",
+                    format!("{other:?} is not digest-md5 or gssapi"),
+                ));
+            }
+            None if kerberos_key.is_some() && self.sasl.is_some() => {
+                return Err(err(
+                    "zk-sasl-mechanism",
+                    "both zk-sasl-user (DIGEST-MD5) and zk-kerberos-* (GSSAPI) are set: set zk-sasl-mechanism to the one to use, and drop the other's keys".to_string(),
+                ));
+            }
+            None => kerberos_key.is_some(),
+        };
+        if !gssapi {
+            if let Some(key) = kerberos_key {
+                return Err(err(
+                    key,
+                    "is for Kerberos (zk-sasl-mechanism = gssapi), but the mechanism is digest-md5"
+                        .to_string(),
+                ));
+            }
+            if k.mechanism.is_some() && self.sasl.is_none() {
+                return Err(err(
+                    "zk-sasl-user",
+                    "zk-sasl-mechanism digest-md5 needs zk-sasl-user and zk-sasl-password-file"
+                        .to_string(),
+                ));
+            }
+            return Ok(self);
+        }
+        if self.sasl.is_some() {
+            return Err(err(
+                "zk-sasl-user",
+                "is for DIGEST-MD5, but zk-sasl-mechanism is gssapi".to_string(),
+            ));
+        }
+        if !cfg!(feature = "kerberos") {
+            return Err(err(
+                "zk-sasl-mechanism",
+                "gssapi: this livy-proxy was built without Kerberos (the `kerberos` feature)"
+                    .to_string(),
+            ));
+        }
+        let nonempty = |key: &'static str, v: Option<String>| match v {
+            Some(v) if v.trim().is_empty() => Err(err(key, "must not be empty".to_string())),
+            v => Ok(v),
+        };
+        self.kerberos = Some(ZkKerberos {
+            principal: nonempty("zk-kerberos-principal", k.principal)?,
+            keytab: k.keytab,
+            service: nonempty("zk-kerberos-service", k.service)?
+                .unwrap_or_else(|| "zookeeper".to_string()),
+            server_host: nonempty("zk-kerberos-server-host", k.server_host)?,
+        });
+        Ok(self)
     }
 
     /// Whether the connect string's hosts are reached over TLS.
@@ -157,6 +281,12 @@ impl ZkSecurity {
             // checks that the client key is the certificate's.
             self.rustls_client()?;
         }
+        if let Some(keytab) = self.kerberos.as_ref().and_then(|k| k.keytab.as_ref()) {
+            let bytes = std::fs::read(keytab).map_err(|e| bad("zk-kerberos-keytab", keytab, e))?;
+            if let Some(problem) = keytab_problem(&bytes) {
+                return Err(bad("zk-kerberos-keytab", keytab, problem));
+            }
+        }
         self.apply(zk::Client::connector()).map(|_| ())
     }
 
@@ -167,9 +297,17 @@ impl ZkSecurity {
             Some(t) if t.identity.is_some() => "TLS with a client certificate".to_string(),
             Some(_) => "TLS".to_string(),
         };
-        match &self.sasl {
-            None => tls,
-            Some(s) => format!("{tls}, SASL DIGEST-MD5 as {}", s.user),
+        match (&self.sasl, &self.kerberos) {
+            (Some(s), _) => format!("{tls}, SASL DIGEST-MD5 as {}", s.user),
+            (None, Some(k)) => format!(
+                "{tls}, SASL GSSAPI (Kerberos) as {} to {}@{}",
+                k.principal
+                    .as_deref()
+                    .unwrap_or("the credential cache's principal"),
+                k.service,
+                k.server_host.as_deref().unwrap_or("each host"),
+            ),
+            (None, None) => tls,
         }
     }
 
@@ -203,7 +341,44 @@ impl ZkSecurity {
                 password.to_string(),
             ));
         }
+        #[cfg(feature = "kerberos")]
+        if let Some(k) = &self.kerberos {
+            let mut options = zk::SaslOptions::gssapi().with_username(k.service.clone());
+            if let Some(host) = &k.server_host {
+                options = options.with_hostname(host.clone());
+            }
+            connector = connector.with_sasl(options);
+        }
         Ok(connector)
+    }
+
+    /// Before a new session with Kerberos: gets or renews the tickets on a
+    /// blocking thread (it may wait for the KDC). `Err`: why the proxy
+    /// cannot log in, naming the cause. Without Kerberos: `Ok` at once.
+    pub async fn kerberos_login(&self) -> Result<Option<String>, String> {
+        #[cfg(feature = "kerberos")]
+        if let Some(k) = self.kerberos.clone() {
+            return tokio::task::spawn_blocking(move || super::zk_kerberos::login(&k))
+                .await
+                .map_err(|e| format!("Kerberos login task failed: {e}"))?
+                .map(Some);
+        }
+        Ok(None)
+    }
+
+    /// After a failed connect with Kerberos: the Kerberos failure, if the
+    /// client's first GSSAPI step fails towards one of the hosts (see
+    /// [`super::zk_kerberos::diagnose`]).
+    pub async fn diagnose_kerberos(&self, connect: &str) -> Option<String> {
+        #[cfg(feature = "kerberos")]
+        if let Some(k) = self.kerberos.clone() {
+            let hosts: Vec<String> = hosts(connect).into_iter().map(|(h, _)| h).collect();
+            return tokio::task::spawn_blocking(move || super::zk_kerberos::diagnose(&k, &hosts))
+                .await
+                .unwrap_or_else(|e| Some(format!("Kerberos check failed: {e}")));
+        }
+        let _ = connect;
+        None
     }
 }
 
@@ -361,6 +536,79 @@ mod tests {
         let s = ZkSecurity::from_keys(p("ca"), None, None, Some("livy".into()), p("pw")).unwrap();
         assert!(s.tls());
         assert_eq!(s.describe(), "TLS, SASL DIGEST-MD5 as livy");
+    }
+
+    #[test]
+    fn keytab_header() {
+        assert_eq!(keytab_problem(&[0x05, 0x02, 0, 0]), None);
+        assert_eq!(keytab_problem(&[0x05, 0x01]), None);
+        assert_eq!(keytab_problem(b""), Some("is empty"));
+        assert!(keytab_problem(b"not a keytab").is_some());
+        assert!(keytab_problem(&[0x05]).is_some());
+    }
+
+    #[test]
+    fn the_mechanism_follows_the_keys_and_refuses_the_others() {
+        let digest = || {
+            ZkSecurity::from_keys(None, None, None, Some("livy".into()), Some("pw".into())).unwrap()
+        };
+        let none = || ZkSecurity::default();
+        let keys = |mechanism: Option<&str>, keytab: bool| KerberosKeys {
+            mechanism: mechanism.map(str::to_string),
+            keytab: keytab.then(|| PathBuf::from("k.keytab")),
+            ..KerberosKeys::default()
+        };
+        let key_of = |r: Result<ZkSecurity, ZkSecurityError>| r.unwrap_err().key;
+        // Inferred: no key, no SASL; the digest keys, DIGEST-MD5.
+        assert_eq!(none().with_mechanism(keys(None, false)).unwrap(), none());
+        assert_eq!(
+            digest().with_mechanism(keys(None, false)).unwrap(),
+            digest()
+        );
+        assert_eq!(
+            key_of(digest().with_mechanism(keys(None, true))),
+            "zk-sasl-mechanism"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("digest-md5"), true))),
+            "zk-kerberos-keytab"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("digest-md5"), false))),
+            "zk-sasl-user"
+        );
+        assert_eq!(
+            key_of(none().with_mechanism(keys(Some("kerberos"), false))),
+            "zk-sasl-mechanism"
+        );
+        if cfg!(feature = "kerberos") {
+            assert_eq!(
+                key_of(digest().with_mechanism(keys(Some("gssapi"), false))),
+                "zk-sasl-user"
+            );
+            let k = none().with_mechanism(keys(None, true)).unwrap();
+            let kerberos = k.kerberos.clone().unwrap();
+            assert_eq!(kerberos.service, "zookeeper");
+            assert_eq!(kerberos.keytab, Some(PathBuf::from("k.keytab")));
+            assert!(
+                k.describe().contains("SASL GSSAPI (Kerberos)"),
+                "{}",
+                k.describe()
+            );
+            // Only the mechanism: the process's credential cache.
+            let k = none().with_mechanism(keys(Some("gssapi"), false)).unwrap();
+            assert!(k.kerberos.unwrap().principal.is_none());
+            let empty = KerberosKeys {
+                service: Some(" ".into()),
+                ..keys(Some("gssapi"), false)
+            };
+            assert_eq!(key_of(none().with_mechanism(empty)), "zk-kerberos-service");
+        } else {
+            assert_eq!(
+                key_of(none().with_mechanism(keys(Some("gssapi"), false))),
+                "zk-sasl-mechanism"
+            );
+        }
     }
 
     #[test]

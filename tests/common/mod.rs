@@ -831,6 +831,11 @@ impl Proxy {
     /// Starts it with `args` plus `--listen 127.0.0.1:<free>`, and waits
     /// until it accepts connections.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Proxy {
+        Proxy::start_with_env(args, &[])
+    }
+
+    /// [`Proxy::start`] with more environment variables (`KRB5_CONFIG`).
+    pub fn start_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Proxy {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -842,6 +847,7 @@ impl Proxy {
             .args(["--listen", &addr.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .env("RUST_LOG", "info,livy_proxy=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
