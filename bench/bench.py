@@ -858,7 +858,10 @@ def bench_memory(n):
 
         async def loaded():
             conns = await (hold_tls_connections if tls else hold_connections)(port, n)
-            await asyncio.sleep(0.5)
+            # Settled: longer than livy-proxy's park delay (100 ms, after
+            # which an idle HTTP/1.1 connection drops hyper's buffers) and
+            # than HAProxy's and the allocators' own release delays.
+            await asyncio.sleep(2)
             kib = rss_kib(pid_of(p))
             # Open descriptors: the client connections plus the pool of
             # upstream ones (part of what the RSS pays for).

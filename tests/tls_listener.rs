@@ -1503,3 +1503,38 @@ fn tls_key_combinations_and_bad_files_are_config_errors_naming_the_key() {
         assert_eq!(err.trim().lines().count(), 1, "{more:?}: {err}");
     }
 }
+
+#[test]
+fn an_idle_tls_connection_is_parked_and_serves_the_next_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("park CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let cert = write(tmp.path(), "tls.crt", &c);
+    let key = write(tmp.path(), "tls.key", &k);
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start_with_env(
+        &[
+            "--node",
+            &sim.node_arg(0),
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+        &[("RUST_LOG", "info,livy_proxy::http_proxy::park=trace")],
+    );
+    let url = format!("https://localhost:{}/version", proxy.addr().port());
+    wait_ready(&proxy, &ca_file, &url);
+    let parked = || proxy.logs().matches("connection parked while idle").count();
+    let before = parked();
+    let mut kept = TlsConn::open(proxy.addr(), client_config(&ca_file, None)).unwrap();
+    for i in 0..3 {
+        assert_eq!(kept.get("/version").unwrap(), 200, "request {i}");
+        assert!(
+            wait_until(DEADLINE, || parked() > before + i),
+            "request {i}'s TLS connection was not parked:\n{}",
+            proxy.logs()
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub mod error;
 pub mod framing;
 mod h2c;
 pub mod headers;
+pub mod park;
 pub mod retry;
 mod sniff;
 pub mod stack;
@@ -413,9 +414,8 @@ impl HttpProxy {
                         let conn = stream.get_ref().1;
                         let h2 = conn.alpn_protocol() == Some(b"h2");
                         let identity = crate::tls::identity::of_connection(conn).map(Arc::new);
-                        let io = TokioIo::new(stream);
                         Box::pin(serve_client(
-                            io,
+                            stream,
                             h2,
                             service(true, identity),
                             &builders,
@@ -439,9 +439,8 @@ impl HttpProxy {
                             Some(ClientProtocol::H2c) => true,
                             None => return,
                         };
-                        let io = TokioIo::new(stream);
                         serve_client(
-                            io,
+                            stream,
                             h2,
                             service(false, None),
                             &builders,
@@ -1071,9 +1070,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 
 /// Serves one client connection (plain or TLS) in HTTP/2 if `h2`, else in
-/// HTTP/1.1, until it ends or, after `shutdown`, its requests finish.
+/// HTTP/1.1 (parked while it idles: `park`), until it ends or, after
+/// `shutdown`, its requests finish.
 async fn serve_client<I>(
-    io: TokioIo<I>,
+    io: I,
     h2: bool,
     service: stack::HyperStack<stack::ConnectionStack>,
     builders: &Builders,
@@ -1082,13 +1082,21 @@ async fn serve_client<I>(
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), hyper::Error>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::Readiness + Unpin + Send + 'static,
 {
     let (http1, http2) = builders;
     if h2 {
-        h2c::serve(http2, io, service, header_timeout, shutdown, watcher).await
+        h2c::serve(
+            http2,
+            TokioIo::new(io),
+            service,
+            header_timeout,
+            shutdown,
+            watcher,
+        )
+        .await
     } else {
-        watcher.watch(http1.serve_connection(io, service)).await
+        park::serve(http1, io, service, header_timeout, shutdown, watcher).await
     }
 }
 
