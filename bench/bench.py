@@ -461,6 +461,10 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
             targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy(f"lp-{mode}", up, threads=threads)
             targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-{mode}")
             targets["nginx"], procs["nginx"] = start_nginx_proxy(up, workers=threads, name=f"nginx-{mode}")
+            if mode == "defaults":
+                # The candidate default: one worker (a current-thread
+                # runtime) against the others' defaults.
+                targets["livy-proxy-1w"], procs["livy-proxy-1w"] = start_livy_proxy(f"lp-{mode}-1w", up, threads=1)
             res = {name: {} for name in targets}
             for c in conns_list:
                 runs = interleaved_rounds(targets, procs, c, seconds, rounds)
@@ -472,7 +476,7 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
                 hap = res["haproxy"][str(c)]
                 for name in targets:
                     r = res[name][str(c)]
-                    print(f"  {mode:10} {name:10} c={c:<4} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f} HAProxy)"
+                    print(f"  {mode:10} {name:13} c={c:<4} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f} HAProxy)"
                           f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  errors {r['errors']}", flush=True)
             for p in procs.values():
                 stop(p)
