@@ -23,7 +23,9 @@
 //!   A request that finds them all taken waits, within the hold time, then
 //!   gets a 503 `overloaded`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -297,6 +299,44 @@ impl Body for Streamed {
             this.held = None;
         }
         std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A response body that holds `guard` until hyper drops it (sent, reset,
+/// or its connection gone): how a connection counts the requests it has in
+/// flight (`h2c`'s idle timeout, `park`'s idle test) without boxing.
+pub struct GuardedBody<B, G> {
+    body: B,
+    _guard: G,
+}
+
+impl<B, G> GuardedBody<B, G> {
+    /// `body`, with `guard` dropped when it is.
+    pub fn new(body: B, guard: G) -> Self {
+        GuardedBody {
+            body,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for GuardedBody<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

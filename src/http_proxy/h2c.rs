@@ -19,13 +19,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::convert::Infallible;
 
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -154,36 +153,10 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| CountedBody {
-                body,
-                _guard: guard,
-            }))
+            Ok(response.map(|body| CountedBody::new(body, guard)))
         })
     }
 }
 
 /// A response body that keeps its stream counted until hyper drops it.
-pub(crate) struct CountedBody<B> {
-    body: B,
-    _guard: StreamGuard,
-}
-
-impl<B: Body + Unpin> Body for CountedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+type CountedBody<B> = super::body::GuardedBody<B, StreamGuard>;

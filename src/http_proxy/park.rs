@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
@@ -214,7 +214,7 @@ where
 }
 
 /// [`Tracked`]'s future: the request counted until its body is dropped.
-pub struct TrackedFuture<F> {
+struct TrackedFuture<F> {
     in_flight: Option<InFlight>,
     inner: F,
 }
@@ -229,39 +229,13 @@ where
         let this = self.get_mut();
         let Ok(response) = ready!(Pin::new(&mut this.inner).poll(cx));
         let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(response.map(|body| TrackedBody {
-            body,
-            _in_flight: in_flight,
-        })))
+        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, in_flight))))
     }
 }
 
 /// A response body that keeps its request counted until hyper drops it
 /// (sent, or the connection gone).
-pub struct TrackedBody {
-    body: ProxyBody,
-    _in_flight: Option<InFlight>,
-}
-
-impl Body for TrackedBody {
-    type Data = <ProxyBody as Body>::Data;
-    type Error = <ProxyBody as Body>::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
+type TrackedBody = super::body::GuardedBody<ProxyBody, Option<InFlight>>;
 
 /// How one hyper connection over the socket ended.
 enum Ended {
