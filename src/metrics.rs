@@ -363,7 +363,7 @@ impl Metrics {
         let tls_expiry = Family::<ListenerLabel, Gauge>::default();
         registry.register_with_unit(
             "tls_certificate_expiry",
-            "notAfter of the certificate a TLS listener serves, as Unix time",
+            "notAfter of the certificate a TLS listener serves, or of the client certificate presented to Livy (listener upstream, jdbc_upstream), as Unix time",
             Unit::Seconds,
             tls_expiry.clone(),
         );
@@ -551,10 +551,15 @@ impl Metrics {
 
     /// `listener` now serves a certificate valid until `not_after`.
     pub fn tls_certificate(&self, listener: Listener, not_after: i64) {
+        self.tls_expiry(listener.as_str(), not_after);
+    }
+
+    /// The certificate of `listener` (a listener's label, or
+    /// `upstream`/`jdbc_upstream` for the client certificates presented
+    /// to Livy) is valid until `not_after` (Unix seconds).
+    pub fn tls_expiry(&self, listener: &'static str, not_after: i64) {
         self.tls_expiry
-            .get_or_create(&ListenerLabel {
-                listener: listener.as_str(),
-            })
+            .get_or_create(&ListenerLabel { listener })
             .set(not_after);
     }
 

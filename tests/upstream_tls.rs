@@ -65,6 +65,7 @@ impl Pki {
         params
             .distinguished_name
             .push(DnType::CommonName, "livy-proxy");
+        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
         let cert = params.signed_by(&key, &client_ca).expect("client cert");
         write("client-ca.pem", client_ca.pem());
         write("client.pem", cert.pem());
@@ -285,6 +286,16 @@ fn a_livy_that_requires_a_client_certificate_gets_the_proxys() {
     wait_for(&proxy, "/version", 200);
     assert_eq!(answered_by(&proxy, "/version"), "livy-1");
     assert!(!cluster.requests(0).is_empty());
+    // Its expiry is exported like a listener's, for the same alert.
+    assert_eq!(
+        metric(
+            &proxy,
+            "livy_proxy_tls_certificate_expiry_seconds{service=\"default\",listener=\"upstream\"}"
+        ),
+        Some(4_070_908_800.0),
+        "2099-01-01, the client certificate's notAfter:\n{}",
+        curl(&format!("{}/metrics", proxy.admin_url()), &[]).1
+    );
 }
 
 #[test]

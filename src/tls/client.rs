@@ -137,6 +137,11 @@ pub struct UpstreamTls {
     /// burst of events for one change loads it once.
     tried: Mutex<Option<Vec<u8>>>,
     metrics: OnceLock<Arc<Metrics>>,
+    /// The client certificate's notAfter (Unix seconds), when one is
+    /// configured: `livy_proxy_tls_certificate_expiry_seconds` with the
+    /// client's label, so the alert that watches the listeners' expiry
+    /// watches the certificate Livy checks too.
+    client_not_after: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -165,6 +170,13 @@ impl UpstreamTls {
         if !self.spec.files().is_empty() {
             metrics.tls_reloads_at_zero(self.spec.keys.label);
         }
+        if let Some(not_after) = *self
+            .client_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            metrics.tls_expiry(self.spec.keys.label, not_after);
+        }
         let _ = self.metrics.set(metrics);
     }
 
@@ -179,6 +191,13 @@ impl UpstreamTls {
         let ok = match build(&self.spec) {
             Ok(built) => {
                 self.config.store(Arc::new(built.config));
+                *self
+                    .client_not_after
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = built.client_not_after;
+                if let (Some(m), Some(not_after)) = (self.metrics.get(), built.client_not_after) {
+                    m.tls_expiry(label, not_after);
+                }
                 tracing::info!(
                     listener = label,
                     trigger,
@@ -236,6 +255,7 @@ struct Built {
     config: ClientConfig,
     server_name: Option<ServerName<'static>>,
     system_roots: usize,
+    client_not_after: Option<i64>,
 }
 
 fn build(spec: &UpstreamTlsSpec) -> Result<Built, TlsFileError> {
@@ -278,11 +298,13 @@ fn build(spec: &UpstreamTlsSpec) -> Result<Built, TlsFileError> {
                 .map_err(keyed)?,
         ),
     };
+    let client_not_after = identity.as_ref().and_then(Identity::not_after);
     let config = pem::client_config(roots, identity, spec.alpn, spec.keys.ca).map_err(keyed)?;
     Ok(Built {
         config,
         server_name,
         system_roots,
+        client_not_after,
     })
 }
 
@@ -301,6 +323,7 @@ pub fn upstream_tls(spec: &UpstreamTlsSpec) -> Result<UpstreamTls, TlsFileError>
         system_roots: built.system_roots,
         tried: Mutex::new(tried),
         metrics: OnceLock::new(),
+        client_not_after: Mutex::new(built.client_not_after),
     })
 }
 

@@ -85,6 +85,12 @@ impl Identity {
             key_path: key.to_path_buf(),
         })
     }
+
+    /// The first certificate's notAfter (Unix seconds), for the expiry
+    /// gauge; `None` if it cannot be parsed (rustls will say why).
+    pub fn not_after(&self) -> Option<i64> {
+        super::identity::not_after(self.chain.first()?).ok()
+    }
 }
 
 /// A client configuration (the *ring* provider, TLS 1.2 and 1.3) trusting
