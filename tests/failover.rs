@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LatchMember, Proxy, SimCluster, ZooKeeper, http_request};
+use common::{LatchMember, Proxy, SimCluster, ZooKeeper, http_request, served_by, wait_served_by};
 use http::StatusCode;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -25,32 +25,6 @@ fn proxy_with_zk(zk: &ZooKeeper, cluster: &SimCluster, n: usize, extra: &[&str])
     args.extend(node_args(cluster, n));
     args.extend(extra.iter().map(|s| s.to_string()));
     Proxy::start(&args)
-}
-
-/// The `x-livy-node` header livy-sim puts on every answer.
-fn served_by(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-livy-node")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// GETs until the proxy answers 200 from `expected` (bounded).
-async fn wait_served_by(proxy: &Proxy, expected: &str) {
-    let start = Instant::now();
-    loop {
-        let (status, headers, _) =
-            http_request("GET", &format!("{}/version", proxy.url()), &[], Vec::new()).await;
-        if status == StatusCode::OK && served_by(&headers) == expected {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "proxy never served by {expected}; last: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Issues GETs in a loop (one at a time) while `fault` runs, until a new
@@ -87,7 +61,7 @@ async fn requests_reach_the_active_node_only() {
     let leader = cluster.wait_for_leader(DEADLINE);
     let proxy = proxy_with_zk(&zk, &cluster, 3, &[]);
     let leader_id = format!("livy-{}", leader + 1);
-    wait_served_by(&proxy, &leader_id).await;
+    wait_served_by(&proxy, &leader_id, DEADLINE).await;
     for i in 0..3 {
         cluster.clear_requests(i);
     }
@@ -114,7 +88,7 @@ async fn sigterm_of_the_leader_is_invisible_to_gets() {
     let leader = cluster.wait_for_leader(DEADLINE);
     let proxy = proxy_with_zk(&zk, &cluster, 3, &[]);
     let old = format!("livy-{}", leader + 1);
-    wait_served_by(&proxy, &old).await;
+    wait_served_by(&proxy, &old, DEADLINE).await;
     let seen = gets_across(&proxy, &old, || cluster.terminate(leader)).await;
     assert!(
         seen.iter().all(|(s, _)| *s == StatusCode::OK),
@@ -130,7 +104,7 @@ async fn sigkill_of_the_leader_is_invisible_to_gets() {
     // Hold longer than Livy's (4 s) session takes to expire after a crash.
     let proxy = proxy_with_zk(&zk, &cluster, 3, &["--hold-timeout", "40s"]);
     let old = format!("livy-{}", leader + 1);
-    wait_served_by(&proxy, &old).await;
+    wait_served_by(&proxy, &old, DEADLINE).await;
     let seen = gets_across(&proxy, &old, || cluster.kill(leader)).await;
     assert!(
         seen.iter().all(|(s, _)| *s == StatusCode::OK),
@@ -144,7 +118,7 @@ async fn post_body_arrives_intact_and_exactly_once() {
     let cluster = SimCluster::start(&zk, 3);
     let leader = cluster.wait_for_leader(DEADLINE);
     let proxy = proxy_with_zk(&zk, &cluster, 3, &[]);
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
     for i in 0..3 {
         cluster.clear_requests(i);
     }
@@ -326,7 +300,7 @@ async fn latch_created_after_the_proxy_started() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let cluster = plan.start(&zk);
     let leader = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +309,7 @@ async fn zookeeper_restarted_under_the_proxy() {
     let mut cluster = SimCluster::start(&zk, 3);
     let leader = cluster.wait_for_leader(DEADLINE);
     let proxy = proxy_with_zk(&zk, &cluster, 3, &[]);
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
     zk.stop();
     // ZooKeeper down: the last known leader keeps serving.
     let (status, headers, _) =
@@ -349,10 +323,10 @@ async fn zookeeper_restarted_under_the_proxy() {
     // redirect: stop the old leader cleanly).
     // (Curator's latch may itself re-elect after a reconnect.)
     let new = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&proxy, &format!("livy-{}", new + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", new + 1), DEADLINE).await;
     cluster.terminate(new);
     let next = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&proxy, &format!("livy-{}", next + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", next + 1), DEADLINE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +338,7 @@ async fn static_list_probing_picks_the_active_node() {
     let mut args = node_args(&cluster, 3);
     args.extend(["--probe-interval".to_string(), "200ms".into()]);
     let proxy = Proxy::start(&args);
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
     for i in 0..3 {
         cluster.clear_requests(i);
     }

@@ -19,9 +19,12 @@ mod common;
 use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Proc, Proxy, SimCluster, ZkOptions, ZooKeeper, free_port, http_request, wait_until};
+use common::{
+    Proc, Proxy, SimCluster, ZkOptions, ZooKeeper, free_port, http_request, wait_served_by,
+    wait_until,
+};
 use http::StatusCode;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -296,31 +299,6 @@ fn kerberos(kdc: &Kdc, principal: &str, keytab: &str, server_host: bool) -> Vec<
     args
 }
 
-fn served_by(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-livy-node")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-async fn wait_served_by(proxy: &Proxy, expected: &str) {
-    let start = Instant::now();
-    loop {
-        let (status, headers, _) =
-            http_request("GET", &format!("{}/version", proxy.url()), &[], Vec::new()).await;
-        if status == StatusCode::OK && served_by(&headers) == expected {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "proxy never served by {expected}; last: {status}\n{}",
-            proxy.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn admin(proxy: &Proxy, path: &str) -> (StatusCode, String) {
     let (status, _, body) = http_request(
         "GET",
@@ -397,7 +375,7 @@ async fn with_kerberos_the_proxy_follows_the_leader_and_a_failover_and_bad_crede
     );
 
     let leader = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&right, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&right, &format!("livy-{}", leader + 1), DEADLINE).await;
     assert!(
         right
             .logs()
@@ -421,7 +399,7 @@ async fn with_kerberos_the_proxy_follows_the_leader_and_a_failover_and_bad_crede
     cluster.terminate(leader);
     let next = cluster.wait_for_leader(DEADLINE);
     assert_ne!(next, leader);
-    wait_served_by(&right, &format!("livy-{}", next + 1)).await;
+    wait_served_by(&right, &format!("livy-{}", next + 1), DEADLINE).await;
 
     never_routes(
         &wrong_host,
@@ -574,7 +552,7 @@ async fn an_expired_ticket_is_renewed_from_the_keytab_when_the_proxy_reconnects(
         &kerberos(&kdc, PROXY_PRINCIPAL, "proxy.keytab", true),
     );
     let leader = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
     let logins = kdc.logins(PROXY_PRINCIPAL);
     assert!(logins >= 1, "{}", kdc.read("kdc.log"));
     // The session outlives its tickets: ZooKeeper checks them only when a
@@ -588,7 +566,7 @@ async fn an_expired_ticket_is_renewed_from_the_keytab_when_the_proxy_reconnects(
     zk.start_again();
     cluster.terminate(leader);
     let next = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&proxy, &format!("livy-{}", next + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", next + 1), DEADLINE).await;
     assert!(
         kdc.logins(PROXY_PRINCIPAL) > logins,
         "no new login from the keytab:\n{}",
@@ -620,5 +598,5 @@ async fn a_proxy_started_while_the_kdc_is_down_waits_without_probing_and_routes_
     )
     .await;
     kdc.start_again();
-    wait_served_by(&proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
 }

@@ -11,9 +11,9 @@
 mod common;
 
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Proxy, SimCluster, ZkOptions, ZooKeeper, http_request, wait_until};
+use common::{Proxy, SimCluster, ZkOptions, ZooKeeper, http_request, wait_served_by, wait_until};
 use http::StatusCode;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -168,41 +168,15 @@ fn proxy_holding(zk: &ZooKeeper, cluster: &SimCluster, hold: &str, more: &[Strin
     Proxy::start(&args)
 }
 
-fn served_by(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-livy-node")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// GETs until the proxy answers 200 from `expected` (bounded).
-async fn wait_served_by(proxy: &Proxy, expected: &str) {
-    let start = Instant::now();
-    loop {
-        let (status, headers, _) =
-            http_request("GET", &format!("{}/version", proxy.url()), &[], Vec::new()).await;
-        if status == StatusCode::OK && served_by(&headers) == expected {
-            return;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "proxy never served by {expected}; last: {status}\n{}",
-            proxy.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The proxy follows the latch leader, then the next one after the
 /// leader leaves cleanly.
 async fn follows_leader_and_failover(proxy: &Proxy, cluster: &mut SimCluster) {
     let leader = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(proxy, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
     cluster.terminate(leader);
     let next = cluster.wait_for_leader(DEADLINE);
     assert_ne!(next, leader);
-    wait_served_by(proxy, &format!("livy-{}", next + 1)).await;
+    wait_served_by(proxy, &format!("livy-{}", next + 1), DEADLINE).await;
 }
 
 /// GET on the admin port: status and body.
@@ -355,7 +329,7 @@ async fn with_digest_the_right_password_follows_the_leader_and_a_wrong_one_never
     // enough, no restart.
     std::fs::write(digest.path("wrong-password"), "secret\n").unwrap();
     let leader = cluster.wait_for_leader(DEADLINE);
-    wait_served_by(&wrong, &format!("livy-{}", leader + 1)).await;
+    wait_served_by(&wrong, &format!("livy-{}", leader + 1), DEADLINE).await;
 }
 
 fn run(args: &[&str]) -> Output {

@@ -911,6 +911,34 @@ impl Proxy {
     }
 }
 
+/// The `x-livy-node` header livy-sim puts on every answer.
+pub fn served_by(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-livy-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// GETs `/version` through `proxy` until it answers 200 from `expected`,
+/// within `deadline`.
+pub async fn wait_served_by(proxy: &Proxy, expected: &str, deadline: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, headers, _) =
+            http_request("GET", &format!("{}/version", proxy.url()), &[], Vec::new()).await;
+        if status == http::StatusCode::OK && served_by(&headers) == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "proxy never served by {expected}; last: {status}\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection, redirects NOT followed.
 pub async fn http_request(
     method: &str,
