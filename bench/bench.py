@@ -392,6 +392,14 @@ def wrk(port, conns, seconds, pid=None, scheme="http"):
     return r
 
 
+def summarize_wrk(rs):
+    """One statistic per key, the median of its rounds; every round kept."""
+    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
+    r["errors"] = sum(x["errors"] for x in rs)
+    r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
+    return r
+
+
 def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http"):
     """wrk against every target in turn, `rounds` times, after a warm-up of
     each: a slow minute on this VM then falls on all of them alike. The
@@ -423,9 +431,7 @@ def bench_http(seconds, conns_list, rounds):
         # kept in the JSON.
         runs = interleaved_rounds(targets, procs, c, seconds, rounds)
         for name, rs in runs.items():
-            r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
-            r["errors"] = sum(x["errors"] for x in rs)
-            r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
+            r = summarize_wrk(rs)
             results[name][str(c)] = r
             cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
                    if "user_us_per_req" in r else "")
@@ -469,9 +475,7 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
             for c in conns_list:
                 runs = interleaved_rounds(targets, procs, c, seconds, rounds)
                 for name, rs in runs.items():
-                    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
-                    r["errors"] = sum(x["errors"] for x in rs)
-                    r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
+                    r = summarize_wrk(rs)
                     res[name][str(c)] = r
                 hap = res["haproxy"][str(c)]
                 for name in targets:
@@ -640,14 +644,6 @@ stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n";
 # while one computes its side of a handshake, the others' wait on the proxy.
 HANDSHAKE_CLIENTS = 4
 HANDSHAKE_KINDS = (("1.3", "new"), ("1.3", "resume"), ("1.2", "new"), ("1.2", "resume"))
-
-
-def summarize_wrk(rs):
-    """One statistic per key, the median of its rounds; every round kept."""
-    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
-    r["errors"] = sum(x["errors"] for x in rs)
-    r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
-    return r
 
 
 def handshake_round(port, kind, seconds, pid):
