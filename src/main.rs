@@ -20,7 +20,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` in mimalloc 3's `mi_option_e` (the
 /// version libmimalloc-sys builds by default; its Rust bindings do not
-/// name this option).
+/// name this option). An index into a C enum: check it against
+/// `include/mimalloc.h` when Cargo.lock moves libmimalloc-sys.
 const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 
 /// Makes memory the proxy frees leave its RSS. On Linux mimalloc commits
@@ -28,8 +29,8 @@ const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 /// (`MADV_FREE`), which the kernel takes back only under memory pressure:
 /// the RSS, and a container's memory graph, keep every past peak. With
 /// arenas committed on demand a purge decommits, and the RSS follows what
-/// is in use: with 10,000 parked idle connections 90 MiB instead of 133
-/// (docs/benchmarks.md). Run by the loader before any other constructor
+/// is in use: with 10,000 parked idle connections 90 MiB instead of
+/// 137 (docs/benchmarks.md). Run by the loader before any other constructor
 /// (the lowest `.init_array` priority), so before mimalloc reserves its
 /// first arena: in `main` it would be too late.
 #[used]
