@@ -238,6 +238,18 @@ pub async fn run(
     let draining = Arc::new(Draining::default());
     let access_log = Arc::new(std::sync::atomic::AtomicBool::new(config.log.access_log));
 
+    // The serving threads (`worker-threads`): with one, everything runs on
+    // this runtime, as a single event loop.
+    let shards = match serving_threads(config.runtime.worker_threads) {
+        1 => None,
+        n => match crate::shard::Shards::start(n) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, threads = n, "cannot start the serving threads: serving on one");
+                None
+            }
+        },
+    };
     let http_stop = CancellationToken::new();
     let proxy = HttpProxy::wired(
         config.http.clone(),
@@ -248,6 +260,7 @@ pub async fn run(
             metrics: metrics.clone(),
             access_log: access_log.clone(),
             upstream_tls: config.discovery.upstream_tls.clone(),
+            shards: shards.clone(),
         },
     );
     tracing::info!(
@@ -286,7 +299,7 @@ pub async fn run(
             config.tcp.clone(),
             nodes.clone(),
             found.leader.clone(),
-        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone(), tls.jdbc_upstream.clone());
+        ).with_metrics(metrics.clone(), access_log.clone()).with_tls(tls.jdbc.clone(), tls.jdbc_upstream.clone()).with_shards(shards.clone());
         jdbc_proxy = Some(tcp.clone());
         tokio::spawn(tcp.serve_until(l, http_stop.clone(), jdbc_stop.clone()))
     });
@@ -366,8 +379,20 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
     }
+    if let Some(shards) = &shards {
+        shards.stop().await;
+    }
     tracing::info!(clean = ended == Ended::Clean, "stopped");
     ended
+}
+
+/// How many threads serve connections: `worker-threads`, by default one
+/// per CPU this process may use.
+pub fn serving_threads(configured: Option<usize>) -> usize {
+    configured
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Sleeps `delay`; false if `force` came first.

@@ -34,5 +34,6 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod proxy_protocol;
+pub mod shard;
 pub mod tcp_proxy;
 pub mod tls;

@@ -160,17 +160,10 @@ fn init_logging(config: &Config) -> SetLogLevel {
 }
 
 fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
-    // One worker: a current-thread runtime (no work-stealing, no cross-
-    // thread wake-ups), the shape of HAProxy's single-threaded event loop.
-    let mut runtime = match config.runtime.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // The main runtime is one thread: the accept loops, discovery, the
+    // admin listener, reloads. Connections are served on `worker-threads`
+    // threads of their own (`shard`), or here when that is 1.
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
     let runtime = runtime.build().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -144,6 +144,8 @@ struct Shared {
     in_flight: Arc<crate::limit::LiveLimit>,
     /// `max-client-connections` on the listener (live).
     connections: Arc<crate::limit::LiveLimit>,
+    /// Where accepted connections are served (`shard`).
+    shards: Option<Arc<crate::shard::Shards>>,
 }
 
 /// What became of one request inside the proxy, for its access-log line and
@@ -174,6 +176,9 @@ pub struct Wiring {
     pub access_log: stack::AccessLogSwitch,
     /// TLS to `https://` Livy nodes (none: they are refused).
     pub upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
+    /// The serving threads connections are handed to (none: each is served
+    /// on the runtime that accepted it).
+    pub shards: Option<Arc<crate::shard::Shards>>,
 }
 
 impl Default for Wiring {
@@ -185,6 +190,7 @@ impl Default for Wiring {
             metrics: Arc::new(Metrics::new("default", false)),
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             upstream_tls: None,
+            shards: None,
         }
     }
 }
@@ -250,6 +256,7 @@ impl HttpProxy {
             metrics,
             access_log,
             upstream_tls,
+            shards,
         } = wiring;
         // Enough idle connections for Livy's concurrency, not one per
         // client of a past burst.
@@ -280,6 +287,7 @@ impl HttpProxy {
                 ),
                 in_flight: crate::limit::LiveLimit::new(settings.max_requests_in_flight),
                 connections: crate::limit::LiveLimit::new(settings.max_client_connections),
+                shards,
                 settings: arc_swap::ArcSwap::from_pointee(settings),
             }),
         }
@@ -375,9 +383,24 @@ impl HttpProxy {
             // period over, `app::run` aborting it), every connection's task
             // goes with it instead of running on unowned.
             while connections_tasks.try_join_next().is_some() {}
-            connections_tasks.spawn(async move {
+            // On the least loaded serving thread, where it stays (`shard`).
+            let (arrival, on) = match crate::shard::place(self.shared.shards.as_deref(), stream) {
+                Ok(placed) => placed,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker: closed");
+                    continue;
+                }
+            };
+            let task = async move {
+                let (stream, load) = match arrival.into_stream() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "cannot register the connection: closed");
+                        return;
+                    }
+                };
                 // Held for the connection's life, whichever way it ends.
-                let _held = (open, permit);
+                let _held = (open, permit, load);
                 // Behind a load balancer, the client is whom its PROXY
                 // header names (`proxy_protocol`); the header is consumed,
                 // the request after it is not.
@@ -454,7 +477,11 @@ impl HttpProxy {
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
-            });
+            };
+            match on {
+                Some(shard) => connections_tasks.spawn_on(task, &shard),
+                None => connections_tasks.spawn(task),
+            };
         }
         drop(listener);
         graceful.shutdown().await;

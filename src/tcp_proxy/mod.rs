@@ -109,6 +109,9 @@ pub struct TcpProxy {
     /// TLS to Livy's Thrift port (`thrift-tls-mode = reencrypt`), renewed
     /// from its files: each connection takes the configuration in force.
     upstream_tls: Option<Arc<crate::tls::client::UpstreamTls>>,
+    /// The serving threads connections are handed to (none: served on the
+    /// runtime that accepted them).
+    shards: Option<Arc<crate::shard::Shards>>,
 }
 
 impl TcpProxy {
@@ -124,7 +127,14 @@ impl TcpProxy {
             access_log: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             tls: None,
             upstream_tls: None,
+            shards: None,
         }
+    }
+
+    /// Serves each accepted connection on one of `shards` (`shard`).
+    pub fn with_shards(mut self, shards: Option<Arc<crate::shard::Shards>>) -> Self {
+        self.shards = shards;
+        self
     }
 
     /// Terminates TLS on the listener with `tls` (none: the bytes are
@@ -196,10 +206,27 @@ impl TcpProxy {
             };
             let proxy = self.for_connection();
             let stop = shutdown.child_token();
-            tracker.spawn(async move {
-                proxy.handle(client, peer, handshake, stop).await;
+            // On the least loaded serving thread, where it stays (`shard`).
+            let (arrival, on) = match crate::shard::place(self.shards.as_deref(), client) {
+                Ok(placed) => placed,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection to a worker: closed");
+                    continue;
+                }
+            };
+            let task = async move {
+                match arrival.into_stream() {
+                    Ok((client, _load)) => proxy.handle(client, peer, handshake, stop).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "cannot register the connection: closed")
+                    }
+                }
                 drop(permit);
-            });
+            };
+            match on {
+                Some(shard) => tracker.spawn_on(task, &shard),
+                None => tracker.spawn(task),
+            };
         }
         drop(listener);
         tracker.close();

@@ -152,7 +152,10 @@ struct Idle {
 
 /// The pool of connections to Livy servers.
 pub struct Upstream {
-    idle: Mutex<Vec<Idle>>,
+    /// One list per serving thread (`shard::index`): a connection is
+    /// taken again by the thread whose runtime registered it, so its
+    /// reads are woken where they are awaited.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// One permit per open connection, held by the connection.
     slots: Arc<Semaphore>,
     /// Signalled when a connection is put back idle.
@@ -165,11 +168,19 @@ impl Upstream {
     /// A pool of at most `max_connections` connections, `max_idle` of them
     /// kept idle, opened by `connector`.
     pub fn new(connector: Connector, max_idle: usize, max_connections: usize) -> Arc<Self> {
+        // As many lists as threads serve by default; with more threads
+        // some share one (correct, only less local).
+        let lists = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 64);
         Arc::new(Upstream {
-            idle: Mutex::new(Vec::new()),
+            idle: (0..lists).map(|_| Mutex::new(Vec::new())).collect(),
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             returned: Notify::new(),
             connector,
+            // Per list: one thread may hold every idle connection (the
+            // slots bound them all together).
             max_idle,
         })
     }
@@ -189,8 +200,11 @@ impl Upstream {
         // connections"). Before the checkout, so that the idle connection
         // found open is written to at once.
         run_other_ready_tasks_first().await;
+        // First this thread's idle connections; at the connection limit,
+        // any thread's (its runtime then drives the reads) before waiting.
+        let mut anywhere = false;
         let permit = loop {
-            while let Some(mut conn) = self.checkout(endpoint) {
+            while let Some(mut conn) = self.checkout(endpoint, anywhere) {
                 match conn.exchange(endpoint.authority(), req).await {
                     Ok(head) => return Ok(self.attach(endpoint, conn, head)),
                     // Closed by Livy while idle: the request never left.
@@ -200,6 +214,10 @@ impl Upstream {
             }
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 break permit;
+            }
+            if !anywhere {
+                anywhere = true;
+                continue;
             }
             // At the limit: an idle connection to another server (an old
             // leader) gives its slot up; then whichever comes first, a
@@ -255,23 +273,37 @@ impl Upstream {
         }
     }
 
-    /// The most recently used idle connection to `endpoint`, dropping any
-    /// found closed on the way.
-    fn checkout(&self, endpoint: &Endpoint) -> Option<Conn> {
-        loop {
-            let mut found = {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let pos = idle.iter().rposition(|i| i.endpoint == *endpoint)?;
-                idle.swap_remove(pos)
-            };
-            if found.conn.still_open() {
-                return Some(found.conn);
+    /// This thread's idle list.
+    fn own(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::shard::index() % self.idle.len()]
+    }
+
+    /// The most recently used idle connection to `endpoint` on this
+    /// thread's list (`anywhere`: then on any list), dropping any found
+    /// closed on the way.
+    fn checkout(&self, endpoint: &Endpoint, anywhere: bool) -> Option<Conn> {
+        let own = crate::shard::index() % self.idle.len();
+        let lists = self.idle.len();
+        let order = (0..if anywhere { lists } else { 1 }).map(|k| (own + k) % lists);
+        for i in order {
+            loop {
+                let mut found = {
+                    let mut idle = self.idle[i].lock().unwrap_or_else(|e| e.into_inner());
+                    match idle.iter().rposition(|c| c.endpoint == *endpoint) {
+                        Some(pos) => idle.swap_remove(pos),
+                        None => break,
+                    }
+                };
+                if found.conn.still_open() {
+                    return Some(found.conn);
+                }
             }
         }
+        None
     }
 
     fn checkin(&self, endpoint: Endpoint, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.own().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
@@ -280,11 +312,18 @@ impl Upstream {
         self.returned.notify_one();
     }
 
-    /// Closes one idle connection to a server other than `endpoint`.
+    /// Closes one idle connection to a server other than `endpoint`, this
+    /// thread's first.
     fn evict_other(&self, endpoint: &Endpoint) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pos) = idle.iter().position(|i| i.endpoint != *endpoint) {
-            idle.remove(pos);
+        let own = crate::shard::index() % self.idle.len();
+        for k in 0..self.idle.len() {
+            let mut idle = self.idle[(own + k) % self.idle.len()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = idle.iter().position(|i| i.endpoint != *endpoint) {
+                idle.remove(pos);
+                return;
+            }
         }
     }
 
