@@ -347,7 +347,15 @@ where
             }
             Ended::Parked => {}
         }
-        io.read_ahead = parts.read_buf;
+        // An empty read-ahead still holds hyper's whole read buffer (the
+        // `Bytes` shares its allocation): let it go with the rest.
+        io.read_ahead = if parts.read_buf.is_empty() {
+            // Now, not when `parts` goes out of scope after the wait.
+            drop(parts.read_buf);
+            Bytes::new()
+        } else {
+            parts.read_buf
+        };
         service = parts.service;
         tracing::trace!("HTTP/1.1 client connection parked while idle");
         if io.read_ahead.is_empty() {
