@@ -82,6 +82,12 @@ impl Shards {
         })
     }
 
+    /// Shard `i`'s runtime, to spawn onto (tests, and callers that
+    /// choose the shard themselves).
+    pub fn handle(&self, i: usize) -> &Handle {
+        &self.shards[i % self.shards.len()].handle
+    }
+
     /// How many shards serve.
     pub fn len(&self) -> usize {
         self.shards.len()

@@ -461,6 +461,107 @@ mod tests {
         other.await.unwrap();
     }
 
+    /// A Livy stand-in answering `{}` to every request, and how many
+    /// connections it accepted.
+    async fn counting_livy() -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = crate::node::Origin::parse(
+            &format!("http://{}", listener.local_addr().unwrap()),
+            crate::node::AddressDefaults::default(),
+        )
+        .unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (Endpoint::of(&origin), accepted)
+    }
+
+    /// One GET through `pool` from shard `on`, its body read to the end.
+    async fn get_on(
+        shards: &crate::shard::Shards,
+        on: usize,
+        pool: &Arc<Upstream>,
+        endpoint: &Endpoint,
+    ) {
+        use http_body_util::BodyExt;
+        let (pool, endpoint) = (pool.clone(), endpoint.clone());
+        shards
+            .handle(on)
+            .spawn(async move {
+                assert_eq!(crate::shard::index(), on);
+                let mut req = Request::new(UpstreamBody::Buffered(Bytes::new()));
+                let resp = pool.send(&endpoint, &mut req).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            })
+            .await
+            .unwrap();
+    }
+
+    fn pool(max_connections: usize) -> Arc<Upstream> {
+        let connector = Connector::new(
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(60),
+            None,
+        );
+        Upstream::new(connector, 8, max_connections)
+    }
+
+    #[tokio::test]
+    async fn each_thread_reuses_its_own_idle_connections() {
+        let shards = crate::shard::Shards::start(2).unwrap();
+        let (endpoint, accepted) = counting_livy().await;
+        let pool = pool(8);
+        get_on(&shards, 0, &pool, &endpoint).await;
+        get_on(&shards, 1, &pool, &endpoint).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "shard 1 opened its own, not shard 0's idle one"
+        );
+        for on in [0, 1, 0, 1] {
+            get_on(&shards, on, &pool, &endpoint).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "then each reused its own"
+        );
+        shards.stop().await;
+    }
+
+    #[tokio::test]
+    async fn at_the_limit_a_thread_takes_another_threads_idle_connection() {
+        let shards = crate::shard::Shards::start(2).unwrap();
+        let (endpoint, accepted) = counting_livy().await;
+        let pool = pool(1);
+        get_on(&shards, 0, &pool, &endpoint).await;
+        get_on(&shards, 1, &pool, &endpoint).await;
+        get_on(&shards, 0, &pool, &endpoint).await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection allowed: shared, not waited for"
+        );
+        shards.stop().await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn with_nothing_else_ready_the_task_goes_on() {
         tokio::time::timeout(
