@@ -2,11 +2,12 @@
 //! current-thread tokio runtime, the shape of HAProxy's and nginx's
 //! workers.
 //!
-//! Why not tokio's multi-thread runtime: with wrk and Livy sharing the
-//! cores (a sidecar, a gateway), its work stealing moved connections'
-//! tasks between the two workers and the kernel moved the workers, two to
-//! three times as many CPU migrations per request as HAProxy, and a
-//! quarter fewer requests per second (docs/benchmarks.md, issue 21).
+//! Why not tokio's multi-thread runtime: with the clients and Livy sharing
+//! the cores (a sidecar, a gateway), its work stealing moved connections'
+//! tasks between the workers and the kernel moved the workers, two to
+//! three times as many CPU migrations per request as HAProxy, and up to a
+//! quarter fewer requests per second (docs/benchmarks.md, "A runtime per
+//! core").
 //! Here a connection lives on one shard from accept to close: its
 //! requests, its upstream connections (the pool keeps one idle list per
 //! shard) and its timers stay on one thread's caches and epoll.
