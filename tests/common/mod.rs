@@ -835,7 +835,26 @@ impl Proxy {
     }
 
     /// [`Proxy::start`] with more environment variables (`KRB5_CONFIG`).
+    ///
+    /// A free port can be taken by a concurrent test between `free_port`
+    /// and the proxy's bind: a start that fails with "Address already in
+    /// use" is tried again on new ports (a few times).
     pub fn start_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Proxy {
+        for _ in 0..4 {
+            match Proxy::try_start(args, env) {
+                Ok(p) => return p,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("livy-proxy did not start:\n{log}"),
+            }
+        }
+        match Proxy::try_start(args, env) {
+            Ok(p) => p,
+            Err(log) => panic!("livy-proxy did not start:\n{log}"),
+        }
+    }
+
+    /// One start on fresh ports: the proxy, or its log.
+    fn try_start<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Result<Proxy, String> {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -856,18 +875,15 @@ impl Proxy {
             proc.exited() || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
         if !up || proc.exited() {
-            panic!(
-                "livy-proxy did not start:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            return Err(std::fs::read_to_string(&log).unwrap_or_default());
         }
-        Proxy {
+        Ok(Proxy {
             proc,
             addr,
             admin,
             log,
             _dir: dir,
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
