@@ -160,10 +160,21 @@ fn init_logging(config: &Config) -> SetLogLevel {
 }
 
 fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
-    // The main runtime is one thread: the accept loops, discovery, the
-    // admin listener, reloads. Connections are served on `worker-threads`
-    // threads of their own (`shard`), or here when that is 1.
-    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    // The main runtime runs the accept loops, discovery, the admin
+    // listener and reloads; connections are served on `worker-threads`
+    // threads of their own (`shard`). It has two threads, so that a call
+    // that blocks one (zookeeper-client renews Kerberos tickets inline,
+    // for as long as the KDC takes) leaves accepting and `/readyz`
+    // running. With `worker-threads = 1` everything runs on one thread,
+    // as asked.
+    let mut runtime = match app::serving_threads(config.runtime.worker_threads) {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2).thread_name("livy-proxy-main");
+            b
+        }
+    };
     runtime.enable_all();
     let runtime = runtime.build().context("starting the async runtime")?;
     runtime.block_on(async {
