@@ -260,7 +260,7 @@ mod tests {
         drop(releases.next());
         // The counts drop on the shard's thread, as its tasks end.
         let mut next = String::new();
-        for _ in 0..100 {
+        for _ in 0..500 {
             if shards.shards[0].open.load(Ordering::Relaxed) == 0 {
                 let (_r, wait) = oneshot::channel();
                 next = serve(&shards, ours.next().unwrap(), wait).await.unwrap();

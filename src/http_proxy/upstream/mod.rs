@@ -502,15 +502,17 @@ mod tests {
     ) {
         use http_body_util::BodyExt;
         let (pool, endpoint) = (pool.clone(), endpoint.clone());
-        shards
-            .handle(on)
-            .spawn(async move {
-                assert_eq!(crate::shard::index(), on);
-                let mut req = Request::new(UpstreamBody::Buffered(Bytes::new()));
-                let resp = pool.send(&endpoint, &mut req).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-            })
+        let sent = shards.handle(on).spawn(async move {
+            assert_eq!(crate::shard::index(), on);
+            let mut req = Request::new(UpstreamBody::Buffered(Bytes::new()));
+            let resp = pool.send(&endpoint, &mut req).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        });
+        // A pool that waits for a slot nobody frees fails here, not by
+        // hanging the test run.
+        tokio::time::timeout(std::time::Duration::from_secs(30), sent)
             .await
+            .expect("the request was served")
             .unwrap();
     }
 
