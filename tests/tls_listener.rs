@@ -836,29 +836,7 @@ fn the_jdbc_listener_terminates_tls_in_front_of_a_plain_thrift_port() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("JDBC CA");
     let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c, k) = ca.server(5);
-    let plan = SimCluster::plan(1);
-    let thrift_port = plan.thrift_port().to_string();
-    let sim = plan.start_static(0);
-    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start(&[
-        "--node",
-        &sim.node_arg(0),
-        "--thrift-listen",
-        &jdbc.to_string(),
-        "--thrift-port",
-        &thrift_port,
-        "--thrift-tls-cert",
-        &write(tmp.path(), "c.pem", &c),
-        "--thrift-tls-key",
-        &write(tmp.path(), "k.pem", &k),
-    ]);
-    assert!(
-        wait_until(DEADLINE, || curl_body(&format!("{}/version", proxy.url()))
-            .contains("version")),
-        "{}",
-        proxy.logs()
-    );
+    let (_proxy, jdbc, _sim) = terminating_proxy(tmp.path(), &ca, &[]);
     let mut conn = TlsConn::open(jdbc, client_config(&ca_file, None)).expect("TLS to JDBC");
     assert_eq!(conn.serial(), "05");
     assert_eq!(
@@ -976,40 +954,11 @@ async fn reencrypting_proxy(
     livy_ca: &Ca,
     trusted: &str,
 ) -> (Proxy, SocketAddr, SimCluster) {
-    let (lc, lk) = listener_ca.server(5);
     let (c, k) = livy_ca.server(9);
     let thrift_addr = tls_echo(&c, &k).await;
-    let sim = SimCluster::plan(1).start_static(0);
-    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let node = sim.node_arg(0);
-    let id = node.split('=').next().unwrap().to_string();
-    let proxy = Proxy::start(&[
-        "--node",
-        &node,
-        "--thrift-listen",
-        &jdbc.to_string(),
-        "--thrift-node",
-        &format!("{id}={thrift_addr}"),
-        "--thrift-tls-cert",
-        &write(tmp, "lc.pem", &lc),
-        "--thrift-tls-key",
-        &write(tmp, "lk.pem", &lk),
-        "--thrift-tls-mode",
-        "reencrypt",
-        "--thrift-upstream-ca",
-        trusted,
-    ]);
-    let url = format!("{}/version", proxy.url());
-    assert!(
-        tokio::task::spawn_blocking(
-            move || wait_until(DEADLINE, || curl_body(&url).contains("version"))
-        )
-        .await
-        .unwrap(),
-        "{}",
-        proxy.logs()
-    );
-    (proxy, jdbc, sim)
+    let more = vec!["--thrift-upstream-ca".to_string(), trusted.to_string()];
+    // The tests run on the multi-thread runtime: its worker may block.
+    tokio::task::block_in_place(|| reencrypt_to(tmp, listener_ca, thrift_addr, more))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1057,6 +1006,41 @@ async fn jdbc_reencrypt_refuses_a_thrift_port_whose_certificate_it_does_not_trus
         "{}",
         proxy.logs()
     );
+}
+
+/// A proxy whose JDBC listener terminates TLS with `ca`'s certificate
+/// (serial 5) in front of a simulated Livy's plain Thrift port, with
+/// `more` flags, once it serves; its JDBC address and the sim.
+fn terminating_proxy(tmp: &Path, ca: &Ca, more: &[&str]) -> (Proxy, SocketAddr, SimCluster) {
+    let (c, k) = ca.server(5);
+    let plan = SimCluster::plan(1);
+    let thrift_port = plan.thrift_port().to_string();
+    let sim = plan.start_static(0);
+    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let node = sim.node_arg(0);
+    let (cert, key) = (write(tmp, "c.pem", &c), write(tmp, "k.pem", &k));
+    let jdbc_arg = jdbc.to_string();
+    let mut args = vec![
+        "--node",
+        &node,
+        "--thrift-listen",
+        &jdbc_arg,
+        "--thrift-port",
+        &thrift_port,
+        "--thrift-tls-cert",
+        &cert,
+        "--thrift-tls-key",
+        &key,
+    ];
+    args.extend_from_slice(more);
+    let proxy = Proxy::start(&args);
+    assert!(
+        wait_until(DEADLINE, || curl_body(&format!("{}/version", proxy.url()))
+            .contains("version")),
+        "{}",
+        proxy.logs()
+    );
+    (proxy, jdbc, sim)
 }
 
 /// Whether a TLS connection to the JDBC listener at `jdbc` (trusting
@@ -1213,32 +1197,9 @@ fn the_jdbc_access_log_names_the_verified_client_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("JDBC mTLS CA");
     let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c, k) = ca.server(5);
     let (cc, ck) = ca.client("alice", false);
-    let plan = SimCluster::plan(1);
-    let thrift_port = plan.thrift_port().to_string();
-    let sim = plan.start_static(0);
-    let jdbc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = Proxy::start(&[
-        "--node",
-        &sim.node_arg(0),
-        "--thrift-listen",
-        &jdbc.to_string(),
-        "--thrift-port",
-        &thrift_port,
-        "--thrift-tls-cert",
-        &write(tmp.path(), "c.pem", &c),
-        "--thrift-tls-key",
-        &write(tmp.path(), "k.pem", &k),
-        "--thrift-tls-client-ca",
-        &ca_file,
-    ]);
-    assert!(
-        wait_until(DEADLINE, || curl_body(&format!("{}/version", proxy.url()))
-            .contains("version")),
-        "{}",
-        proxy.logs()
-    );
+    let (proxy, jdbc, _sim) =
+        terminating_proxy(tmp.path(), &ca, &["--thrift-tls-client-ca", &ca_file]);
     let (cc, ck) = (
         write(tmp.path(), "cc.pem", &cc),
         write(tmp.path(), "ck.pem", &ck),
