@@ -233,20 +233,16 @@ impl UpstreamTls {
 }
 
 impl super::source::Renewable for UpstreamTls {
-    fn files(&self) -> Vec<PathBuf> {
-        self.spec
-            .files()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect()
+    fn spec_files(&self) -> Vec<&Path> {
+        self.spec.files()
     }
 
-    fn reload_if_changed(&self) {
-        let now = super::source::read_all(&self.spec.files());
-        if *self.tried.lock().unwrap_or_else(|e| e.into_inner()) == now {
-            return;
-        }
-        self.reload("file change");
+    fn last_tried(&self) -> &Mutex<Option<Vec<u8>>> {
+        &self.tried
+    }
+
+    fn renew(&self, trigger: &str) {
+        self.reload(trigger);
     }
 }
 

@@ -148,30 +148,47 @@ impl TlsSource {
 }
 
 /// TLS configuration read from files, renewed when they change: a
-/// listener's ([`TlsSource`]) or a client's to Livy.
+/// listener's ([`TlsSource`]) or a client's to Livy. An implementor
+/// names its files, its last bytes tried and how it reloads; the watcher
+/// uses the two provided methods.
 pub trait Renewable: Send + Sync {
-    /// The files it is read from (their directories are watched).
-    fn files(&self) -> Vec<PathBuf>;
-    /// Reads the files again and loads them if their bytes differ from the
-    /// last ones tried.
-    fn reload_if_changed(&self);
-}
+    /// The files it is read from.
+    fn spec_files(&self) -> Vec<&Path>;
+    /// The files' bytes at the last reload tried (`None`: unreadable).
+    fn last_tried(&self) -> &Mutex<Option<Vec<u8>>>;
+    /// Loads the files again; `trigger` names why, for the log.
+    fn renew(&self, trigger: &str);
 
-impl Renewable for TlsSource {
+    /// The files it is read from, owned (their directories are watched).
     fn files(&self) -> Vec<PathBuf> {
-        self.spec
-            .files()
+        self.spec_files()
             .into_iter()
             .map(Path::to_path_buf)
             .collect()
     }
 
+    /// Reads the files again and loads them if their bytes differ from the
+    /// last ones tried.
     fn reload_if_changed(&self) {
-        let now = read_all(&self.spec.files());
-        if *self.tried.lock().unwrap_or_else(|e| e.into_inner()) == now {
+        let now = read_all(&self.spec_files());
+        if *self.last_tried().lock().unwrap_or_else(|e| e.into_inner()) == now {
             return;
         }
-        self.reload("file change");
+        self.renew("file change");
+    }
+}
+
+impl Renewable for TlsSource {
+    fn spec_files(&self) -> Vec<&Path> {
+        self.spec.files()
+    }
+
+    fn last_tried(&self) -> &Mutex<Option<Vec<u8>>> {
+        &self.tried
+    }
+
+    fn renew(&self, trigger: &str) {
+        self.reload(trigger);
     }
 }
 
