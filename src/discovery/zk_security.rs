@@ -109,6 +109,16 @@ pub struct ZkSecurityError {
     pub problem: String,
 }
 
+/// The shared PEM reader's error names the key and file the same way.
+impl From<crate::tls::pem::PemError> for ZkSecurityError {
+    fn from(e: crate::tls::pem::PemError) -> Self {
+        ZkSecurityError {
+            key: e.key,
+            problem: e.problem,
+        }
+    }
+}
+
 fn bad(key: &'static str, path: &Path, problem: impl std::fmt::Display) -> ZkSecurityError {
     ZkSecurityError {
         key,
@@ -456,21 +466,18 @@ impl ZkSecurity {
         };
         // The same PEM reading as the TLS clients to Livy, but only the
         // `zk-tls-ca` bundle is trusted (no system roots), as the crate does.
-        let keyed = |e: crate::tls::pem::PemError| ZkSecurityError {
-            key: e.key,
-            problem: e.problem,
-        };
         let mut roots = rustls::RootCertStore::empty();
-        crate::tls::pem::add_roots(&mut roots, "zk-tls-ca", &t.ca).map_err(keyed)?;
+        crate::tls::pem::add_roots(&mut roots, "zk-tls-ca", &t.ca)?;
         let identity = match &t.identity {
             None => None,
-            Some((cert, key)) => Some(
-                crate::tls::pem::Identity::read("zk-tls-cert", cert, "zk-tls-key", key)
-                    .map_err(keyed)?,
-            ),
+            Some((cert, key)) => Some(crate::tls::pem::Identity::read(
+                "zk-tls-cert",
+                cert,
+                "zk-tls-key",
+                key,
+            )?),
         };
-        let config =
-            crate::tls::pem::client_config(roots, identity, &[], "zk-tls-ca").map_err(keyed)?;
+        let config = crate::tls::pem::client_config(roots, identity, &[], "zk-tls-ca")?;
         Ok(Arc::new(config))
     }
 }
