@@ -89,16 +89,6 @@ impl Shards {
         &self.shards[i % self.shards.len()].handle
     }
 
-    /// How many shards serve.
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Always false: at least one shard serves.
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// Hands `stream` (just accepted, on the caller's runtime) to the
     /// shard with the fewest open connections. Spawn the connection's task
     /// on the returned handle and call [`Arrival::into_stream`] first

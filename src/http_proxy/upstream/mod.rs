@@ -273,16 +273,16 @@ impl Upstream {
         }
     }
 
-    /// This thread's idle list.
-    fn own(&self) -> &Mutex<Vec<Idle>> {
-        &self.idle[crate::shard::index() % self.idle.len()]
+    /// Which idle list is this thread's.
+    fn own_index(&self) -> usize {
+        crate::shard::index() % self.idle.len()
     }
 
     /// The most recently used idle connection to `endpoint` on this
     /// thread's list (`anywhere`: then on any list), dropping any found
     /// closed on the way.
     fn checkout(&self, endpoint: &Endpoint, anywhere: bool) -> Option<Conn> {
-        let own = crate::shard::index() % self.idle.len();
+        let own = self.own_index();
         let lists = self.idle.len();
         let order = (0..if anywhere { lists } else { 1 }).map(|k| (own + k) % lists);
         for i in order {
@@ -303,7 +303,9 @@ impl Upstream {
     }
 
     fn checkin(&self, endpoint: Endpoint, conn: Conn) {
-        let mut idle = self.own().lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle[self.own_index()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
@@ -315,7 +317,7 @@ impl Upstream {
     /// Closes one idle connection to a server other than `endpoint`, this
     /// thread's first.
     fn evict_other(&self, endpoint: &Endpoint) {
-        let own = crate::shard::index() % self.idle.len();
+        let own = self.own_index();
         for k in 0..self.idle.len() {
             let mut idle = self.idle[(own + k) % self.idle.len()]
                 .lock()
