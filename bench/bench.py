@@ -35,9 +35,13 @@ Parts:
             against when the new leader learned it leads; failed requests
             under steady load.
   ab        (only when asked: --parts ab --ab-binary OTHER) this build against
-            another livy-proxy binary and HAProxy, one worker each, in
-            interleaved rounds (--rounds, e.g. 10): for a change to the hot
-            path, paired rounds take the VM's drift out of the comparison.
+            another livy-proxy binary and HAProxy, in interleaved rounds
+            (--rounds, e.g. 10): for a change to the hot path, paired rounds
+            take the VM's drift out of the comparison. --ab-mode (a mode of
+            --modes, default pinned: one worker each) sets the threads and
+            pinning. Besides the proxy's CPU per request it reports the
+            upstream's and wrk's: a proxy that writes its answers one by
+            one costs its peers wake-ups.
 Writes bench/results/latest.json and docs/benchmarks-*.png, prints a table.
 """
 import argparse
@@ -235,7 +239,8 @@ def nginx_conf(body):
     return d / "nginx.conf"
 
 
-def start_upstream():
+def start_upstream(with_proc=False):
+    """The nginx upstream's port (and, `with_proc`, its process)."""
     port = free_port()
     conf = nginx_conf(f"""
 worker_processes 1;
@@ -253,9 +258,9 @@ http {{
     location / {{ return 200 '{JSON_BODY}'; }}
   }}
 }}""")
-    start("upstream-nginx", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
+    p = start("upstream-nginx", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
     wait_port(port)
-    return port
+    return (port, p) if with_proc else port
 
 
 def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-proxy", tls=False):
@@ -378,10 +383,16 @@ def warm_up(port, conns, scheme="http"):
     subprocess.run(wrk_cmd(port, conns, 1, scheme), capture_output=True)
 
 
-def wrk(port, conns, seconds, pid=None, scheme="http"):
+def wrk(port, conns, seconds, pid=None, scheme="http", upstream_pid=None):
+    """One wrk run's JSON; with `pid` the proxy's user and system CPU per
+    request, with `upstream_pid` the upstream's (and always wrk's own)."""
     before = cpu_us(pid) if pid else None
+    up_before = cpu_us(upstream_pid) if upstream_pid else None
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(wrk_cmd(port, conns, seconds, scheme), capture_output=True, text=True).stdout
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = cpu_us(pid) if pid else None
+    up_after = cpu_us(upstream_pid) if upstream_pid else None
     m = re.search(r"^JSON (.*)$", out, re.M)
     if not m:
         raise SystemExit(f"wrk failed:\n{out}")
@@ -389,6 +400,13 @@ def wrk(port, conns, seconds, pid=None, scheme="http"):
     if before and r["requests"]:
         r["user_us_per_req"] = (after[0] - before[0]) / r["requests"]
         r["sys_us_per_req"] = (after[1] - before[1]) / r["requests"]
+    if r["requests"]:
+        # wrk is the only child waited for in between.
+        spent = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+        r["wrk_us_per_req"] = spent * 1e6 / r["requests"]
+        if up_before:
+            r["upstream_us_per_req"] = sum(up_after) - sum(up_before)
+            r["upstream_us_per_req"] /= r["requests"]
     return r
 
 
@@ -400,7 +418,7 @@ def summarize_wrk(rs):
     return r
 
 
-def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http"):
+def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http", upstream=None):
     """wrk against every target in turn, `rounds` times, after a warm-up of
     each: a slow minute on this VM then falls on all of them alike. The
     wrk results per target name, one per round. `scheme` https: wrk speaks
@@ -411,7 +429,8 @@ def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http"):
     for _ in range(rounds):
         for name, port in targets.items():
             proc = procs.get(name)
-            runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None, scheme=scheme))
+            runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None, scheme=scheme,
+                                  upstream_pid=pid_of(upstream) if upstream else None))
     return runs
 
 
@@ -490,39 +509,55 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
     return out
 
 
-def bench_ab(seconds, conns_list, rounds, other):
+def bench_ab(seconds, conns_list, rounds, other, mode="pinned"):
     """This build ("this") against another livy-proxy binary ("other") and
-    HAProxy, one worker each, in interleaved rounds. Besides each one's
-    medians it reports the paired comparison of this and other round by
-    round: in how many rounds this build's p99 was lower, and the median of
-    the ratios (this / other) of p99, req/s and CPU per request."""
-    up = start_upstream()
-    targets, procs = {}, {}
-    targets["this"], procs["this"] = start_livy_proxy("ab-this", up, threads=1)
-    targets["other"], procs["other"] = start_livy_proxy("ab-other", up, threads=1, binary=Path(other))
-    targets["haproxy"], procs["haproxy"] = start_haproxy(up)
-    results = {}
-    for c in conns_list:
-        runs = interleaved_rounds(targets, procs, c, seconds, rounds)
-        cpu = {n: [x["user_us_per_req"] + x["sys_us_per_req"] for x in rs] for n, rs in runs.items()}
-        paired = list(zip(runs["this"], runs["other"], cpu["this"], cpu["other"]))
-        r = {
-            "rounds": {n: [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs] for n, rs in runs.items()},
-            "p99_lower_than_other": sum(a["p99"] < b["p99"] for a, b, _, _ in paired),
-            "p99_ratio": median([a["p99"] / b["p99"] for a, b, _, _ in paired]),
-            "rps_ratio": median([a["rps"] / b["rps"] for a, b, _, _ in paired]),
-            "cpu_ratio": median([ca / cb for _, _, ca, cb in paired]),
-        }
-        results[str(c)] = r
-        for n, rs in runs.items():
-            print(f"  ab   {n:8} c={c:<4} {median([x['rps'] for x in rs]):>9.0f} req/s  p50 {median([x['p50'] for x in rs]):>6} us"
-                  f"  p99 {median([x['p99'] for x in rs]):>6} us  p99.9 {median([x['p999'] for x in rs]):>6} us"
-                  f"  cpu {median(cpu[n]):5.2f} us/req", flush=True)
-        print(f"  ab   this/other c={c}: p99 lower in {r['p99_lower_than_other']} of {rounds} rounds, median ratios"
-              f" p99 {r['p99_ratio']:.2f}, req/s {r['rps_ratio']:.3f}, cpu/req {r['cpu_ratio']:.3f}", flush=True)
-    for p in procs.values():
-        stop(p)
-    return results
+    HAProxy, with the threads and pinning of `mode` (one of MODES), in
+    interleaved rounds. Besides each one's medians it reports the paired
+    comparison of this and other round by round: in how many rounds this
+    build's p99 was lower, and the median of the ratios (this / other) of
+    p99, req/s and CPU per request of the proxy, the upstream and wrk."""
+    global PIN
+    pin, threads = MODES[mode]
+    PIN = pin
+    try:
+        up, up_proc = start_upstream(with_proc=True)
+        targets, procs = {}, {}
+        targets["this"], procs["this"] = start_livy_proxy("ab-this", up, threads=threads)
+        targets["other"], procs["other"] = start_livy_proxy("ab-other", up, threads=threads, binary=Path(other))
+        targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads)
+        results = {"mode": mode}
+        for c in conns_list:
+            runs = interleaved_rounds(targets, procs, c, seconds, rounds, upstream=up_proc)
+            cpu = {n: [x["user_us_per_req"] + x["sys_us_per_req"] for x in rs] for n, rs in runs.items()}
+            peers = {k: {n: [x.get(k, 0.0) for x in rs] for n, rs in runs.items()}
+                     for k in ("upstream_us_per_req", "wrk_us_per_req")}
+
+            def ratio(values):
+                return median([a / b for a, b in zip(values["this"], values["other"]) if b])
+            paired = list(zip(runs["this"], runs["other"]))
+            r = {
+                "rounds": {n: [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs] for n, rs in runs.items()},
+                "p99_lower_than_other": sum(a["p99"] < b["p99"] for a, b in paired),
+                "p99_ratio": median([a["p99"] / b["p99"] for a, b in paired]),
+                "rps_ratio": median([a["rps"] / b["rps"] for a, b in paired]),
+                "cpu_ratio": ratio(cpu),
+                "upstream_cpu_ratio": ratio(peers["upstream_us_per_req"]),
+                "wrk_cpu_ratio": ratio(peers["wrk_us_per_req"]),
+            }
+            results[str(c)] = r
+            for n, rs in runs.items():
+                print(f"  ab   {n:8} c={c:<4} {median([x['rps'] for x in rs]):>9.0f} req/s  p50 {median([x['p50'] for x in rs]):>6} us"
+                      f"  p99 {median([x['p99'] for x in rs]):>6} us  p99.9 {median([x['p999'] for x in rs]):>6} us"
+                      f"  cpu {median(cpu[n]):5.2f} us/req  upstream {median(peers['upstream_us_per_req'][n]):5.2f}"
+                      f"  wrk {median(peers['wrk_us_per_req'][n]):5.2f}", flush=True)
+            print(f"  ab   this/other c={c} ({mode}): p99 lower in {r['p99_lower_than_other']} of {rounds} rounds, median ratios"
+                  f" p99 {r['p99_ratio']:.2f}, req/s {r['rps_ratio']:.3f}, cpu/req {r['cpu_ratio']:.3f},"
+                  f" upstream cpu/req {r['upstream_cpu_ratio']:.3f}, wrk cpu/req {r['wrk_cpu_ratio']:.3f}", flush=True)
+        for p in [*procs.values(), up_proc]:
+            stop(p)
+        return results
+    finally:
+        PIN = True
 
 
 # --- TCP -------------------------------------------------------------------
@@ -1155,6 +1190,8 @@ def main():
     ap.add_argument("--tls-modes", default="pinned",
                     help="with --parts tls: handshakes and HTTPS in which of " + ", ".join(MODES))
     ap.add_argument("--ab-binary", help="with --parts ab: the livy-proxy binary to compare this build with")
+    ap.add_argument("--ab-mode", default="pinned", choices=sorted(MODES),
+                    help="with --parts ab: threads and pinning, as in --modes (default pinned, one worker each)")
     ap.add_argument("--out", help="results JSON; default bench/results/latest.json for a full run, "
                     "target/bench/<parts>.json for a subset (so a subset never replaces the published run)")
     a = ap.parse_args()
@@ -1190,7 +1227,7 @@ def main():
             if not a.ab_binary:
                 raise SystemExit("--parts ab needs --ab-binary OTHER (a livy-proxy binary)")
             print("A/B", flush=True)
-            results["ab"] = bench_ab(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds, a.ab_binary)
+            results["ab"] = bench_ab(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds, a.ab_binary, a.ab_mode)
         if "failover" in parts:
             print("Failover", flush=True)
             results["failover"] = bench_failover(a.failover_rounds)
