@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, SimCluster, ZooKeeper, http_request, wait_until};
+use common::{Proxy, SimCluster, ZooKeeper, http_request, metric, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -19,12 +19,6 @@ async fn get(url: &str) -> (u16, String) {
 async fn json(url: &str) -> serde_json::Value {
     let (_, body) = get(url).await;
     serde_json::from_str(&body).unwrap_or_default()
-}
-
-/// A sample's value in the exposition text (`name{labels} value`).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 async fn until_async<F, Fut>(mut check: F) -> bool
@@ -108,17 +102,17 @@ async fn readiness_status_metrics_and_access_log_follow_the_leader_through_a_fai
         "one is made when absent"
     );
     let (_, text) = get(&format!("{admin}/metrics")).await;
-    let gets = sample(
+    let gets = metric(
         &text,
         r#"livy_proxy_http_requests_total{service="default",method="GET",status_class="2xx"}"#,
     );
     assert_eq!(gets, Some(6.0), "{text}");
     assert_eq!(
-        sample(&text, r#"livy_proxy_leader_known{service="default"}"#),
+        metric(&text, r#"livy_proxy_leader_known{service="default"}"#),
         Some(1.0)
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_zookeeper_connected{service="default"}"#
         ),
@@ -161,7 +155,7 @@ async fn readiness_status_metrics_and_access_log_follow_the_leader_through_a_fai
     assert!(changes.len() >= 2, "{status}");
     let (_, text) = get(&format!("{admin}/metrics")).await;
     assert!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_leader_changes_total{service="default"}"#
         ) >= Some(2.0),
@@ -265,7 +259,7 @@ async fn the_in_flight_limit_sheds_with_503_overloaded() {
     assert_eq!(slow.await.unwrap().0, 200, "the request inside is served");
     let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_requests_shed_total{service="default"}"#
         ),
@@ -291,7 +285,7 @@ async fn the_limits_and_retry_after_are_live_on_reload() {
         let admin = admin.clone();
         async move {
             let (_, text) = get(&format!("{admin}/metrics")).await;
-            sample(
+            metric(
                 &text,
                 r#"livy_proxy_config_reloads_total{service="default",result="success"}"#,
             ) == Some(n)
@@ -381,7 +375,7 @@ async fn sighup_applies_live_keys_names_restart_only_ones_and_keeps_a_jdbc_strea
         let admin = admin.clone();
         async move {
             let (_, text) = get(&format!("{admin}/metrics")).await;
-            sample(
+            metric(
                 &text,
                 &format!(
                     r#"livy_proxy_config_reloads_total{{service="default",result="{result}"}}"#
@@ -596,7 +590,7 @@ async fn a_jdbc_connection_gets_an_access_line_and_its_metrics() {
     );
     let (_, text) = get(&format!("{}/metrics", proxy.admin_url())).await;
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_jdbc_connections_total{service="default"}"#
         ),
@@ -604,14 +598,14 @@ async fn a_jdbc_connection_gets_an_access_line_and_its_metrics() {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_jdbc_connections_open{service="default"}"#
         ),
         Some(0.0)
     );
     assert_eq!(
-        sample(
+        metric(
             &text,
             r#"livy_proxy_bytes_total{service="default",listener="jdbc",direction="received"}"#
         ),

@@ -98,18 +98,6 @@ fn curl(ca: &str, url: &str, more: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// The sim's recorded requests that curl sent (not the proxy's probes).
-fn curl_requests(sim: &SimCluster) -> Vec<serde_json::Value> {
-    sim.requests(0)
-        .into_iter()
-        .filter(|r| {
-            r["headers"]["user-agent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("curl/"))
-        })
-        .collect()
-}
-
 #[test]
 fn http1_and_h2_over_tls_reach_livy_as_https() {
     let pki = Pki::new();
@@ -137,7 +125,7 @@ fn http1_and_h2_over_tls_reach_livy_as_https() {
         "200 1.1"
     );
 
-    let seen = curl_requests(&sim);
+    let seen = sim.curl_requests(0);
     assert_eq!(seen.len(), 3, "{seen:?}");
     for r in &seen {
         assert_eq!(r["headers"]["x-forwarded-proto"], "https", "{r}");
@@ -199,7 +187,7 @@ fn plain_http_to_the_tls_port_is_not_served() {
         "served over plain HTTP: {}",
         String::from_utf8_lossy(&answer)
     );
-    assert!(curl_requests(&sim).is_empty(), "reached Livy");
+    assert!(sim.curl_requests(0).is_empty(), "reached Livy");
     assert!(
         common::wait_until(Duration::from_secs(5), || proxy
             .logs()

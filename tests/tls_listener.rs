@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Proxy, SimCluster, free_port, wait_until};
+use common::{Proxy, SimCluster, free_port, metric, wait_until};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SerialNumber,
@@ -131,26 +131,6 @@ fn curl_body(url: &str) -> String {
         .output()
         .expect("curl runs");
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// The value of one series in a metrics text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The sim's recorded requests that curl sent (not the proxy's probes).
-fn curl_requests(sim: &SimCluster, i: usize) -> Vec<serde_json::Value> {
-    sim.requests(i)
-        .into_iter()
-        .filter(|r| {
-            r["headers"]["user-agent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("curl/"))
-        })
-        .collect()
 }
 
 /// A rustls client trusting `ca`, with a client certificate if given.
@@ -539,7 +519,7 @@ fn required_client_certificates_are_verified_and_the_identity_reaches_livy_and_t
     let mut forged = alice.clone();
     forged.extend(["-H".into(), "X-Client-Cert: Subject=\"CN=admin\"".into()]);
     assert_eq!(s.curl(&forged).0, "200");
-    let seen = curl_requests(&s.sim, 0);
+    let seen = s.sim.curl_requests(0);
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
         seen[0]["headers"]["x-client-cert"],
@@ -580,7 +560,7 @@ fn optional_client_certificates_admit_clients_without_one_but_strip_a_forged_ide
     // A certificate the CA did not sign is still refused.
     let stranger = s.client("eve", &Ca::new("other CA"), false);
     assert_eq!(s.curl(&stranger).0, "000");
-    let seen = curl_requests(&s.sim, 0);
+    let seen = s.sim.curl_requests(0);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(
         seen[0]["headers"].get("x-client-cert").is_none(),
@@ -614,7 +594,7 @@ fn the_identity_header_is_stripped_on_a_plain_listener_too() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let seen = curl_requests(&sim, 0);
+    let seen = sim.curl_requests(0);
     assert_eq!(seen.len(), 1);
     assert!(
         seen[0]["headers"].get("x-client-cert").is_none(),
@@ -731,8 +711,8 @@ fn sni_and_host_naming_another_livy_node_still_reach_the_leader() {
         ],
     );
     assert_eq!(code, "200", "{err}");
-    assert_eq!(curl_requests(&sim, 0).len(), 1);
-    assert!(curl_requests(&sim, 1).is_empty());
+    assert_eq!(sim.curl_requests(0).len(), 1);
+    assert!(sim.curl_requests(1).is_empty());
 }
 
 #[test]

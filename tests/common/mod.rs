@@ -800,6 +800,19 @@ impl SimCluster {
             .unwrap_or_default()
     }
 
+    /// The requests node `i` recorded that curl sent (not the proxy's
+    /// probes).
+    pub fn curl_requests(&self, i: usize) -> Vec<serde_json::Value> {
+        self.requests(i)
+            .into_iter()
+            .filter(|r| {
+                r["headers"]["user-agent"]
+                    .as_str()
+                    .is_some_and(|ua| ua.starts_with("curl/"))
+            })
+            .collect()
+    }
+
     /// Sets node `i`'s role by hand (`POST /_sim/role`): it leads if
     /// `leader` is its own index, else it is passive and redirects to
     /// node `leader` (which need not be active: a confused passive).
@@ -1028,4 +1041,13 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     // The venv's scripts carry the path they were made at: use the
     // interpreter directly (it finds its site-packages relative to itself).
     py
+}
+
+/// The value of one series (`name{labels}`, exactly) in a Prometheus
+/// exposition text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
