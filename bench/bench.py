@@ -405,8 +405,7 @@ def wrk(port, conns, seconds, pid=None, scheme="http", upstream_pid=None):
         spent = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
         r["wrk_us_per_req"] = spent * 1e6 / r["requests"]
         if up_before:
-            r["upstream_us_per_req"] = sum(up_after) - sum(up_before)
-            r["upstream_us_per_req"] /= r["requests"]
+            r["upstream_us_per_req"] = (sum(up_after) - sum(up_before)) / r["requests"]
     return r
 
 

@@ -510,10 +510,7 @@ impl SecretFile {
 /// The value of one series in the proxy's /metrics.
 fn metric(proxy: &Proxy, series: &str) -> Option<f64> {
     let text = curl(&format!("{}/metrics", proxy.admin_url()), &[]).1;
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    common::metric(&text, series)
 }
 
 #[test]

@@ -853,16 +853,13 @@ impl Proxy {
     /// and the proxy's bind: a start that fails with "Address already in
     /// use" is tried again on new ports (a few times).
     pub fn start_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Proxy {
-        for _ in 0..4 {
+        let mut retries = 4;
+        loop {
             match Proxy::try_start(args, env) {
                 Ok(p) => return p,
-                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) if retries > 0 && log.contains("Address already in use") => retries -= 1,
                 Err(log) => panic!("livy-proxy did not start:\n{log}"),
             }
-        }
-        match Proxy::try_start(args, env) {
-            Ok(p) => p,
-            Err(log) => panic!("livy-proxy did not start:\n{log}"),
         }
     }
 
