@@ -369,10 +369,18 @@ end
 """
 
 
+# `--think-ms`: each connection pauses this long after an answer before
+# its next request (wrk's `delay()`), so that every proxy gets the same
+# offered load below its limit and the tails compare at equal throughput;
+# 0 is the closed loop, as fast as the answers come.
+THINK_MS = 0
+
+
 def wrk_cmd(port, conns, seconds, scheme="http"):
-    lua = WORK / "report.lua"
+    lua = WORK / f"report-{THINK_MS}.lua"
     if not lua.exists():
-        lua.write_text(WRK_LUA)
+        think = f"delay = function() return {THINK_MS} end\n" if THINK_MS else ""
+        lua.write_text(think + WRK_LUA)
     threads = 1 if conns == 1 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua),
            f"{scheme}://127.0.0.1:{port}/sessions"]
@@ -1191,9 +1199,14 @@ def main():
     ap.add_argument("--ab-binary", help="with --parts ab: the livy-proxy binary to compare this build with")
     ap.add_argument("--ab-mode", default="pinned", choices=sorted(MODES),
                     help="with --parts ab: threads and pinning, as in --modes (default pinned, one worker each)")
+    ap.add_argument("--think-ms", type=int, default=0,
+                    help="a pause per connection between an answer and its next request (wrk's delay()): "
+                         "the same offered load for every proxy, to compare tails below saturation")
     ap.add_argument("--out", help="results JSON; default bench/results/latest.json for a full run, "
                     "target/bench/<parts>.json for a subset (so a subset never replaces the published run)")
     a = ap.parse_args()
+    global THINK_MS
+    THINK_MS = a.think_ms
     parts = a.parts.split(",")
     full = set(parts) >= {"http", "modes", "tcp", "tls", "memory", "failover"}
     out_dir = ROOT / "bench" / "results" if full else ROOT / "target" / "bench"
@@ -1203,7 +1216,8 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
-    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "think_ms": THINK_MS}
     try:
         if "http" in parts:
             print("HTTP", flush=True)

@@ -223,6 +223,46 @@ async fn after_a_step_down_small_requests_go_to_the_new_leader_from_the_second_o
     assert_eq!(hits(&cluster, 1, "/sessions"), 10);
 }
 
+/// The new leader a moment after a failover: its latch names it but its
+/// role has not flipped, so it answers every request with a 307 to the
+/// same URL on itself. The proxy asks it again (every
+/// `SELF_REDIRECT_PAUSE`, within `hold-timeout`) instead of passing the
+/// 307 on or following it round until the hop limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_redirecting_to_itself_is_asked_again_until_it_has_taken_over() {
+    let (cluster, proxy) = static_cluster(&[]);
+    assert_eq!(answered_by(&proxy, "/sessions").await, "livy-1");
+    cluster.set_taking_over(0);
+    for i in 0..3 {
+        cluster.clear_requests(i);
+    }
+    let url = format!("{}/sessions", proxy.url());
+    let request = tokio::spawn(async move { http_request("GET", &url, &[], vec![]).await });
+    // Long enough for several of the proxy's attempts to meet the 307.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !request.is_finished(),
+        "the request was answered while livy-1 redirected"
+    );
+    cluster.set_role(0, 0);
+    let (status, headers, body) = request.await.expect("request task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-livy-node"], "livy-1");
+    assert!(
+        hits(&cluster, 0, "/sessions") >= 3,
+        "livy-1 was asked again: {} times in all",
+        hits(&cluster, 0, "/sessions")
+    );
+    for i in 1..3 {
+        assert_eq!(
+            hits(&cluster, i, "/sessions"),
+            0,
+            "livy-{} was asked",
+            i + 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_to_an_unknown_host_changes_nothing() {
     let (cluster, proxy) = static_cluster(&["--peer", "livy-9=127.0.0.99"]);

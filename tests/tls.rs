@@ -12,10 +12,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::Ca;
 use common::{Proxy, SimCluster};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 
 /// A CA and a server certificate it signed, as PEM files in a temp dir.
 struct Pki {
@@ -25,28 +23,11 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "livy-proxy test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-        let key = KeyPair::generate().expect("server key");
-        let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "livy-proxy");
-        let cert = params.signed_by(&key, &ca).expect("server certificate");
+        let ca = Ca::new("livy-proxy test CA");
+        let (cert, key) = ca.server(1);
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
         Pki { dir }
     }
 
@@ -239,7 +220,7 @@ fn one_of_the_two_keys_or_a_bad_pem_is_a_config_error_naming_it() {
     );
     // A key that is not the certificate's.
     let other = pki.path("other-key.pem");
-    std::fs::write(&other, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    std::fs::write(&other, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
     assert_config_error(
         &with(&[
             "--tls-cert",

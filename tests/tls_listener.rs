@@ -13,71 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::Ca;
 use common::{Proxy, SimCluster, free_port, metric, wait_until};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SerialNumber,
-};
 use rustls_pki_types::pem::PemObject;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A test CA.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for 127.0.0.1 and localhost with `serial`:
-    /// (certificate PEM, key PEM).
-    fn server(&self, serial: u64) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "livy-proxy");
-        params.serial_number = Some(SerialNumber::from(serial));
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A client certificate for `cn` (SANs `{cn}.example` and a SPIFFE
-    /// URI), expired if asked.
-    fn client(&self, cn: &str, expired: bool) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![format!("{cn}.example")]).unwrap();
-        params.subject_alt_names.push(rcgen::SanType::URI(
-            format!("spiffe://test/{cn}").try_into().unwrap(),
-        ));
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
@@ -1226,12 +1166,9 @@ fn health_speaks_https_to_an_admin_tls_listener_trusting_the_certificate_it_serv
     let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
     // A certificate for a service name, not for the 127.0.0.1 health asks:
     // the proxy's own certificate is trusted as it is.
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["livy-proxy.example".into()]).unwrap();
-    params.serial_number = Some(SerialNumber::from(7u64));
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    let admin_cert = write(tmp.path(), "admin.pem", &cert.pem());
-    let admin_key = write(tmp.path(), "admin-key.pem", &key.serialize_pem());
+    let (cert, key) = ca.issue(&["livy-proxy.example"], "livy-proxy");
+    let admin_cert = write(tmp.path(), "admin.pem", &cert);
+    let admin_key = write(tmp.path(), "admin-key.pem", &key);
     let (cc, ck) = ca.client("kubelet", false);
     let (cc, ck) = (
         write(tmp.path(), "cc.pem", &cc),

@@ -17,26 +17,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::pki::Ca;
 use common::{Proxy, SimCluster, SimPlan, ZooKeeper};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 
 /// A private CA and what it signed, as PEM files in a temp dir.
 struct Pki {
     dir: tempfile::TempDir,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key")).expect("CA")
 }
 
 impl Pki {
@@ -45,31 +31,16 @@ impl Pki {
     fn new(server_names: &[&str]) -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
         let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        let server_ca = ca("livy test CA");
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(
-            server_names
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .expect("server params");
-        params.distinguished_name.push(DnType::CommonName, "livy");
-        let cert = params.signed_by(&key, &server_ca).expect("server cert");
+        let server_ca = Ca::new("livy test CA");
+        let (cert, key) = server_ca.issue(server_names, "livy");
         write("ca.pem", server_ca.pem());
-        write("server.pem", cert.pem());
-        write("server-key.pem", key.serialize_pem());
-        let client_ca = ca("livy-proxy client CA");
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "livy-proxy");
-        params.not_after = rcgen::date_time_ymd(2099, 1, 1);
-        let cert = params.signed_by(&key, &client_ca).expect("client cert");
+        write("server.pem", cert);
+        write("server-key.pem", key);
+        let client_ca = Ca::new("livy-proxy client CA");
+        let (cert, key) = client_ca.client_until("livy-proxy", 2099);
         write("client-ca.pem", client_ca.pem());
-        write("client.pem", cert.pem());
-        write("client-key.pem", key.serialize_pem());
+        write("client.pem", cert);
+        write("client-key.pem", key);
         Pki { dir }
     }
 

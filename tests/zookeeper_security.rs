@@ -13,11 +13,9 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::pki::Ca;
 use common::{Proxy, SimCluster, ZkOptions, ZooKeeper, http_request, wait_served_by, wait_until};
 use http::StatusCode;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -32,15 +30,10 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ca = Self::ca("ZooKeeper test CA");
+        let ca = Ca::new("ZooKeeper test CA");
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         for name in ["server", "client"] {
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-                .expect("params");
-            params.distinguished_name.push(DnType::CommonName, name);
-            let cert = params.signed_by(&key, &ca).expect("certificate");
-            let (cert, key) = (cert.pem(), key.serialize_pem());
+            let (cert, key) = ca.issue(&["127.0.0.1", "localhost"], name);
             std::fs::write(dir.path().join(format!("{name}.pem")), &cert).unwrap();
             std::fs::write(dir.path().join(format!("{name}.key")), &key).unwrap();
             std::fs::write(
@@ -50,21 +43,8 @@ impl Pki {
             .unwrap();
         }
         // A CA that signed nothing here: the wrong trust anchor.
-        std::fs::write(dir.path().join("other-ca.pem"), Self::ca("other CA").pem()).unwrap();
+        std::fs::write(dir.path().join("other-ca.pem"), Ca::new("other CA").pem()).unwrap();
         Pki { dir }
-    }
-
-    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        CertifiedIssuer::self_signed(params, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate")
     }
 
     fn path(&self, name: &str) -> String {

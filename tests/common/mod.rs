@@ -9,11 +9,14 @@
 //!   loopback address (127.0.0.11, .12, ...), all on one port, electing
 //!   through the latch.
 //! - [`Proxy`]: the livy-proxy binary under test.
+//! - [`pki`]: test certificates (rcgen).
 //!
 //! Every child is killed and reaped on drop (so a panicking test leaves
 //! nothing behind) and gets `PR_SET_PDEATHSIG` in case the test process
 //! itself dies. Waits are bounded by generous deadlines.
 #![allow(dead_code)]
+
+pub mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -821,6 +824,17 @@ impl SimCluster {
             &self.addr(i),
             "POST",
             &format!("/_sim/role?leader=livy-{}", leader + 1),
+        );
+        assert!(body.is_some(), "livy-sim {} took no role change", i + 1);
+    }
+
+    /// Makes node `i` a leader whose role has not flipped yet: its latch
+    /// names it, and it still redirects every request, to itself.
+    pub fn set_taking_over(&self, i: usize) {
+        let body = sim_get(
+            &self.addr(i),
+            "POST",
+            &format!("/_sim/role?leader=livy-{}&taking-over=1", i + 1),
         );
         assert!(body.is_some(), "livy-sim {} took no role change", i + 1);
     }

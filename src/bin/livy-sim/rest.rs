@@ -139,16 +139,23 @@ fn introspect(sim: &Sim, method: &str, what: &str, query: Option<&str>) -> Resp 
         ("POST", "role") => {
             // A role chosen by the test (a step-down, or a confused passive
             // naming anyone): `?leader=ID`, this server's own id to lead.
+            // `&taking-over=1` with its own id: the latch names it but its
+            // role has not flipped yet, so it redirects to itself, as Livy
+            // does a moment after winning an election.
             // A latch event later overrides it.
-            let Some(leader) = query.and_then(|q| {
-                q.split('&')
-                    .find_map(|kv| kv.strip_prefix("leader="))
-                    .map(str::to_string)
-            }) else {
+            let param = |name: &str| {
+                query.and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .map(str::to_string)
+                })
+            };
+            let Some(leader) = param("leader") else {
                 return msg(StatusCode::BAD_REQUEST, "give ?leader=ID");
             };
+            let taking_over = param("taking-over").as_deref() == Some("1");
             sim.set_role.send_replace(crate::Role {
-                leader: leader == sim.id,
+                leader: leader == sim.id && !taking_over,
                 leader_id: Some(leader),
             });
             msg(StatusCode::OK, "role set")
