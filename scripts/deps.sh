@@ -11,6 +11,8 @@ for pkg in zookeeper libcurator-recipes-java libcurator-framework-java libcurato
   have_pkg "$pkg" || need_pkgs+=("$pkg")
 done
 command -v javac >/dev/null 2>&1 || need_pkgs+=(default-jdk-headless)
+# ss (iproute2): tests/operations.rs reads the listeners' backlog with it.
+command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
 # Kerberos to ZooKeeper (the default `kerberos` feature): MIT's GSSAPI
 # headers and library to build against, clang and libclang for bindgen;
 # for tests/zookeeper_kerberos.rs a throwaway KDC (krb5kdc, kdb5_util,

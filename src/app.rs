@@ -140,14 +140,12 @@ impl Listeners {
             key: &'static str,
             addr: SocketAddr,
         ) -> Result<TcpListener, AppError> {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Bind {
-                    what,
-                    key,
-                    addr,
-                    source,
-                })
+            crate::listener::bind(addr).map_err(|source| AppError::Bind {
+                what,
+                key,
+                addr,
+                source,
+            })
         }
         let tls = TlsSources::load(config)?;
         let http = bind("HTTP", "listen", config.http.listen).await?;

@@ -755,3 +755,49 @@ async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
         .unwrap();
     assert!(answer.is_err(), "cut, not answered: {answer:?}");
 }
+
+/// The backlog of a listening socket, as `ss -lt` shows it (its Send-Q).
+fn listen_backlog(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss runs (iproute2; ./scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // "LISTEN 0 4096 127.0.0.1:PORT 0.0.0.0:*"
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no listener on port {port}: {text:?}"))
+}
+
+/// Every listener keeps room in the kernel for a burst of clients (all of
+/// them reconnecting after a failover, or waiting while accepting pauses
+/// at a limit): std's 128 would drop handshakes beyond it.
+#[test]
+fn every_listener_has_room_for_a_reconnect_burst() {
+    let sim = SimCluster::plan(1).start_static(0);
+    let jdbc = common::free_port();
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--thrift-listen",
+        &format!("127.0.0.1:{jdbc}"),
+    ]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let expected = livy_proxy::listener::LISTEN_BACKLOG.min(somaxconn);
+    let admin: std::net::SocketAddr = proxy
+        .admin_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    for (what, port) in [
+        ("HTTP", proxy.addr().port()),
+        ("JDBC", jdbc),
+        ("admin", admin.port()),
+    ] {
+        assert_eq!(listen_backlog(port), expected, "the {what} listener");
+    }
+}
