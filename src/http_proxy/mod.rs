@@ -262,8 +262,8 @@ impl HttpProxy {
         // all, busy or idle, at max-upstream-connections. A lower cap
         // closes a connection each time more than it come back at once,
         // which with that many requests in flight is often, and the next
-        // request opens it again (docs/benchmarks.md: with 256, 8 % more
-        // CPU per request at 512 connections, 5 % at 256).
+        // request opens it again (docs/benchmarks.md: with a cap of 256 and
+        // 512 requests in flight on one thread, four times the connects).
         let upstream = Upstream::new(
             Connector::new(
                 settings.connect_timeout,
