@@ -135,7 +135,7 @@ impl TlsSources {
 impl Listeners {
     /// Binds every listener `config` names.
     pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
-        async fn bind(
+        fn bind(
             what: &'static str,
             key: &'static str,
             addr: SocketAddr,
@@ -148,19 +148,22 @@ impl Listeners {
             })
         }
         let tls = TlsSources::load(config)?;
-        let http = bind("HTTP", "listen", config.http.listen).await?;
-        let https = match config.http.tls_listen {
-            Some(a) => Some(bind("HTTPS", "tls-listen", a).await?),
-            None => None,
-        };
-        let jdbc = match config.tcp.listen {
-            Some(a) => Some(bind("JDBC", "thrift-listen", a).await?),
-            None => None,
-        };
-        let admin = match config.admin.listen {
-            Some(a) => Some(bind("admin", "admin-listen", a).await?),
-            None => None,
-        };
+        let http = bind("HTTP", "listen", config.http.listen)?;
+        let https = config
+            .http
+            .tls_listen
+            .map(|a| bind("HTTPS", "tls-listen", a))
+            .transpose()?;
+        let jdbc = config
+            .tcp
+            .listen
+            .map(|a| bind("JDBC", "thrift-listen", a))
+            .transpose()?;
+        let admin = config
+            .admin
+            .listen
+            .map(|a| bind("admin", "admin-listen", a))
+            .transpose()?;
         Ok(Listeners {
             http,
             jdbc,

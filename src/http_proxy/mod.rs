@@ -260,10 +260,10 @@ impl HttpProxy {
         } = wiring;
         // Any connection may be kept idle: the slots already bound them
         // all, busy or idle, at max-upstream-connections. A lower cap
-        // closes a connection each time more than it come back at once,
-        // which with that many requests in flight is often, and the next
-        // request opens it again (docs/benchmarks.md: with a cap of 256 and
-        // 512 requests in flight on one thread, four times the connects).
+        // closes a connection whenever more than that many come back at
+        // once, and the next request opens it again (docs/benchmarks.md:
+        // with a cap of 256 and 512 requests in flight on one thread, four
+        // times the connects).
         let upstream = Upstream::new(
             Connector::new(
                 settings.connect_timeout,
