@@ -288,11 +288,22 @@ where
         let mut closing = false;
         let mut stopping = false;
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
+        // The waker the shutdown future last registered.
+        let mut registered: Option<std::task::Waker> = None;
         let ended = poll_fn(|cx| {
             // The shutdown future and the timer are polled only to register
-            // the task's waker (once each); afterwards their state is read,
-            // which costs a load instead of a poll on every wake-up.
-            if !stopping && (shutdown.is_cancelled() || cancelled.as_mut().poll(cx).is_ready()) {
+            // the task's waker (once each, again only if the waker
+            // changes); afterwards their state is read, which costs a load
+            // instead of a poll (a lock of the token's waiter list) on
+            // every wake-up, three per request.
+            let register =
+                !stopping && !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if register {
+                registered = Some(cx.waker().clone());
+            }
+            if !stopping
+                && (shutdown.is_cancelled() || (register && cancelled.as_mut().poll(cx).is_ready()))
+            {
                 // Draining: hyper closes an idle connection and lets one in
                 // flight finish with `Connection: close`.
                 stopping = true;
