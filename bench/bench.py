@@ -28,6 +28,8 @@ Parts:
             threads each), defaults (nothing pinned, each proxy's default
             thread count: livy-proxy one worker per core, HAProxy nbthread
             unset, nginx worker_processes auto); ratios to HAProxy per mode.
+            Where scripts/pgo-build's binary exists (bench/run makes it),
+            livy-proxy-pgo beside livy-proxy here and in tls.
   memory    RSS idle and with 10,000 idle keep-alive connections, plain and
             TLS (livy-proxy one worker, HAProxy).
   failover  three livy-sim nodes, real ZooKeeper and Curator: time from the
@@ -68,6 +70,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # bench/relay.c and bench/tlspump.c under bench/.
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
 REL = TARGET / "release"
+# scripts/pgo-build's binary (profile-guided, what deploy/Dockerfile ships):
+# measured beside the plain build wherever it exists.
+PGO_BIN = TARGET / "pgo" / "release" / "livy-proxy"
 TOOLS = TARGET / "bench"
 WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
 PROCS = []
@@ -272,7 +277,7 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
            "--log-level", "warn", *extra]
     if tls:
         cmd += ["--tls-cert", str(certs()["chain"]), "--tls-key", str(certs()["key"])]
-    if binary == REL / "livy-proxy":
+    if binary in (REL / "livy-proxy", PGO_BIN):
         # Each instance its own admin port (the default one is shared); a
         # binary from before the admin listener has no such flag.
         cmd += ["--admin-listen", "127.0.0.1:0"]
@@ -491,6 +496,9 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
             up = start_upstream()
             targets, procs = {}, {}
             targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy(f"lp-{mode}", up, threads=threads)
+            if PGO_BIN.exists():
+                targets["livy-proxy-pgo"], procs["livy-proxy-pgo"] = start_livy_proxy(
+                    f"lp-{mode}-pgo", up, threads=threads, binary=PGO_BIN)
             targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-{mode}")
             targets["nginx"], procs["nginx"] = start_nginx_proxy(up, workers=threads, name=f"nginx-{mode}")
             if mode == "defaults":
@@ -611,12 +619,10 @@ async def conn_rate(port, seconds, concurrency=8):
     return done / seconds
 
 
-def bench_tcp(seconds, http_upstream, rounds):
-    iperf_port = free_port()
-    start("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)], cpu=1)
-    wait_port(iperf_port)
-    # A tiny TCP service that answers and closes, for the connection rate.
-    banner_port = free_port()
+def start_banner(name="banner"):
+    """A tiny TCP service that answers and closes (nginx's stream module),
+    for the connection rate; its port."""
+    port = free_port()
     conf = nginx_conf(f"""
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
@@ -624,9 +630,17 @@ daemon off;
 pid @DIR@/nginx.pid;
 error_log @DIR@/error.log;
 events {{ worker_connections 20000; }}
-stream {{ server {{ listen 127.0.0.1:{banner_port} backlog=4096; return "ok\\n"; }} }}""")
-    start("banner", ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
-    wait_port(banner_port)
+stream {{ server {{ listen 127.0.0.1:{port} backlog=4096; return "ok\\n"; }} }}""")
+    start(name, ["nginx", "-c", str(conf), "-p", str(conf.parent)], cpu=1)
+    wait_port(port)
+    return port
+
+
+def bench_tcp(seconds, http_upstream, rounds):
+    iperf_port = free_port()
+    start("iperf3-server", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)], cpu=1)
+    wait_port(iperf_port)
+    banner_port = start_banner()
     jdbc_iperf, jdbc_rate = free_port(), free_port()
     _, lp_iperf = start_livy_proxy("livy-proxy-tcp-iperf", http_upstream, threads=1,
                                    extra=["--thrift-listen", f"127.0.0.1:{jdbc_iperf}", "--thrift-port", str(iperf_port)])
@@ -727,6 +741,9 @@ def bench_tls_http(seconds, conns_list, rounds, mode):
         up_proc = PROCS[-1]
         targets, procs = {}, {}
         targets["livy-proxy"], procs["livy-proxy"] = start_livy_proxy(f"lp-tls-{mode}", up, threads=threads, tls=True)
+        if PGO_BIN.exists():
+            targets["livy-proxy-pgo"], procs["livy-proxy-pgo"] = start_livy_proxy(
+                f"lp-tls-{mode}-pgo", up, threads=threads, tls=True, binary=PGO_BIN)
         targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-tls-{mode}", tls=True)
         res = {"handshakes": {}, "https": {}}
         for kind in HANDSHAKE_KINDS:

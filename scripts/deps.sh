@@ -1,7 +1,8 @@
 # Sourced by scripts/test and scripts/demo: installs, from Debian, what the
 # tests and the demo run for real (ZooKeeper, Curator, a JDK, curl, Python's
 # venv, openssl for the TLS tests, MIT Kerberos to build with and a KDC for
-# the Kerberos tests; for the tests also kubectl, promtool, systemd-analyze and haproxy) when it is
+# the Kerberos tests; for the tests also kubectl, promtool, systemd-analyze,
+# haproxy, and nginx, wrk and iperf3 for the PGO training run) when it is
 # missing. Safe to run again: it installs nothing that is
 # already there.
 
@@ -39,6 +40,13 @@ if [ "${deps_deploy_checks:-}" = 1 ]; then
   # The gateway recipe's end-to-end drain (tests/gateway_drain.rs) puts
   # HAProxy in front as the load balancer.
   command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy)
+  # The PGO build's training run (tests/pgo_train.rs runs it against this
+  # build): nginx with its stream module, wrk and iperf3 as its upstreams
+  # and load.
+  command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_pkgs+=(libnginx-mod-stream)
+  command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
+  command -v iperf3 >/dev/null 2>&1 || need_pkgs+=(iperf3)
 fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "installing from Debian: ${need_pkgs[*]}" >&2

@@ -851,6 +851,68 @@ fn dockerfile_passes_hadolint_and_runs_unprivileged() {
     );
 }
 
+/// Every file the Dockerfile copies from the build context is in it: the
+/// .dockerignore admits it and it exists; and the PGO build's own files
+/// (scripts/pgo-build, the training script it runs, the bench module that
+/// script imports) are among them. A file left out would fail only the
+/// image build, which no test here can run (no container engine).
+#[test]
+fn the_image_build_context_has_every_file_the_dockerfile_copies() {
+    let text = read(&deploy("Dockerfile"));
+    let admitted: Vec<String> = read(&deploy("Dockerfile.dockerignore"))
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('!'))
+        .map(|p| p.trim_end_matches('/').to_string())
+        .collect();
+    let copied: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from="))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1]
+                .iter()
+                .map(|w| w.trim_end_matches('/').to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!copied.is_empty(), "no COPY from the context");
+    for file in &copied {
+        assert!(
+            admitted
+                .iter()
+                .any(|a| a == file || file.starts_with(&format!("{a}/"))),
+            "{file} is copied but Dockerfile.dockerignore leaves it out of the context"
+        );
+        assert!(root().join(file).exists(), "{file} is copied but missing");
+    }
+    let pgo_build = read(&root().join("scripts/pgo-build"));
+    let mut needed = vec!["scripts/pgo-build".to_string()];
+    for word in pgo_build.split_whitespace() {
+        if word.starts_with("bench/") && word.ends_with(".py") {
+            let script = read(&root().join(word));
+            needed.push(word.to_string());
+            if script.contains("import bench") {
+                needed.push("bench/bench.py".into());
+            }
+        }
+    }
+    assert!(
+        needed.len() > 1,
+        "scripts/pgo-build runs no training script"
+    );
+    for file in &needed {
+        assert!(
+            copied.contains(file),
+            "the PGO build needs {file}, which the Dockerfile does not copy"
+        );
+    }
+    assert!(
+        text.contains("scripts/pgo-build") && text.contains("target/pgo/release/livy-proxy"),
+        "the image is not built by scripts/pgo-build"
+    );
+}
+
 // ------------------------------------------------------------------- systemd
 
 /// `Key=value` lines of a unit, in order (a key may repeat).
