@@ -381,11 +381,20 @@ end
 THINK_MS = 0
 
 
-def wrk_cmd(port, conns, seconds, scheme="http"):
-    lua = WORK / f"report-{THINK_MS}.lua"
+# `body`: the request is a POST of this JSON instead of a GET.
+POST_LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk_cmd(port, conns, seconds, scheme="http", body=None):
+    lua = WORK / f"report-{THINK_MS}{f'-post{abs(hash(body))}' if body else ''}.lua"
     if not lua.exists():
         think = f"delay = function() return {THINK_MS} end\n" if THINK_MS else ""
-        lua.write_text(think + WRK_LUA)
+        post = POST_LUA.format(body=body) if body else ""
+        lua.write_text(think + post + WRK_LUA)
     threads = 1 if conns == 1 else 2
     cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(lua),
            f"{scheme}://127.0.0.1:{port}/sessions"]
@@ -396,13 +405,14 @@ def warm_up(port, conns, scheme="http"):
     subprocess.run(wrk_cmd(port, conns, 1, scheme), capture_output=True)
 
 
-def wrk(port, conns, seconds, pid=None, scheme="http", upstream_pid=None):
+def wrk(port, conns, seconds, pid=None, scheme="http", upstream_pid=None, body=None):
     """One wrk run's JSON; with `pid` the proxy's user and system CPU per
-    request, with `upstream_pid` the upstream's (and always wrk's own)."""
+    request, with `upstream_pid` the upstream's (and always wrk's own);
+    with `body`, POSTs of it (`wrk_cmd`)."""
     before = cpu_us(pid) if pid else None
     up_before = cpu_us(upstream_pid) if upstream_pid else None
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(wrk_cmd(port, conns, seconds, scheme), capture_output=True, text=True).stdout
+    out = subprocess.run(wrk_cmd(port, conns, seconds, scheme, body), capture_output=True, text=True).stdout
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = cpu_us(pid) if pid else None
     up_after = cpu_us(upstream_pid) if upstream_pid else None

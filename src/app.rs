@@ -134,7 +134,7 @@ impl TlsSources {
 
 impl Listeners {
     /// Binds every listener `config` names.
-    pub async fn bind(config: &Config) -> Result<Listeners, AppError> {
+    pub fn bind(config: &Config) -> Result<Listeners, AppError> {
         fn bind(
             what: &'static str,
             key: &'static str,

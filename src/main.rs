@@ -178,7 +178,7 @@ fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
     runtime.enable_all();
     let runtime = runtime.build().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&config).await?;
+        let listeners = Listeners::bind(&config)?;
         // Thousands of JDBC and HTTP connections need file descriptors:
         // raise the soft limit to the hard one, as servers commonly do.
         if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {

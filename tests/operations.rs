@@ -730,7 +730,7 @@ async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
         "500ms",
     ])
     .unwrap();
-    let listeners = Listeners::bind(&config).await.unwrap();
+    let listeners = Listeners::bind(&config).unwrap();
     let control = Control::default();
     let running = tokio::spawn(app::run(config, listeners, control.clone(), None));
     let url = format!("http://127.0.0.1:{port}");

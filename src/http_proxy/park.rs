@@ -296,18 +296,17 @@ where
             // changes); afterwards their state is read, which costs a load
             // instead of a poll (a lock of the token's waiter list) on
             // every wake-up, three per request.
-            let register =
-                !stopping && !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-            if register {
-                registered = Some(cx.waker().clone());
-            }
-            if !stopping
-                && (shutdown.is_cancelled() || (register && cancelled.as_mut().poll(cx).is_ready()))
-            {
-                // Draining: hyper closes an idle connection and lets one in
-                // flight finish with `Connection: close`.
-                stopping = true;
-                Pin::new(&mut conn).graceful_shutdown();
+            if !stopping {
+                let fresh = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+                if fresh {
+                    registered = Some(cx.waker().clone());
+                }
+                if shutdown.is_cancelled() || (fresh && cancelled.as_mut().poll(cx).is_ready()) {
+                    // Draining: hyper closes an idle connection and lets one
+                    // in flight finish with `Connection: close`.
+                    stopping = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
             }
             if let Poll::Ready(done) = conn.poll_without_shutdown(cx) {
                 return Poll::Ready(Ended::Closed(done));
