@@ -125,6 +125,53 @@ fn a_parked_connection_is_still_closed_by_the_header_timeout() {
 }
 
 #[test]
+fn a_head_trickled_across_parks_is_cut_off_by_the_header_timeout() {
+    let plan = SimCluster::plan(1);
+    let node = plan.node_arg(0);
+    let _cluster = plan.start_static(0);
+    let proxy = Proxy::start_with_env(
+        &["--node", &node, "--client-header-timeout", "2s"],
+        &[TRACE],
+    );
+    // One request served first: the timeout counts from its answer, on a
+    // kept-alive connection, not only from the connect.
+    let mut s = connect(&proxy);
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: livy\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut s).starts_with("HTTP/1.1 200"));
+    // Then a head a byte every 250 ms (PARK_AFTER is 100 ms), for up to
+    // 60 s: the connection must be closed long before, with no answer.
+    s.write_all(b"GET /version HTTP/1.1\r\nX-Slow: ").unwrap();
+    s.set_nonblocking(true).unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break true,
+        }
+        if s.write_all(b"a").is_err() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+    };
+    assert!(closed, "a trickled head was let run for 60 s");
+    // Parked once, with the head's first bytes kept: a new hyper connection
+    // before its first request is not parked again, and only the header
+    // timeout, still counting from the answer, ends it.
+    assert!(
+        parked(&proxy) >= 1,
+        "it parked in between: {}",
+        proxy.logs()
+    );
+}
+
+#[test]
 fn a_drain_closes_parked_connections_and_the_proxy_exits() {
     let plan = SimCluster::plan(1);
     let node = plan.node_arg(0);

@@ -313,16 +313,16 @@ impl HttpProxy {
         tls: Option<Arc<crate::tls::TlsSource>>,
         shutdown: CancellationToken,
     ) {
-        // A client has `client-header-timeout` to send a request's headers:
-        // a slow or stuck client cannot pin a connection forever.
+        // A client has `client-header-timeout` to send a request's headers,
+        // so that a slow or stuck client cannot pin a connection forever:
+        // kept by `park`'s clock, since hyper's costs a timer per request
+        // (docs/benchmarks.md). hyper's own is off (and, with no timer, it
+        // can start none).
         // Head and body copied into one buffer and sent with one write(2):
         // for Livy's small JSON answers cheaper in the kernel than writev(2)
         // (measured: docs/benchmarks.md).
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.settings.load().client_header_timeout)
-            .writev(false);
+        http1.header_read_timeout(None).writev(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

@@ -239,17 +239,107 @@ type TrackedBody = super::body::GuardedBody<ProxyBody, Option<InFlight>>;
 
 /// How one hyper connection over the socket ended.
 enum Ended {
-    /// Closed (by the client, an error, the header timeout, or shutdown).
+    /// Closed (by the client, an error, or shutdown).
     Closed(Result<(), hyper::Error>),
+    /// No request started within `client-header-timeout`.
+    TimedOut,
     /// Idle and parked: its parts are free to take.
     Parked,
 }
 
+/// The connection's one timer and what it measures: parking after
+/// [`PARK_AFTER`] of idleness, and `client-header-timeout`.
+///
+/// The header timeout is kept here rather than by hyper: hyper's
+/// allocates a boxed timer and moves it in tokio's timer wheel on every
+/// request, about 1,300 instructions of the 25,000 a request costs
+/// (docs/benchmarks.md). This timer is armed at most once per
+/// [`PARK_AFTER`] however many requests pass, and it lives for the whole
+/// socket, across parking, so a client trickling a head a byte at a time
+/// is cut off however often its connection parks. The price is precision:
+/// the timeout ends up to [`PARK_AFTER`] late, never early.
+struct Clock {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Requests started ([`Activity::started`]) when the timer was last
+    /// armed, and when; `None` until then.
+    armed: Option<(usize, tokio::time::Instant)>,
+    /// When the quiet time began: no request started since, none in
+    /// flight. Approximate (the arm time at which it was first seen).
+    quiet_since: Option<tokio::time::Instant>,
+    /// Set when a parked connection resumes: the timer is armed anew
+    /// without forgetting the count it was armed with.
+    resumed: bool,
+}
+
+/// What the clock says, polled with nothing in flight.
+enum Tick {
+    /// Nothing to do before the timer fires.
+    Wait,
+    /// No request started for a whole [`PARK_AFTER`]: park if idle.
+    Quiet,
+    /// No request started within the header timeout.
+    Expired,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            timer: Box::pin(tokio::time::sleep(PARK_AFTER)),
+            armed: None,
+            quiet_since: None,
+            resumed: false,
+        }
+    }
+
+    /// Polled whenever nothing is in flight (`started` requests so far):
+    /// checks the timer if it has fired, and arms it again if it is not
+    /// running.
+    fn poll(&mut self, cx: &mut Context<'_>, started: usize, header_timeout: Duration) -> Tick {
+        let mut keep = None;
+        match self.armed {
+            Some(_) if self.resumed => {
+                self.resumed = false;
+                keep = self.armed.map(|(at, _)| at);
+            }
+            Some(_) if !self.timer.is_elapsed() => return Tick::Wait,
+            Some((at, _)) if at != started => self.quiet_since = None,
+            Some((_, since)) => {
+                let quiet = *self.quiet_since.get_or_insert(since);
+                if quiet.elapsed() >= header_timeout {
+                    return Tick::Expired;
+                }
+                return Tick::Quiet;
+            }
+            None => {}
+        }
+        self.arm(cx, keep.unwrap_or(started));
+        Tick::Wait
+    }
+
+    /// Arms the timer for [`PARK_AFTER`] from now, remembering `count`.
+    fn arm(&mut self, cx: &mut Context<'_>, count: usize) {
+        let now = tokio::time::Instant::now();
+        self.timer.as_mut().reset(now + PARK_AFTER);
+        self.armed = Some((count, now));
+        if self.timer.as_mut().poll(cx).is_ready() {
+            // Not in PARK_AFTER's time: seen as fired at the next poll.
+            cx.waker().wake_by_ref();
+        }
+    }
+
+    /// How long the header timeout still has to run.
+    fn left(&self, header_timeout: Duration) -> Duration {
+        let quiet = self.quiet_since.map_or(Duration::ZERO, |q| q.elapsed());
+        header_timeout.saturating_sub(quiet)
+    }
+}
+
 /// Serves `io` in HTTP/1.1 with `service` until the client closes, an
-/// error, or `shutdown` (after which a request in flight finishes), parking
-/// the connection while it idles (see the module docs). `watcher` is held
-/// for the connection's life, so that the listener's graceful shutdown
-/// waits for it.
+/// error, no request within `header_timeout`, or `shutdown` (after which a
+/// request in flight finishes), parking the connection while it idles (see
+/// the module docs). `watcher` is held for the connection's life, so that
+/// the listener's graceful shutdown waits for it. `builder` must not have
+/// hyper's own header timeout: [`Clock`] keeps it.
 pub(crate) async fn serve<I, S>(
     builder: &http1::Builder,
     io: I,
@@ -278,13 +368,9 @@ where
         inner: service,
         activity: activity.clone(),
     };
-    // One timer for the connection's life, created at its first idle
-    // moment and re-armed only after it fires: a busy connection pays for
-    // it about once per PARK_AFTER, not once per request.
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut clock = Clock::new();
     loop {
         let mut conn = builder.serve_connection(TokioIo::new(io), service);
-        let mut armed: Option<usize> = None;
         let mut closing = false;
         let mut stopping = false;
         let mut cancelled = std::pin::pin!(shutdown.cancelled());
@@ -311,25 +397,20 @@ where
             if let Poll::Ready(done) = conn.poll_without_shutdown(cx) {
                 return Poll::Ready(Ended::Closed(done));
             }
-            if stopping || closing || !activity.idle() {
+            if stopping || activity.open.load(Ordering::Relaxed) > 0 {
                 return Poll::Pending;
             }
             let started = activity.started.load(Ordering::Relaxed);
-            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(PARK_AFTER)));
-            // Armed at most once per PARK_AFTER, not once per request: when
-            // it fires, the connection parks if no request started since
-            // it was armed, else it is armed again.
-            let rearm = match armed {
-                None => true,
-                Some(_) if !t.is_elapsed() => return Poll::Pending,
-                Some(at) => at != started,
-            };
-            if rearm {
-                t.as_mut().reset(tokio::time::Instant::now() + PARK_AFTER);
-                armed = Some(started);
-                if t.as_mut().poll(cx).is_pending() {
+            match clock.poll(cx, started, header_timeout) {
+                Tick::Wait => return Poll::Pending,
+                Tick::Expired => return Poll::Ready(Ended::TimedOut),
+                Tick::Quiet if closing || !activity.idle() => {
+                    // Waiting for a head (or for the client to take the
+                    // last answer): only the header timeout can end it.
+                    clock.arm(cx, started);
                     return Poll::Pending;
                 }
+                Tick::Quiet => {}
             }
             // Idle for the whole PARK_AFTER.
             Pin::new(&mut conn).graceful_shutdown();
@@ -337,8 +418,12 @@ where
                 Poll::Ready(Ok(())) => Poll::Ready(Ended::Parked),
                 Poll::Ready(Err(e)) => Poll::Ready(Ended::Closed(Err(e))),
                 Poll::Pending => {
-                    // Not idle in hyper's sense: it finishes and closes.
+                    // Not idle in hyper's sense (a new hyper connection
+                    // before its first request, or a body Livy did not
+                    // read): it finishes and closes, unless the header
+                    // timeout ends it first.
                     closing = true;
+                    clock.arm(cx, started);
                     Poll::Pending
                 }
             }
@@ -355,6 +440,13 @@ where
                 }
                 return done;
             }
+            Ended::TimedOut => {
+                // As hyper's own header timeout did: the socket dropped,
+                // no answer (a client that sends nothing may not read
+                // either, so nothing is written that could wait on it).
+                tracing::debug!("no request within client-header-timeout: connection closed");
+                return Ok(());
+            }
             Ended::Parked => {}
         }
         // An empty read-ahead still holds hyper's whole read buffer (the
@@ -369,12 +461,9 @@ where
         service = parts.service;
         tracing::trace!("HTTP/1.1 client connection parked while idle");
         if io.read_ahead.is_empty() {
-            // What is left of the header timeout, counted from when the
-            // connection became idle.
-            let left = header_timeout.saturating_sub(PARK_AFTER);
             let woke = tokio::select! {
                 r = poll_fn(|cx| io.io.poll_read_ready(cx)) => r.is_ok(),
-                _ = tokio::time::sleep(left) => false,
+                _ = tokio::time::sleep(clock.left(header_timeout)) => false,
                 _ = shutdown.cancelled() => false,
             };
             if !woke {
@@ -382,6 +471,7 @@ where
                 return Ok(());
             }
         }
+        clock.resumed = true;
     }
 }
 
@@ -404,6 +494,99 @@ mod tests {
         assert_eq!(a.started.load(Ordering::Relaxed), 1);
         drop(request);
         assert!(a.idle());
+    }
+
+    /// One poll of `clock` with `started` requests so far.
+    async fn tick(clock: &mut Clock, started: usize, header_timeout: Duration) -> Tick {
+        poll_fn(|cx| Poll::Ready(clock.poll(cx, started, header_timeout))).await
+    }
+
+    fn name(t: &Tick) -> &'static str {
+        match t {
+            Tick::Wait => "wait",
+            Tick::Quiet => "quiet",
+            Tick::Expired => "expired",
+        }
+    }
+
+    /// Polls `clock` every 10 ms of paused time until it says `want`,
+    /// returning how long that took (at most `limit`).
+    async fn until(clock: &mut Clock, started: usize, want: &str, limit: Duration) -> Duration {
+        let from = tokio::time::Instant::now();
+        loop {
+            let t = tick(clock, started, Duration::from_secs(1)).await;
+            if name(&t) == want {
+                return from.elapsed();
+            }
+            if matches!(t, Tick::Quiet) {
+                // As `serve` does when it does not park.
+                poll_fn(|cx| {
+                    clock.arm(cx, started);
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            assert!(from.elapsed() <= limit, "no {want} within {limit:?}");
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_says_quiet_after_park_after_and_expires_after_the_header_timeout() {
+        let mut clock = Clock::new();
+        let second = Duration::from_secs(1);
+        assert_eq!(name(&tick(&mut clock, 0, second).await), "wait");
+        let quiet = until(&mut clock, 0, "quiet", second).await;
+        assert!(quiet >= PARK_AFTER && quiet <= PARK_AFTER * 2, "{quiet:?}");
+        // Expiry: never before the timeout, at most PARK_AFTER after it.
+        let expired = quiet + until(&mut clock, 0, "expired", 2 * second).await;
+        assert!(
+            expired >= second && expired <= second + PARK_AFTER * 2,
+            "{expired:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_restarts_the_header_timeout() {
+        let mut clock = Clock::new();
+        let second = Duration::from_secs(1);
+        until(&mut clock, 0, "quiet", second).await;
+        tokio::time::advance(Duration::from_millis(700)).await;
+        // A request started (1 so far): the quiet time starts again, so
+        // the timeout is a whole second from about now.
+        let from = tokio::time::Instant::now();
+        assert_eq!(name(&tick(&mut clock, 1, second).await), "wait");
+        until(&mut clock, 1, "expired", 3 * second).await;
+        assert!(from.elapsed() >= second, "{:?}", from.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_connection_keeps_counting_unless_a_request_came() {
+        let second = Duration::from_secs(1);
+        // Parked after its first quiet tick, resumed 500 ms later with no
+        // request: the timeout still counts from the start.
+        let mut clock = Clock::new();
+        tick(&mut clock, 0, second).await;
+        until(&mut clock, 0, "quiet", second).await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(clock.left(second) <= Duration::from_millis(500));
+        clock.resumed = true;
+        let from = tokio::time::Instant::now();
+        until(&mut clock, 0, "expired", second).await;
+        assert!(
+            from.elapsed() <= Duration::from_millis(700),
+            "{:?}",
+            from.elapsed()
+        );
+        // The same, with a request started while parked: counted afresh.
+        let mut clock = Clock::new();
+        tick(&mut clock, 0, second).await;
+        until(&mut clock, 0, "quiet", second).await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        clock.resumed = true;
+        let from = tokio::time::Instant::now();
+        until(&mut clock, 1, "expired", 3 * second).await;
+        assert!(from.elapsed() >= second, "{:?}", from.elapsed());
     }
 
     #[tokio::test]
