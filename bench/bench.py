@@ -366,10 +366,12 @@ http {{
 
 WRK_LUA = """
 done = function(summary, latency, requests)
-  io.write(string.format("JSON {\\"rps\\": %f, \\"p50\\": %d, \\"p99\\": %d, \\"p999\\": %d, \\"errors\\": %d, \\"requests\\": %d}\\n",
+  local e = summary.errors
+  io.write(string.format("JSON {\\"rps\\": %f, \\"p50\\": %d, \\"p99\\": %d, \\"p999\\": %d, \\"errors\\": %d, \\"requests\\": %d, "
+    .. "\\"error_kinds\\": {\\"connect\\": %d, \\"read\\": %d, \\"write\\": %d, \\"status\\": %d, \\"timeout\\": %d}}\\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
-    summary.requests))
+    e.connect + e.read + e.write + e.status + e.timeout, summary.requests,
+    e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
 
@@ -434,10 +436,21 @@ def wrk(port, conns, seconds, pid=None, scheme="http", upstream_pid=None, body=N
 
 def summarize_wrk(rs):
     """One statistic per key, the median of its rounds; every round kept."""
-    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests")}
+    r = {k: median([x[k] for x in rs]) for k in rs[0] if k not in ("errors", "requests", "error_kinds")}
     r["errors"] = sum(x["errors"] for x in rs)
+    # Which kind (wrk's: a status other than 2xx/3xx, a read or connect
+    # error, an answer later than wrk's 2 s timeout) says whose fault it is.
+    kinds = [x["error_kinds"] for x in rs if "error_kinds" in x]
+    if kinds:
+        r["error_kinds"] = {k: sum(x[k] for x in kinds) for k in kinds[0]}
     r["rounds"] = [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs]
     return r
+
+
+def errors(r):
+    """"errors N", and by kind when there are any."""
+    kinds = ", ".join(f"{k} {n}" for k, n in r.get("error_kinds", {}).items() if n)
+    return f"errors {r['errors']}" + (f" ({kinds})" if kinds else "")
 
 
 def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http", upstream=None):
@@ -476,7 +489,7 @@ def bench_http(seconds, conns_list, rounds):
             results[name][str(c)] = r
             cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
                    if "user_us_per_req" in r else "")
-            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  errors {r['errors']}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]} p99 {[x['p99'] for x in r['rounds']]}", flush=True)
+            print(f"  http {name:14} c={c:<4} {r['rps']:>10.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us  p99.9 {r['p999']:>6} us  {errors(r)}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]} p99 {[x['p99'] for x in r['rounds']]}", flush=True)
     for p in procs.values():
         stop(p)
     return results
@@ -525,7 +538,7 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
                 for name in targets:
                     r = res[name][str(c)]
                     print(f"  {mode:10} {name:13} c={c:<4} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f} HAProxy)"
-                          f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  errors {r['errors']}", flush=True)
+                          f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  {errors(r)}", flush=True)
             for p in procs.values():
                 stop(p)
             out[mode] = {"pinned": pin, "threads": threads or "default", "results": res}
@@ -586,6 +599,14 @@ def bench_ab(seconds, conns_list, rounds, other, mode="pinned"):
 
 
 # --- TCP -------------------------------------------------------------------
+
+def steal_jiffies():
+    """Jiffies stolen by the hypervisor and all jiffies, over every CPU
+    (/proc/stat's first line): time a busy host took from this VM, which
+    no process here is charged for."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (v[7] if len(v) > 7 else 0), sum(v)
+
 
 def cpu_ticks():
     """Busy and total jiffies of each CPU, from /proc/stat."""
@@ -783,7 +804,7 @@ def bench_tls_http(seconds, conns_list, rounds, mode):
                 cpu = (f"  cpu {r['user_us_per_req']:.2f}+{r['sys_us_per_req']:.2f} us/req"
                        if "user_us_per_req" in r else "")
                 print(f"  https {mode:10} {name:10} c={c:<4} {r['rps']:>9.0f} req/s  p50 {r['p50']:>6} us  p99 {r['p99']:>6} us"
-                      f"  errors {r['errors']}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]}", flush=True)
+                      f"  {errors(r)}{cpu}  rounds {[round(x['rps']) for x in r['rounds']]}", flush=True)
         for p in list(procs.values()) + [up_proc]:
             stop(p)
         return {"pinned": pin, "threads": threads or "default", **res}
@@ -1246,31 +1267,36 @@ def main():
     results = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "think_ms": THINK_MS}
     try:
+        steal = results["steal_pct"] = {}
+
+        def part(name, label, run):
+            """One part, and the share of CPU time the hypervisor stole
+            meanwhile: numbers from a VM whose host was busy say so."""
+            print(label, flush=True)
+            s0, t0 = steal_jiffies()
+            results[name] = run()
+            s1, t1 = steal_jiffies()
+            steal[name] = round(100 * (s1 - s0) / max(t1 - t0, 1), 1)
+            print(f"  ({name}: {steal[name]} % of the CPU time stolen by the hypervisor)", flush=True)
+        conns = [int(c) for c in a.conns.split(",")]
         if "http" in parts:
-            print("HTTP", flush=True)
-            results["http"] = bench_http(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds)
+            part("http", "HTTP", lambda: bench_http(a.seconds, conns, a.rounds))
         if "modes" in parts:
-            print("HTTP by mode (pinned or not, equal threads or defaults)", flush=True)
-            results["modes"] = bench_http_modes(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds,
-                                                a.modes.split(","))
+            part("modes", "HTTP by mode (pinned or not, equal threads or defaults)",
+                 lambda: bench_http_modes(a.seconds, conns, a.rounds, a.modes.split(",")))
         if "tcp" in parts:
-            print("TCP", flush=True)
-            results["tcp"] = bench_tcp(a.seconds, start_upstream(), a.rounds)
+            part("tcp", "TCP", lambda: bench_tcp(a.seconds, start_upstream(), a.rounds))
         if "tls" in parts:
-            print("TLS", flush=True)
-            results["tls"] = bench_tls(a.seconds, [int(c) for c in a.tls_conns.split(",")], a.rounds,
-                                       a.tls_modes.split(","))
+            part("tls", "TLS", lambda: bench_tls(a.seconds, [int(c) for c in a.tls_conns.split(",")], a.rounds,
+                                                 a.tls_modes.split(",")))
         if "memory" in parts:
-            print("Memory", flush=True)
-            results["memory"] = bench_memory(a.idle_connections)
+            part("memory", "Memory", lambda: bench_memory(a.idle_connections))
         if "ab" in parts:
             if not a.ab_binary:
                 raise SystemExit("--parts ab needs --ab-binary OTHER (a livy-proxy binary)")
-            print("A/B", flush=True)
-            results["ab"] = bench_ab(a.seconds, [int(c) for c in a.conns.split(",")], a.rounds, a.ab_binary, a.ab_mode)
+            part("ab", "A/B", lambda: bench_ab(a.seconds, conns, a.rounds, a.ab_binary, a.ab_mode))
         if "failover" in parts:
-            print("Failover", flush=True)
-            results["failover"] = bench_failover(a.failover_rounds)
+            part("failover", "Failover", lambda: bench_failover(a.failover_rounds))
     finally:
         cleanup()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
