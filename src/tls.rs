@@ -184,6 +184,20 @@ pub fn load(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<Loaded, TlsFileError> {
         .with_single_cert(chain, private)
         .map_err(|e| bad("key", &spec.key, &e))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // Stateless session tickets, as OpenSSL (and so HAProxy and nginx)
+    // issues by default, instead of rustls' default: resumption state kept
+    // in one 256-entry cache behind a lock shared by every worker, two
+    // entries per TLS 1.3 client, so a gateway with more than about a
+    // hundred clients evicts tickets before they are used. A ticket carries
+    // its own state, encrypted under a key that rotates every 6 hours
+    // (tickets accepted for up to 12). A new ticketer at each reading of
+    // the files: sessions made before a reload (perhaps under a client CA
+    // since removed) are not resumed after it.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsFileError {
+        origin: spec.origin.clone(),
+        key: format!("{}tls-cert", spec.prefix),
+        problem: format!("no session ticket key (the system's random source failed): {e}"),
+    })?;
     Ok(Loaded {
         config: Arc::new(config),
         not_after,

@@ -222,24 +222,57 @@ fn wait_ready(proxy: &Proxy, ca: &str, url: &str) {
     );
 }
 
+/// A proxy whose HTTP listener serves certificate 1 of a fresh CA from a
+/// Secret volume (to rotate), in front of one static livy-sim.
+struct OnSecret {
+    _tmp: tempfile::TempDir,
+    ca: Ca,
+    ca_file: String,
+    secret: SecretVolume,
+    _sim: SimCluster,
+    proxy: Proxy,
+}
+
+impl OnSecret {
+    fn start(ca_name: &str) -> OnSecret {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::new(ca_name);
+        let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+        let (c1, k1) = ca.server(1);
+        let secret = SecretVolume::new(tmp.path(), &c1, &k1);
+        let sim = SimCluster::plan(1).start_static(0);
+        let proxy = Proxy::start(&[
+            "--node",
+            &sim.node_arg(0),
+            "--tls-cert",
+            &secret.cert(),
+            "--tls-key",
+            &secret.key(),
+        ]);
+        let url = format!("https://localhost:{}/version", proxy.addr().port());
+        wait_ready(&proxy, &ca_file, &url);
+        OnSecret {
+            _tmp: tmp,
+            ca,
+            ca_file,
+            secret,
+            _sim: sim,
+            proxy,
+        }
+    }
+}
+
 #[test]
 fn a_rotated_secret_and_sighup_renew_the_certificate_without_dropping_connections() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ca = Ca::new("rotation CA");
-    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c1, k1) = ca.server(1);
-    let mut secret = SecretVolume::new(tmp.path(), &c1, &k1);
-    let sim = SimCluster::plan(1).start_static(0);
-    let proxy = Proxy::start(&[
-        "--node",
-        &sim.node_arg(0),
-        "--tls-cert",
-        &secret.cert(),
-        "--tls-key",
-        &secret.key(),
-    ]);
-    let url = format!("https://localhost:{}/version", proxy.addr().port());
-    wait_ready(&proxy, &ca_file, &url);
+    let OnSecret {
+        ca,
+        ca_file,
+        mut secret,
+        proxy,
+        // Bound (not `..`), so that they live to the test's end.
+        _tmp,
+        _sim,
+    } = OnSecret::start("rotation CA");
     assert_eq!(served_serial(proxy.addr(), &ca_file).as_deref(), Some("01"));
     let mut kept = TlsConn::open(proxy.addr(), client_config(&ca_file, None)).unwrap();
     assert_eq!(kept.get("/version").unwrap(), 200);
@@ -541,6 +574,66 @@ fn the_identity_header_is_stripped_on_a_plain_listener_too() {
         "{}",
         seen[0]
     );
+}
+
+/// A client's configuration with a session store of its own.
+fn with_own_sessions(config: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut c = (**config).clone();
+    c.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    Arc::new(c)
+}
+
+/// Whether a new connection with `config` resumed a session; one request
+/// on it, so that the tickets the server sends after the handshake are read
+/// into `config`'s store.
+fn resumed(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
+    let mut c = TlsConn::open(addr, config.clone()).unwrap();
+    assert_eq!(c.get("/version").unwrap(), 200);
+    c.0.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+#[test]
+fn sessions_resume_from_stateless_tickets_however_many_clients_came_since_but_not_across_a_reload()
+{
+    let OnSecret {
+        ca,
+        ca_file,
+        mut secret,
+        proxy,
+        // Bound (not `..`), so that they live to the test's end.
+        _tmp,
+        _sim,
+    } = OnSecret::start("resumption CA");
+    let base = client_config(&ca_file, None);
+    let first = with_own_sessions(&base);
+    assert!(
+        !resumed(proxy.addr(), &first),
+        "a first connection cannot resume"
+    );
+    assert!(resumed(proxy.addr(), &first), "{}", proxy.logs());
+    // 200 other clients, each given two TLS 1.3 tickets: 400 sessions, more
+    // than a 256-entry server-side cache holds.
+    for _ in 0..200 {
+        assert!(!resumed(proxy.addr(), &with_own_sessions(&base)));
+    }
+    assert!(
+        resumed(proxy.addr(), &first),
+        "the first client's ticket was forgotten: {}",
+        proxy.logs()
+    );
+    // A new certificate, and so perhaps a new client CA: what was agreed
+    // before it is not resumed.
+    let (c2, k2) = ca.server(2);
+    secret.update(&c2, &k2);
+    assert!(
+        wait_until(DEADLINE, || served_serial(proxy.addr(), &ca_file)
+            .as_deref()
+            == Some("02")),
+        "{}",
+        proxy.logs()
+    );
+    assert!(!resumed(proxy.addr(), &first), "resumed across a reload");
+    assert!(resumed(proxy.addr(), &first), "{}", proxy.logs());
 }
 
 #[test]
