@@ -595,16 +595,9 @@ fn resumed(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> bool {
 #[test]
 fn sessions_resume_from_stateless_tickets_however_many_clients_came_since_but_not_across_a_reload()
 {
-    let OnSecret {
-        ca,
-        ca_file,
-        mut secret,
-        proxy,
-        // Bound (not `..`), so that they live to the test's end.
-        _tmp,
-        _sim,
-    } = OnSecret::start("resumption CA");
-    let base = client_config(&ca_file, None);
+    let mut s = OnSecret::start("resumption CA");
+    let proxy = &s.proxy;
+    let base = client_config(&s.ca_file, None);
     let first = with_own_sessions(&base);
     assert!(
         !resumed(proxy.addr(), &first),
@@ -623,10 +616,10 @@ fn sessions_resume_from_stateless_tickets_however_many_clients_came_since_but_no
     );
     // A new certificate, and so perhaps a new client CA: what was agreed
     // before it is not resumed.
-    let (c2, k2) = ca.server(2);
-    secret.update(&c2, &k2);
+    let (c2, k2) = s.ca.server(2);
+    s.secret.update(&c2, &k2);
     assert!(
-        wait_until(DEADLINE, || served_serial(proxy.addr(), &ca_file)
+        wait_until(DEADLINE, || served_serial(proxy.addr(), &s.ca_file)
             .as_deref()
             == Some("02")),
         "{}",
