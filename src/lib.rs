@@ -18,7 +18,9 @@
 //! - [`listener`]: the accept loop both proxies share;
 //! - [`limit`]: connection and request limits a reload can change;
 //! - [`proxy_protocol`]: the client's address from a trusted load balancer's
-//!   PROXY protocol header, on both listeners.
+//!   PROXY protocol header, on both listeners;
+//! - [`sched`]: a checkpoint that lets the kernel end a busy worker's used-up
+//!   time slice on time.
 
 // Every public item says why it exists (house rule), checked by the compiler.
 #![warn(missing_docs)]
@@ -34,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod proxy_protocol;
+pub mod sched;
 pub mod shard;
 pub mod tcp_proxy;
 pub mod tls;

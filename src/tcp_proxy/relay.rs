@@ -100,6 +100,7 @@ async fn one_way(
             Ok(0) => break,
             Ok(n) => {
                 traffic.record(counter, n);
+                crate::sched::checkpoint();
                 write_all(to, &buf).await?;
             }
             // Drained: give the buffer back before waiting for more.
@@ -161,6 +162,7 @@ where
             break;
         }
         traffic.record(counter, n);
+        crate::sched::checkpoint();
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
     }

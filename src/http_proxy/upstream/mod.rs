@@ -132,6 +132,7 @@ pub struct BodyNotSent;
 /// behind the next batch of reads too and made the p99 worse at 16 to 64
 /// connections. With nothing else ready the task runs again at once.
 async fn run_other_ready_tasks_first() {
+    crate::sched::checkpoint();
     let mut requeued = false;
     std::future::poll_fn(|cx| {
         if requeued {
