@@ -198,6 +198,13 @@ pub fn load(spec: &TlsSpec, alpn: &[&[u8]]) -> Result<Loaded, TlsFileError> {
         key: format!("{}tls-cert", spec.prefix),
         problem: format!("no session ticket key (the system's random source failed): {e}"),
     })?;
+    // One TLS 1.3 ticket per handshake, as OpenSSL sends on a resumption,
+    // instead of rustls' two. A stateless ticket may be offered again, so
+    // a client opening connections side by side needs no second one; and
+    // each ticket costs the client a session of its own to store and the
+    // proxy one encryption (resumed handshakes per second, OpenSSL
+    // clients: docs/benchmarks.md, "One ticket per handshake").
+    config.send_tls13_tickets = 1;
     Ok(Loaded {
         config: Arc::new(config),
         not_after,
