@@ -578,8 +578,16 @@ fn the_identity_header_is_stripped_on_a_plain_listener_too() {
 
 /// A client's configuration with a session store of its own.
 fn with_own_sessions(config: &Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    with_resumption(config, rustls::client::Resumption::in_memory_sessions(8))
+}
+
+/// `config` resuming sessions through `resumption` instead.
+fn with_resumption(
+    config: &Arc<rustls::ClientConfig>,
+    resumption: rustls::client::Resumption,
+) -> Arc<rustls::ClientConfig> {
     let mut c = (**config).clone();
-    c.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    c.resumption = resumption;
     Arc::new(c)
 }
 
@@ -656,9 +664,10 @@ impl rustls::client::ClientSessionStore for CountingStore {
 fn a_tls13_handshake_full_or_resumed_gives_the_client_one_ticket() {
     let s = OnSecret::start("ticket count CA");
     let store = Arc::new(CountingStore::new());
-    let mut config = (*client_config(&s.ca_file, None)).clone();
-    config.resumption = rustls::client::Resumption::store(store.clone());
-    let config = Arc::new(config);
+    let config = with_resumption(
+        &client_config(&s.ca_file, None),
+        rustls::client::Resumption::store(store.clone()),
+    );
     assert!(
         !resumed(s.proxy.addr(), &config),
         "a first connection cannot resume"
