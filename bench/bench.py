@@ -27,7 +27,9 @@ Parts:
             unpinned (one thread each, no taskset anywhere), unpinned-2 (two
             threads each), defaults (nothing pinned, each proxy's default
             thread count: livy-proxy one worker per core, HAProxy nbthread
-            unset, nginx worker_processes auto); ratios to HAProxy per mode.
+            unset, nginx worker_processes auto); ratios to HAProxy per mode,
+            and to haproxy-fwd, HAProxy set to add the headers livy-proxy
+            adds (X-Forwarded-For/-Proto/-Host, Via, X-Request-ID).
             Where scripts/pgo-build's binary exists (bench/run makes it),
             livy-proxy-pgo beside livy-proxy here and in tls.
   memory    RSS idle and with 10,000 idle keep-alive connections, plain and
@@ -292,7 +294,24 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
     return port, p
 
 
-def start_haproxy(upstream, mode="http", threads=1, name=None, tls=False, upstream_tls=False, options=()):
+# What livy-proxy adds to every request and answer, as an operator would
+# configure HAProxy to do it in front of Livy: the client's forwarding
+# headers replaced by this hop's (`X-Forwarded-For/-Proto/-Host`), `Via`,
+# and a request ID sent both ways. `start_haproxy(forwarding=True)`.
+HAPROXY_FORWARDING = """
+  http-request del-header ^(x-forwarded-.*|forwarded|x-real-ip|x-proxied-https)$ -m reg
+  option forwardfor
+  http-request set-header X-Forwarded-Proto {proto}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request add-header Via "1.1 haproxy"
+  unique-id-format %{{+X}}o%ci%cp%fp%Ts%rt
+  unique-id-header X-Request-ID
+  http-response set-header X-Request-ID %[unique-id]
+"""
+
+
+def start_haproxy(upstream, mode="http", threads=1, name=None, tls=False, upstream_tls=False, options=(),
+                  forwarding=False):
     """HAProxy; `threads` None leaves nbthread unset (its default: one
     thread per CPU it may run on). `tls`: the frontend terminates TLS with
     the bench's certificate (`bind ... ssl crt`); `upstream_tls`: the
@@ -324,6 +343,7 @@ defaults
   {more}
 frontend f
   bind 127.0.0.1:{port}{bind}
+  {HAPROXY_FORWARDING.format(proto="https" if tls else "http") if forwarding else ""}
   default_backend b
 backend b
   server s1 127.0.0.1:{upstream}{server}
@@ -457,12 +477,17 @@ def interleaved_rounds(targets, procs, conns, seconds, rounds, scheme="http", up
     """wrk against every target in turn, `rounds` times, after a warm-up of
     each: a slow minute on this VM then falls on all of them alike. The
     wrk results per target name, one per round. `scheme` https: wrk speaks
-    TLS (OpenSSL; each connection's handshake is in the warm-up)."""
+    TLS (OpenSSL; each connection's handshake is in the warm-up). Each
+    round starts one target later than the one before, so that no target
+    always follows the same one (the upstream's and the scheduler's state
+    left by the run before) or always runs first in a round."""
     for port in targets.values():
         warm_up(port, conns, scheme)
     runs = {name: [] for name in targets}
-    for _ in range(rounds):
-        for name, port in targets.items():
+    names = list(targets)
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            port = targets[name]
             proc = procs.get(name)
             runs[name].append(wrk(port, conns, seconds, pid=pid_of(proc) if proc else None, scheme=scheme,
                                   upstream_pid=pid_of(upstream) if upstream else None))
@@ -505,6 +530,13 @@ MODES = {
 }
 
 
+def paired_ratios(rs, others):
+    """The medians of the round-by-round ratios of req/s and p99 of one
+    target's rounds to another's (same rounds, same order)."""
+    return {"rps": median([a["rps"] / b["rps"] for a, b in zip(rs, others) if b["rps"]]),
+            "p99": median([a["p99"] / b["p99"] for a, b in zip(rs, others) if b["p99"]])}
+
+
 def bench_http_modes(seconds, conns_list, rounds, modes):
     """livy-proxy, HAProxy and nginx with the same thread count (or each
     with its default), pinned or not, in interleaved rounds: one table per
@@ -523,6 +555,10 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
                 targets["livy-proxy-pgo"], procs["livy-proxy-pgo"] = start_livy_proxy(
                     f"lp-{mode}-pgo", up, threads=threads, binary=PGO_BIN)
             targets["haproxy"], procs["haproxy"] = start_haproxy(up, threads=threads, name=f"haproxy-{mode}")
+            # HAProxy doing the header work livy-proxy does on every request
+            # and answer (HAPROXY_FORWARDING): the same work, side by side.
+            targets["haproxy-fwd"], procs["haproxy-fwd"] = start_haproxy(
+                up, threads=threads, name=f"haproxy-fwd-{mode}", forwarding=True)
             targets["nginx"], procs["nginx"] = start_nginx_proxy(up, workers=threads, name=f"nginx-{mode}")
             if mode == "defaults":
                 # The candidate default: one worker (a current-thread
@@ -533,12 +569,16 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
                 runs = interleaved_rounds(targets, procs, c, seconds, rounds)
                 for name, rs in runs.items():
                     r = summarize_wrk(rs)
+                    # Round by round against each HAProxy: the rounds are
+                    # paired in time, so these take the VM's drift out.
+                    r["paired"] = {h: paired_ratios(rs, runs[h]) for h in ("haproxy", "haproxy-fwd") if h != name}
                     res[name][str(c)] = r
                 hap = res["haproxy"][str(c)]
                 for name in targets:
                     r = res[name][str(c)]
+                    pr = "  ".join(f"paired vs {h} x{v['rps']:4.2f} / x{v['p99']:4.2f}" for h, v in r["paired"].items())
                     print(f"  {mode:10} {name:13} c={c:<4} {r['rps']:>9.0f} req/s (x{r['rps'] / hap['rps']:4.2f} HAProxy)"
-                          f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  {errors(r)}", flush=True)
+                          f"  p99 {r['p99']:>6} us (x{r['p99'] / max(hap['p99'], 1):4.2f})  {pr}  {errors(r)}", flush=True)
             for p in procs.values():
                 stop(p)
             out[mode] = {"pinned": pin, "threads": threads or "default", "results": res}
@@ -1168,6 +1208,11 @@ def table(results):
                 cells = "  ".join(f"{n} x{res[n][c]['rps'] / hap['rps']:4.2f} / x{res[n][c]['p99'] / max(hap['p99'], 1):4.2f}"
                                   for n in res if n != "haproxy")
                 print(f"  {mode:10} threads {str(m['threads']):7} c={c:<4} {cells}")
+                fwd = res.get("haproxy-fwd", {}).get(c)
+                if fwd:
+                    cells = "  ".join(f"{n} x{res[n][c]['rps'] / fwd['rps']:4.2f} / x{res[n][c]['p99'] / max(fwd['p99'], 1):4.2f}"
+                                      for n in res if n.startswith("livy-proxy"))
+                    print(f"  {'':10} against haproxy-fwd (the same header work)  {cells}")
     http = results.get("http")
     if http:
         print("\nHTTP (req/s; ratio to HAProxy, ratio to direct; p50/p99/p99.9 in us)")
