@@ -298,8 +298,8 @@ def start_livy_proxy(name, upstream, threads=None, extra=(), binary=REL / "livy-
 # configure HAProxy to do it in front of Livy: the client's forwarding
 # headers replaced by this hop's (`X-Forwarded-For/-Proto/-Host`), `Via`,
 # and a request ID sent both ways. `start_haproxy(forwarding=True)`. The
-# deletes match by prefix and by name, as livy-proxy's do: one regular
-# expression instead cost HAProxy 2–3 % more req/s (docs/benchmarks.md).
+# deletes match by prefix and by name, as livy-proxy's do (a regular
+# expression would cost HAProxy more than the work asks).
 HAPROXY_FORWARDING = """
   http-request del-header x-forwarded- -m beg
   http-request del-header forwarded
