@@ -29,7 +29,8 @@ Parts:
             thread count: livy-proxy one worker per core, HAProxy nbthread
             unset, nginx worker_processes auto); ratios to HAProxy per mode,
             and to haproxy-fwd, HAProxy set to add the headers livy-proxy
-            adds (X-Forwarded-For/-Proto/-Host, Via, X-Request-ID).
+            adds (X-Forwarded-For/-Proto/-Host, Via, X-Request-ID), and
+            nginx-fwd, nginx doing the same.
             Where scripts/pgo-build's binary exists (bench/run makes it),
             livy-proxy-pgo beside livy-proxy here and in tls.
   memory    RSS idle and with 10,000 idle keep-alive connections, plain and
@@ -358,9 +359,24 @@ backend b
     return port, p
 
 
-def start_nginx_proxy(upstream, workers=1, name="nginx-proxy"):
+# The same header work for nginx (`start_nginx_proxy(forwarding=True)`):
+# this hop's forwarding fields replace the client's (nginx can clear only
+# named fields, not a prefix), `Via`, and its `$request_id` both ways.
+NGINX_FORWARDING = """
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "";
+      proxy_set_header X-Real-IP "";
+      proxy_set_header Via "1.1 nginx";
+      proxy_set_header X-Request-ID $request_id;
+      add_header X-Request-ID $request_id always;"""
+
+
+def start_nginx_proxy(upstream, workers=1, name="nginx-proxy", forwarding=False):
     """nginx as a reverse proxy; `workers` None is `worker_processes auto`
-    (one per CPU, the packaged default)."""
+    (one per CPU, the packaged default); `forwarding`: with
+    NGINX_FORWARDING."""
     port = free_port()
     conf = nginx_conf(f"""
 worker_processes {workers or "auto"};
@@ -378,7 +394,7 @@ http {{
     location / {{
       proxy_pass http://livy;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection "";{NGINX_FORWARDING if forwarding else ""}
     }}
   }}
 }}""")
@@ -565,6 +581,8 @@ def bench_http_modes(seconds, conns_list, rounds, modes):
             targets["haproxy-fwd"], procs["haproxy-fwd"] = start_haproxy(
                 up, threads=threads, name=f"haproxy-fwd-{mode}", forwarding=True)
             targets["nginx"], procs["nginx"] = start_nginx_proxy(up, workers=threads, name=f"nginx-{mode}")
+            targets["nginx-fwd"], procs["nginx-fwd"] = start_nginx_proxy(
+                up, workers=threads, name=f"nginx-fwd-{mode}", forwarding=True)
             if mode == "defaults":
                 # The candidate default: one worker (a current-thread
                 # runtime) against the others' defaults.
