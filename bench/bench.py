@@ -636,11 +636,12 @@ def bench_ab(seconds, conns_list, rounds, other, mode="pinned"):
             def ratio(values):
                 return median([a / b for a, b in zip(values["this"], values["other"]) if b])
             paired = list(zip(runs["this"], runs["other"]))
+            ratios = paired_ratios(runs["this"], runs["other"])
             r = {
                 "rounds": {n: [{k: x[k] for k in ("rps", "p50", "p99", "p999")} for x in rs] for n, rs in runs.items()},
                 "p99_lower_than_other": sum(a["p99"] < b["p99"] for a, b in paired),
-                "p99_ratio": median([a["p99"] / b["p99"] for a, b in paired]),
-                "rps_ratio": median([a["rps"] / b["rps"] for a, b in paired]),
+                "p99_ratio": ratios["p99"],
+                "rps_ratio": ratios["rps"],
                 "cpu_ratio": ratio(cpu),
                 "upstream_cpu_ratio": ratio(peers["upstream_us_per_req"]),
                 "wrk_cpu_ratio": ratio(peers["wrk_us_per_req"]),
