@@ -77,7 +77,16 @@ REL = TARGET / "release"
 # measured beside the plain build wherever it exists.
 PGO_BIN = TARGET / "pgo" / "release" / "livy-proxy"
 TOOLS = TARGET / "bench"
-WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
+_WORK = None
+
+
+def work():
+    """The run's scratch directory, made on first use, so that --help and
+    importing this file as a module leave nothing behind."""
+    global _WORK
+    if _WORK is None:
+        _WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
+    return _WORK
 PROCS = []
 JSON_BODY = '{"from":0,"total":0,"sessions":[]}'
 
@@ -105,7 +114,7 @@ def taskset(cmd, cpu):
 def start(name, cmd, cpu=None, **kw):
     if PIN and cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu)] + cmd
-    log = open(WORK / f"{name}.log", "w")
+    log = open(work() / f"{name}.log", "w")
     # stdout may be asked for (a PIPE); the log then has stderr alone.
     kw.setdefault("stdout", log)
     kw.setdefault("stderr", subprocess.STDOUT if kw["stdout"] is log else log)
@@ -129,7 +138,8 @@ def cleanup():
     # master leaves them running), then SIGKILL what is left.
     for p in PROCS:
         stop(p)
-    shutil.rmtree(WORK, ignore_errors=True)
+    if _WORK is not None:
+        shutil.rmtree(_WORK, ignore_errors=True)
 
 
 def wait_port(port, ip="127.0.0.1", deadline=30):
@@ -140,7 +150,7 @@ def wait_port(port, ip="127.0.0.1", deadline=30):
             return
         except OSError:
             time.sleep(0.05)
-    logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(WORK.glob("*.log")))
+    logs = "\n".join(f"--- {f.name}\n{f.read_text()[-2000:]}" for f in sorted(work().glob("*.log")))
     raise SystemExit(f"nothing listens on {ip}:{port}\n{logs}")
 
 
@@ -206,7 +216,7 @@ def certs():
     global CERTS
     if CERTS:
         return CERTS
-    d = WORK / "tls"
+    d = work() / "tls"
     d.mkdir()
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
@@ -241,7 +251,7 @@ def tool(name):
 # --- the servers -----------------------------------------------------------
 
 def nginx_conf(body):
-    d = WORK / f"nginx-{free_port()}"
+    d = work() / f"nginx-{free_port()}"
     d.mkdir()
     (d / "nginx.conf").write_text(body.replace("@DIR@", str(d)))
     return d / "nginx.conf"
@@ -328,7 +338,7 @@ def start_haproxy(upstream, mode="http", threads=1, name=None, tls=False, upstre
     bind = f" ssl crt {certs()['pem']}" if tls else ""
     server = f" ssl verify required ca-file {certs()['ca']}" if upstream_tls else ""
     more = "\n  ".join(options)
-    cfg = WORK / f"haproxy-{mode}-{port}.cfg"
+    cfg = work() / f"haproxy-{mode}-{port}.cfg"
     nbthread = f"nbthread {threads}" if threads else ""
     cfg.write_text(f"""
 global
@@ -433,7 +443,7 @@ wrk.headers["Content-Type"] = "application/json"
 
 
 def wrk_cmd(port, conns, seconds, scheme="http", body=None):
-    lua = WORK / f"report-{THINK_MS}{f'-post{abs(hash(body))}' if body else ''}.lua"
+    lua = work() / f"report-{THINK_MS}{f'-post{abs(hash(body))}' if body else ''}.lua"
     if not lua.exists():
         think = f"delay = function() return {THINK_MS} end\n" if THINK_MS else ""
         post = POST_LUA.format(body=body) if body else ""
@@ -811,7 +821,7 @@ def handshake_round(port, kind, seconds, pid):
     for out in outs:
         m = re.search(r"^JSON (.*)$", out, re.M)
         if not m:
-            raise SystemExit(f"tlspump handshakes failed: {out!r} (see {WORK}/hs-{port}-*.log)")
+            raise SystemExit(f"tlspump handshakes failed: {out!r} (see {work()}/hs-{port}-*.log)")
         x = json.loads(m.group(1))
         for k in ("handshakes", "resumed", "failed"):
             r[k] += x[k]
@@ -1050,7 +1060,7 @@ def bench_failover(rounds):
     cur_cp = jars(["curator-recipes", "curator-framework", "curator-client", "guava", "zookeeper", "zookeeper-jute",
                    "slf4j-api", "slf4j-nop", "netty-handler", "netty-transport", "netty-common", "netty-buffer",
                    "netty-resolver", "netty-codec", "netty-transport-native-epoll", "netty-transport-native-unix-common"])
-    latch = WORK / "latch"
+    latch = work() / "latch"
     latch.mkdir()
     subprocess.run(["javac", "-nowarn", "-d", str(latch), "-cp", cur_cp, str(ROOT / "tests/support/LatchMember.java")], check=True)
     results = {}
@@ -1072,7 +1082,7 @@ def median(xs):
 
 def failover_once(kind, zk_cp, latch_cp):
     zk_port = free_port()
-    zdir = WORK / f"zk-{zk_port}"
+    zdir = work() / f"zk-{zk_port}"
     zdir.mkdir()
     (zdir / "zoo.cfg").write_text(f"tickTime=500\ndataDir={zdir}/data\nclientPort={zk_port}\nclientPortAddress=127.0.0.1\n"
                                   "admin.enableServer=false\nminSessionTimeout=1000\nmaxSessionTimeout=10000\n")
@@ -1153,7 +1163,7 @@ def failover_once(kind, zk_cp, latch_cp):
     first_new = next(a for a in answers if a[1] == 200 and a[2] not in (None, old))
     new_id = first_new[2]
     new_idx = int(new_id.split("-")[1]) - 1
-    log = (WORK / f"sim-{zk_port}-{new_idx}.log").read_text()
+    log = (work() / f"sim-{zk_port}-{new_idx}.log").read_text()
     learned = max(int(m) for m in re.findall(r"LEADER at (\d+)", log)) / 1000.0
     failed = sum(1 for a in answers if a[1] != 200)
     for p in sims + [proxy, zk]:
@@ -1161,7 +1171,7 @@ def failover_once(kind, zk_cp, latch_cp):
     if os.environ.get("BENCH_KEEP_LOGS"):
         keep = Path(os.environ["BENCH_KEEP_LOGS"])
         keep.mkdir(parents=True, exist_ok=True)
-        for f in WORK.glob(f"*{zk_port}*.log"):
+        for f in work().glob(f"*{zk_port}*.log"):
             shutil.copy(f, keep / f"{kind}-{f.name}")
         print(f"  kept logs; learned at {learned:.3f}, first new answer at {first_new[0]:.3f}, exit at {t_exit:.3f}")
     return {"election_ms": (learned - t_exit) * 1000, "first_answer_ms": (first_new[0] - t_exit) * 1000,
