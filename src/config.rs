@@ -119,6 +119,12 @@ pub struct Keys {
     #[arg(long, env = "LIVY_PROXY_CLIENT_BODY_TIMEOUT", value_name = "DURATION")]
     pub client_body_timeout: Option<Dur>,
 
+    /// Longest a write to a client may wait for the client to read; then
+    /// the connection is closed and its Livy connection let go
+    /// [default: 60s].
+    #[arg(long, env = "LIVY_PROXY_CLIENT_SEND_TIMEOUT", value_name = "DURATION")]
+    pub client_send_timeout: Option<Dur>,
+
     /// Memory all request bodies held for replay may take together; past it,
     /// bodies are streamed instead [default: 64MiB].
     #[arg(long, env = "LIVY_PROXY_MAX_BUFFERED_BODIES", value_name = "SIZE")]
@@ -578,6 +584,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "connect-timeout",
     "client-header-timeout",
     "client-body-timeout",
+    "client-send-timeout",
     "max-replay-body",
     "max-buffered-bodies",
     "max-streaming-uploads",
@@ -1357,6 +1364,11 @@ impl Build<'_> {
                 k.client_body_timeout,
                 Duration::from_secs(60),
             )?,
+            client_send_timeout: self.duration(
+                "client-send-timeout",
+                k.client_send_timeout,
+                Duration::from_secs(60),
+            )?,
             max_buffered_bodies,
             max_streaming_uploads,
             h2_max_concurrent_streams: match k.h2_max_concurrent_streams.unwrap_or(100) {
@@ -1705,6 +1717,7 @@ mod tests {
         assert_eq!(c.http.upstream_timeout, Duration::from_secs(600));
         assert_eq!(c.http.client_header_timeout, Duration::from_secs(30));
         assert_eq!(c.http.client_body_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.client_send_timeout, Duration::from_secs(60));
         assert_eq!(c.http.max_buffered_bodies, 64 * 1024 * 1024);
         assert_eq!(c.http.max_streaming_uploads, 128, "a quarter of 512");
         assert_eq!(c.http.h2_max_concurrent_streams, 100);

@@ -186,6 +186,7 @@ fn settings(hold: Duration) -> HttpSettings {
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 512,
         client_body_timeout: Duration::from_secs(30),
+        client_send_timeout: Duration::from_secs(60),
         max_buffered_bodies: 64 * 1024 * 1024,
         max_streaming_uploads: 128,
         h2_max_concurrent_streams: 100,
@@ -1076,6 +1077,69 @@ async fn a_stalled_body_gets_408_and_its_connection_is_closed_buffered_or_stream
     )
     .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
+    use tokio::io::AsyncWriteExt;
+    // An answer larger than every socket buffer between Livy and the
+    // client, so that a client that reads nothing stalls the proxy's writes.
+    const BIG: usize = 48 * 1024 * 1024;
+    let handler: Handler = Arc::new(|seen: &Seen| {
+        if seen.path == "/big" {
+            Response::new(Full::new(Bytes::from(vec![b'x'; BIG])))
+        } else {
+            Response::new(Full::new(Bytes::from_static(b"{}")))
+        }
+    });
+    let a = Fake::start("livy-1", "127.0.0.21", handler).await;
+    let mut st = settings(Duration::from_secs(5));
+    st.client_send_timeout = Duration::from_millis(500);
+    // One Livy connection: the stalled answer holds it until it is let go.
+    st.max_upstream_connections = 1;
+    let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    let mut stalled = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Wait until Livy has the request, so that it holds the connection.
+    let sent = async {
+        while a.seen().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), sent)
+        .await
+        .expect("the big request reached Livy");
+    // Another client gets the one Livy connection once the stalled one is
+    // cut off (within hold-timeout: otherwise a 503).
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(
+            "GET",
+            format!("http://{}/sessions", s.proxy),
+            &[],
+            Bytes::new(),
+        ),
+    )
+    .await
+    .expect("a second request answered");
+    assert_eq!(status, 200, "{body}");
+    // The stalled client's connection was closed short of the answer.
+    let got = read_until_closed(&mut stalled)
+        .await
+        .expect("the stalled connection is closed");
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "{}",
+        &got[..got.len().min(200)]
+    );
+    assert!(
+        got.len() < BIG,
+        "the whole answer arrived: {} bytes",
+        got.len()
+    );
 }
 
 /// An h2c connection to the proxy, driven by a task of its own; the task

@@ -194,6 +194,7 @@ async fn proxy_to(node: &LivyNode) -> Proxy {
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
         client_body_timeout: Duration::from_secs(30),
+        client_send_timeout: Duration::from_secs(60),
         max_buffered_bodies: 64 * 1024 * 1024,
         max_streaming_uploads: 4,
         h2_max_concurrent_streams: 100,

@@ -234,6 +234,7 @@ fn http_settings(proxy_protocol: ProxyProtocol) -> HttpSettings {
         retry_after: Duration::from_secs(5),
         max_upstream_connections: 16,
         client_body_timeout: Duration::from_secs(30),
+        client_send_timeout: Duration::from_secs(60),
         max_buffered_bodies: 64 * 1024 * 1024,
         max_streaming_uploads: 4,
         h2_max_concurrent_streams: 100,

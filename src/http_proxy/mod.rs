@@ -31,7 +31,10 @@ mod h2c;
 pub mod headers;
 pub mod park;
 pub mod retry;
+mod send_timeout;
 mod sniff;
+
+use send_timeout::SendTimeout;
 pub mod stack;
 pub mod upstream;
 
@@ -100,6 +103,8 @@ pub struct HttpSettings {
     pub max_upstream_connections: usize,
     /// Longest silence between two pieces of a request body.
     pub client_body_timeout: Duration,
+    /// Longest a write to a client that does not read may wait.
+    pub client_send_timeout: Duration,
     /// Memory all buffered request bodies may take together.
     pub max_buffered_bodies: u64,
     /// Most requests streaming a body to Livy at once.
@@ -382,7 +387,8 @@ impl HttpProxy {
             let watcher = graceful.watcher();
             let shutdown = shutdown.clone();
             let tls = tls.clone();
-            let header_timeout = self.shared.settings.load().client_header_timeout;
+            let header_timeout = current.client_header_timeout;
+            let send_timeout = current.client_send_timeout;
             // Owned by this future: if it is dropped (the drain's grace
             // period over, `app::run` aborting it), every connection's task
             // goes with it instead of running on unowned.
@@ -446,7 +452,7 @@ impl HttpProxy {
                             h2,
                             service(true, identity),
                             &builders,
-                            header_timeout,
+                            (header_timeout, send_timeout),
                             &shutdown,
                             watcher,
                         ))
@@ -471,7 +477,7 @@ impl HttpProxy {
                             h2,
                             service(false, None),
                             &builders,
-                            header_timeout,
+                            (header_timeout, send_timeout),
                             &shutdown,
                             watcher,
                         )
@@ -1102,13 +1108,14 @@ type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 
 /// Serves one client connection (plain or TLS) in HTTP/2 if `h2`, else in
 /// HTTP/1.1 (parked while it idles: `park`), until it ends or, after
-/// `shutdown`, its requests finish.
+/// `shutdown`, its requests finish. `timeouts` are `client-header-timeout`
+/// and `client-send-timeout` (`send_timeout`).
 async fn serve_client<I>(
     io: I,
     h2: bool,
     service: stack::HyperStack<stack::ConnectionStack>,
     builders: &Builders,
-    header_timeout: Duration,
+    (header_timeout, send_timeout): (Duration, Duration),
     shutdown: &CancellationToken,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> Result<(), hyper::Error>
@@ -1116,6 +1123,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + park::Readiness + Unpin + Send + 'static,
 {
     let (http1, http2) = builders;
+    let io = SendTimeout::new(io, send_timeout);
     if h2 {
         h2c::serve(
             http2,
