@@ -67,7 +67,11 @@ impl<I> SendTimeout<I> {
             return polled;
         }
         if !self.armed {
-            let deadline = Instant::now() + self.timeout;
+            // A timeout no instant can hold (humantime takes billions of
+            // years) waits for ever rather than panicking.
+            let Some(deadline) = Instant::now().checked_add(self.timeout) else {
+                return Poll::Pending;
+            };
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
