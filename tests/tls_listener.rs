@@ -741,6 +741,87 @@ fn tls_listen_serves_tls_beside_the_plain_listener() {
 }
 
 #[test]
+fn a_tls_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("send-timeout CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let sim = SimCluster::plan(1).start_static(0);
+    let tls_port = free_port();
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &write(tmp.path(), "c.pem", &c),
+        "--tls-key",
+        &write(tmp.path(), "k.pem", &k),
+        "--tls-listen",
+        &format!("127.0.0.1:{tls_port}"),
+        "--client-send-timeout",
+        "1s",
+        // One connection to Livy: the stalled answer holds it until the
+        // proxy lets it go.
+        "--max-upstream-connections",
+        "1",
+    ]);
+    let https = format!("https://localhost:{tls_port}");
+    wait_ready(&proxy, &ca_file, &format!("{https}/version"));
+    let (status, err) = curl(
+        &ca_file,
+        &format!("{https}/sessions"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+        ],
+    );
+    assert_eq!(status, "201", "{err}");
+    // A session log of about 60 MB, more than every socket buffer on the
+    // way, asked for over TLS and then never read.
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let mut stalled = TlsConn::open(addr, client_config(&ca_file, None)).unwrap();
+    write!(
+        stalled.0,
+        "GET /sessions/1/log?from=0&size=1000000 HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    stalled.0.flush().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || sim
+            .requests(0)
+            .iter()
+            .any(|r| r["path"].as_str().unwrap_or("").ends_with("/log"))),
+        "the log request reached Livy"
+    );
+    // Another client is served once the stalled one is cut off; without
+    // the timeout it would wait for the one connection (upstream-timeout).
+    let (status, err) = curl(&ca_file, &format!("{https}/sessions"), &[]);
+    assert_eq!(status, "200", "{err}");
+    // The stalled connection was closed, short of the whole answer.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match stalled.0.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            // A reset, or rustls seeing the TCP stream end without
+            // close_notify: closed either way. A read timeout is not.
+            Err(e) => {
+                break !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    };
+    assert!(closed, "the stalled connection is still open");
+    assert!(got < 50_000_000, "the whole answer arrived: {got} bytes");
+}
+
+#[test]
 fn handshakes_are_bounded_in_time_and_number() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new("handshake CA");

@@ -320,10 +320,25 @@ async fn active(sim: &Sim, parts: &http::request::Parts, body: &Bytes) -> Resp {
                 ("GET", ["state"]) => {
                     json_resp(StatusCode::OK, json!({"id": id, "state": obj["state"]}))
                 }
-                ("GET", ["log"]) => json_resp(
-                    StatusCode::OK,
-                    json!({"id": id, "from": 0, "total": 0, "log": []}),
-                ),
+                ("GET", ["log"]) => {
+                    // Empty, unless `?size=N` asks for N lines (at most
+                    // 2,000,000): the large answer a test needs for a
+                    // client that stops reading halfway through a log.
+                    let size = parts
+                        .uri
+                        .query()
+                        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("size=")))
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0)
+                        .min(2_000_000);
+                    let log: Vec<String> = (0..size)
+                        .map(|i| format!("26/12/06 12:00:00 INFO SparkContext: simulated line {i}"))
+                        .collect();
+                    json_resp(
+                        StatusCode::OK,
+                        json!({"id": id, "from": 0, "total": size, "log": log}),
+                    )
+                }
                 ("POST", ["statements"]) => {
                     let code = parse()
                         .ok()
