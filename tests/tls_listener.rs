@@ -714,49 +714,60 @@ fn sessions_resume_from_stateless_tickets_however_many_clients_came_since_but_no
     assert!(resumed(proxy.addr(), &first), "{}", proxy.logs());
 }
 
+/// One Livy node behind a proxy with a TLS listener (`tls-listen`) beside
+/// the plain one, `more` flags added, and the TLS listener serving.
+struct TlsBeside {
+    _tmp: tempfile::TempDir,
+    ca_file: String,
+    sim: SimCluster,
+    proxy: Proxy,
+    tls_port: u16,
+}
+
+impl TlsBeside {
+    fn start(more: &[&str]) -> TlsBeside {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = Ca::new("side-by-side CA");
+        let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+        let (c, k) = ca.server(1);
+        let sim = SimCluster::plan(1).start_static(0);
+        let tls_port = free_port();
+        let mut args = vec![
+            "--node".to_string(),
+            sim.node_arg(0),
+            "--tls-cert".into(),
+            write(tmp.path(), "c.pem", &c),
+            "--tls-key".into(),
+            write(tmp.path(), "k.pem", &k),
+            "--tls-listen".into(),
+            format!("127.0.0.1:{tls_port}"),
+        ];
+        args.extend(more.iter().map(|a| a.to_string()));
+        let proxy = Proxy::start(&args);
+        wait_ready(
+            &proxy,
+            &ca_file,
+            &format!("https://localhost:{tls_port}/version"),
+        );
+        TlsBeside {
+            _tmp: tmp,
+            ca_file,
+            sim,
+            proxy,
+            tls_port,
+        }
+    }
+}
+
 #[test]
 fn tls_listen_serves_tls_beside_the_plain_listener() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ca = Ca::new("side-by-side CA");
-    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c, k) = ca.server(1);
-    let sim = SimCluster::plan(1).start_static(0);
-    let tls_port = free_port();
-    let proxy = Proxy::start(&[
-        "--node",
-        &sim.node_arg(0),
-        "--tls-cert",
-        &write(tmp.path(), "c.pem", &c),
-        "--tls-key",
-        &write(tmp.path(), "k.pem", &k),
-        "--tls-listen",
-        &format!("127.0.0.1:{tls_port}"),
-    ]);
-    wait_ready(
-        &proxy,
-        &ca_file,
-        &format!("https://localhost:{tls_port}/version"),
-    );
-    assert!(curl_body(&format!("{}/version", proxy.url())).contains("version"));
+    let t = TlsBeside::start(&[]);
+    assert!(curl_body(&format!("{}/version", t.proxy.url())).contains("version"));
 }
 
 #[test]
 fn a_tls_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ca = Ca::new("send-timeout CA");
-    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
-    let (c, k) = ca.server(1);
-    let sim = SimCluster::plan(1).start_static(0);
-    let tls_port = free_port();
-    let proxy = Proxy::start(&[
-        "--node",
-        &sim.node_arg(0),
-        "--tls-cert",
-        &write(tmp.path(), "c.pem", &c),
-        "--tls-key",
-        &write(tmp.path(), "k.pem", &k),
-        "--tls-listen",
-        &format!("127.0.0.1:{tls_port}"),
+    let t = TlsBeside::start(&[
         "--client-send-timeout",
         "1s",
         // One connection to Livy: the stalled answer holds it until the
@@ -764,10 +775,10 @@ fn a_tls_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
         "--max-upstream-connections",
         "1",
     ]);
+    let (ca_file, sim, tls_port) = (&t.ca_file, &t.sim, t.tls_port);
     let https = format!("https://localhost:{tls_port}");
-    wait_ready(&proxy, &ca_file, &format!("{https}/version"));
     let (status, err) = curl(
-        &ca_file,
+        ca_file,
         &format!("{https}/sessions"),
         &[
             "-X",
@@ -782,7 +793,7 @@ fn a_tls_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
     // A session log of about 60 MB, more than every socket buffer on the
     // way, asked for over TLS and then never read.
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
-    let mut stalled = TlsConn::open(addr, client_config(&ca_file, None)).unwrap();
+    let mut stalled = TlsConn::open(addr, client_config(ca_file, None)).unwrap();
     write!(
         stalled.0,
         "GET /sessions/1/log?from=0&size=1000000 HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -798,7 +809,7 @@ fn a_tls_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
     );
     // Another client is served once the stalled one is cut off; without
     // the timeout it would wait for the one connection (upstream-timeout).
-    let (status, err) = curl(&ca_file, &format!("{https}/sessions"), &[]);
+    let (status, err) = curl(ca_file, &format!("{https}/sessions"), &[]);
     assert_eq!(status, "200", "{err}");
     // The stalled connection was closed, short of the whole answer.
     let mut got = 0usize;
