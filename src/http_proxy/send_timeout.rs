@@ -15,6 +15,11 @@
 //! nginx's timer does: it bounds the silence between two writes, not the
 //! transfer, so a slow reader of a large answer is not cut off.
 //!
+//! On HTTP/2 it sees only a client whose socket stops taking bytes. One
+//! that keeps reading its socket but grants no flow-control window stalls
+//! its stream above this layer (hyper waits for window before it writes),
+//! which this timer cannot see.
+//!
 //! Written here rather than taken from a crate: `tokio-io-timeout` would
 //! do it, but keeps its timers (tokio's `Sleep`, inline) in every
 //! connection for its life; this one allocates its timer at the first
