@@ -1079,12 +1079,14 @@ async fn a_stalled_body_gets_408_and_its_connection_is_closed_buffered_or_stream
     assert_eq!(status, 200, "{body}");
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
-    use tokio::io::AsyncWriteExt;
-    // An answer larger than every socket buffer between Livy and the
-    // client, so that a client that reads nothing stalls the proxy's writes.
-    const BIG: usize = 48 * 1024 * 1024;
+/// An answer larger than every socket buffer between Livy and the client
+/// (so that a client that reads nothing stalls the proxy's writes).
+const BIG: usize = 48 * 1024 * 1024;
+
+/// A Livy answering `BIG` bytes on `/big`, behind a proxy with one
+/// connection to it (a stalled answer holds it until the proxy lets it go)
+/// and a `client-send-timeout` of 500 ms.
+async fn big_answer_behind_one_connection() -> (Fake, Setup) {
     let handler: Handler = Arc::new(|seen: &Seen| {
         if seen.path == "/big" {
             Response::new(Full::new(Bytes::from(vec![b'x'; BIG])))
@@ -1095,9 +1097,33 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() 
     let a = Fake::start("livy-1", "127.0.0.21", handler).await;
     let mut st = settings(Duration::from_secs(5));
     st.client_send_timeout = Duration::from_millis(500);
-    // One Livy connection: the stalled answer holds it until it is let go.
     st.max_upstream_connections = 1;
     let s = setup_with(vec![a.node.clone()], Some(&a.node), st).await;
+    (a, s)
+}
+
+/// Another client gets the one Livy connection once the stalled one is
+/// cut off (without that, it waits for it within `upstream-timeout`, past
+/// this deadline).
+async fn another_client_is_served(s: &Setup) {
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(
+            "GET",
+            format!("http://{}/sessions", s.proxy),
+            &[],
+            Bytes::new(),
+        ),
+    )
+    .await
+    .expect("a second request answered");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() {
+    use tokio::io::AsyncWriteExt;
+    let (a, s) = big_answer_behind_one_connection().await;
     let mut stalled = tokio::net::TcpStream::connect(s.proxy).await.unwrap();
     stalled
         .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1112,20 +1138,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_its_livy_connection_freed() 
     tokio::time::timeout(Duration::from_secs(20), sent)
         .await
         .expect("the big request reached Livy");
-    // Another client gets the one Livy connection once the stalled one is
-    // cut off (within hold-timeout: otherwise a 503).
-    let (status, _, body) = tokio::time::timeout(
-        Duration::from_secs(20),
-        send(
-            "GET",
-            format!("http://{}/sessions", s.proxy),
-            &[],
-            Bytes::new(),
-        ),
-    )
-    .await
-    .expect("a second request answered");
-    assert_eq!(status, 200, "{body}");
+    another_client_is_served(&s).await;
     // The stalled client's connection was closed short of the answer.
     let got = read_until_closed(&mut stalled)
         .await
@@ -1153,6 +1166,32 @@ async fn h2_client(
     let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     (client, tokio::spawn(conn))
+}
+
+#[tokio::test]
+async fn an_h2c_client_that_grants_no_window_is_cut_off_and_its_livy_connection_freed() {
+    let (_a, s) = big_answer_behind_one_connection().await;
+    let (client, conn) = h2_client(s.proxy).await;
+    let mut client = client.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/big", s.proxy))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(req, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("the answer's head")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The body is never read: the client's connection task goes on
+    // reading the socket, but grants no window past the first 64 KiB.
+    let body = response.into_body();
+    another_client_is_served(&s).await;
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the stalled h2c connection was closed")
+        .unwrap()
+        .ok();
+    drop(body);
 }
 
 #[tokio::test]

@@ -1129,7 +1129,7 @@ where
             http2,
             TokioIo::new(io),
             service,
-            header_timeout,
+            (header_timeout, send_timeout),
             shutdown,
             watcher,
         )

@@ -17,8 +17,8 @@
 //!
 //! On HTTP/2 it sees only a client whose socket stops taking bytes. One
 //! that keeps reading its socket but grants no flow-control window stalls
-//! its stream above this layer (hyper waits for window before it writes),
-//! which this timer cannot see.
+//! its stream above this layer (hyper waits for window before it writes):
+//! `h2c` watches for that with the same timeout.
 //!
 //! Written here rather than taken from a crate: `tokio-io-timeout` would
 //! do it, but keeps its timers (tokio's `Sleep`, inline) in every
