@@ -87,6 +87,8 @@ def work():
     if _WORK is None:
         _WORK = Path(tempfile.mkdtemp(prefix="livy-proxy-bench."))
     return _WORK
+
+
 PROCS = []
 JSON_BODY = '{"from":0,"total":0,"sessions":[]}'
 

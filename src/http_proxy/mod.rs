@@ -33,8 +33,6 @@ pub mod park;
 pub mod retry;
 mod send_timeout;
 mod sniff;
-
-use send_timeout::SendTimeout;
 pub mod stack;
 pub mod upstream;
 
@@ -57,6 +55,7 @@ use crate::metrics::{Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
 use body::{BodyLimits, UpstreamBody};
 use error::ProxyError;
+use send_timeout::SendTimeout;
 use sniff::ClientProtocol;
 use upstream::{BodyNotSent, Connector, Endpoint, PooledBody, Upstream, UpstreamError};
 
@@ -1108,8 +1107,8 @@ type Builders = (http1::Builder, http2::Builder<TokioExecutor>);
 
 /// Serves one client connection (plain or TLS) in HTTP/2 if `h2`, else in
 /// HTTP/1.1 (parked while it idles: `park`), until it ends or, after
-/// `shutdown`, its requests finish. `timeouts` are `client-header-timeout`
-/// and `client-send-timeout` (`send_timeout`).
+/// `shutdown`, its requests finish, within `client-header-timeout` and
+/// `client-send-timeout` (the pair of durations).
 async fn serve_client<I>(
     io: I,
     h2: bool,
