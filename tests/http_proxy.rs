@@ -783,6 +783,51 @@ async fn malformed_request_gets_400_and_connect_gets_405() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 405"));
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without a Host field, or any request
+/// with two, is refused with 400 before Livy sees it; HTTP/1.0 needs none.
+#[tokio::test]
+async fn a_request_without_one_host_field_gets_400_and_never_reaches_livy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let livy = Fake::start("livy-1", "127.0.0.21", ok_json("livy-1")).await;
+    let s = setup(
+        vec![livy.node.clone()],
+        Some(&livy.node),
+        Duration::from_secs(5),
+    )
+    .await;
+    async fn status_of(proxy: SocketAddr, head: &[u8]) -> String {
+        let mut conn = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        conn.write_all(head).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    for head in [
+        &b"GET /sessions HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /sessions HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /sessions HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+    ] {
+        let answer = status_of(s.proxy, head).await;
+        assert!(
+            (answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.0 400"))
+                && answer.contains("Host fields"),
+            "{}: {answer}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    assert!(
+        livy.seen().is_empty(),
+        "Livy saw a refused request: {:?}",
+        livy.seen()
+    );
+    let answer = status_of(s.proxy, b"GET /sessions HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "HTTP/1.0 needs no Host: {answer}"
+    );
+    assert_eq!(livy.seen().len(), 1);
+}
+
 #[tokio::test]
 async fn pooled_connection_closed_by_livy_is_replaced_and_post_sent_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

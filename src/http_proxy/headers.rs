@@ -64,6 +64,8 @@ pub struct Found {
     pub forwarding: bool,
     /// The first `Host` field's value.
     pub host: Option<HeaderValue>,
+    /// How many `Host` fields there are (RFC 9112 §3.2 allows one).
+    pub hosts: u8,
 }
 
 /// One pass over `headers`' names: what [`Found`] lists. `strip` are the
@@ -91,8 +93,11 @@ pub fn scan(headers: &HeaderMap, strip: &[HeaderName]) -> Found {
             Some(b'u') if name == header::UPGRADE => found.hop_by_hop[5] = true,
             Some(b'p') if text.starts_with("proxy-") => found.proxy_prefixed = true,
             Some(b'e') if name == header::EXPECT => found.expect = true,
-            Some(b'h') if name == header::HOST && found.host.is_none() => {
-                found.host = Some(value.clone());
+            Some(b'h') if name == header::HOST => {
+                if found.host.is_none() {
+                    found.host = Some(value.clone());
+                }
+                found.hosts = found.hosts.saturating_add(1);
             }
             Some(b'x' | b'f') if is_forwarding(name, &[]) => found.forwarding = true,
             _ => {}

@@ -514,6 +514,17 @@ impl HttpProxy {
         // One pass over the names; each rule below runs only when its
         // fields are there.
         let mut found = headers::scan(req.headers(), &settings.strip_headers);
+        // RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request
+        // without a Host field, and to any request with more than one
+        // (hyper's parser checks neither). Livy gets its own Host either
+        // way, but which one the client meant is then anyone's guess, and
+        // `X-Forwarded-Host` would carry the first.
+        if found.hosts > 1 || (found.hosts == 0 && version == http::Version::HTTP_11) {
+            return Err(ProxyError::BadRequest(format!(
+                "{} Host fields: an HTTP/1.1 request carries exactly one (RFC 9112 section 3.2)",
+                found.hosts
+            )));
+        }
         // The authority the client addressed, for X-Forwarded-Host.
         let client_host = found.host.take().or_else(|| {
             req.uri()
