@@ -112,6 +112,49 @@ async fn sigkill_of_the_leader_is_invisible_to_gets() {
     );
 }
 
+/// A leader that freezes (a JVM stopped in a long GC, a host lost from the
+/// network) answers nothing and closes nothing; its session expires and
+/// another server is elected. The requests it held end then, instead of at
+/// `upstream-timeout` (600 s): a GET is resent to the new leader, a POST,
+/// which may have reached the frozen one, gets 502 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_by_a_frozen_leader_end_when_another_is_elected() {
+    let zk = ZooKeeper::start();
+    let cluster = SimCluster::start(&zk, 2);
+    let leader = cluster.wait_for_leader(DEADLINE);
+    let proxy = proxy_with_zk(&zk, &cluster, 2, &[]);
+    wait_served_by(&proxy, &format!("livy-{}", leader + 1), DEADLINE).await;
+    cluster.freeze(leader);
+    let url = format!("{}/sessions", proxy.url());
+    let ((get, get_headers, get_body), (post, post_headers, post_body)) = tokio::join!(
+        http_request("GET", &url, &[], Vec::new()),
+        http_request(
+            "POST",
+            &url,
+            &[("content-type", "application/json")],
+            br#"{"kind":"spark"}"#.to_vec(),
+        ),
+    );
+    cluster.thaw();
+    let new = format!("livy-{}", 2 - leader);
+    assert_eq!(get, StatusCode::OK, "{get_body}");
+    assert_eq!(
+        served_by(&get_headers),
+        new,
+        "the GET was resent to the new leader"
+    );
+    assert_eq!(post, StatusCode::BAD_GATEWAY, "{post_body}");
+    assert!(post_body.contains("upstream_failed"), "{post_body}");
+    assert!(post_headers.contains_key("retry-after"), "{post_headers:?}");
+    assert!(
+        cluster
+            .requests(1 - leader)
+            .iter()
+            .all(|r| r["method"] != "POST"),
+        "the POST, which may have reached the frozen leader, was not resent"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_body_arrives_intact_and_exactly_once() {
     let zk = ZooKeeper::start();

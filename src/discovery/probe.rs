@@ -134,7 +134,7 @@ async fn get(
         .map_err(|e| ProbeError::Request(error_chain(&e)))?;
     let exchange = async {
         let resp = client
-            .send(&endpoint, &mut req)
+            .send(&endpoint, &mut req, &mut false)
             .await
             .map_err(|e| ProbeError::Request(error_chain(&e)))?;
         let status = resp.status();

@@ -717,17 +717,45 @@ impl HttpProxy {
             outcome.node = Some(node.clone());
             let authority = s.authority.of(&node);
             *upstream_req.body_mut() = attempt_body;
-            let sent = tokio::time::timeout(
+            let mut wrote = false;
+            let exchanged = exchange(
+                s.upstream.send(&authority, &mut upstream_req, &mut wrote),
                 settings.upstream_timeout,
-                s.upstream.send(&authority, &mut upstream_req),
+                &leader_rx,
+                &node,
+                generation,
             )
             .await;
-            let result = match sent {
-                Ok(r) => r,
-                Err(_) => {
+            let result = match exchanged {
+                Exchanged::Answer(r) => r,
+                Exchanged::TimedOut => {
                     return Err(ProxyError::UpstreamTimeout {
                         node: node.to_string(),
                         timeout: settings.upstream_timeout,
+                    });
+                }
+                Exchanged::LeaderMoved => {
+                    // The node stopped answering and discovery has named
+                    // another leader: a lost host, a partition or a frozen
+                    // JVM, which would keep the request until
+                    // upstream-timeout. Its connection is dropped.
+                    redirected_to = None;
+                    if !wrote {
+                        body.put_back(take_body(&mut upstream_req));
+                        tracing::info!(node = %node, "the leader changed before the request left: sending it to the new one");
+                        continue;
+                    }
+                    let reason = "Livy had not answered when discovery named another leader; the request may have reached it".to_string();
+                    if idempotent && body.is_replayable() && s.retry_budget.withdraw() {
+                        tracing::info!(node = %node, method = %upstream_req.method(), "the leader changed while Livy had not answered: resending the idempotent request to the new one");
+                        outcome.retries += 1;
+                        failed_after_send = Some(node.clone());
+                        continue;
+                    }
+                    tracing::warn!(node = %node, method = %upstream_req.method(), "the leader changed while Livy had not answered: not resent (it may have reached Livy)");
+                    return Err(ProxyError::UpstreamFailed {
+                        node: node.to_string(),
+                        reason,
                     });
                 }
             };
@@ -1050,6 +1078,71 @@ fn still_names(rx: &LeaderRx, node: &LivyNode) -> bool {
 /// to [`PreparedBody`]; what is left behind is never sent.
 fn take_body(req: &mut Request<UpstreamBody>) -> UpstreamBody {
     std::mem::replace(req.body_mut(), UpstreamBody::Buffered(Bytes::new()))
+}
+
+/// How long an exchange with Livy runs before it also watches the view:
+/// most are answered well within it and pay for no watch; one still
+/// waiting then learns when discovery names another leader.
+const WATCH_VIEW_AFTER: Duration = Duration::from_secs(1);
+
+/// How an exchange with Livy ended.
+enum Exchanged<T> {
+    /// Livy answered, or the exchange failed on its own.
+    Answer(T),
+    /// `upstream-timeout` passed without an answer.
+    TimedOut,
+    /// Discovery named another leader while Livy had not answered.
+    LeaderMoved,
+}
+
+/// Runs `send` within `timeout`, and from [`WATCH_VIEW_AFTER`] on until a
+/// view newer than `generation` names a leader other than `node` (a view
+/// with no leader does not count: one missed probe is not a failover).
+/// The same one timer as a plain timeout for an exchange answered in time.
+async fn exchange<F: Future>(
+    send: F,
+    timeout: Duration,
+    rx: &LeaderRx,
+    node: &LivyNode,
+    generation: u64,
+) -> Exchanged<F::Output> {
+    let now = tokio::time::Instant::now();
+    // A timeout no Instant can hold waits for ever.
+    let end = now.checked_add(timeout);
+    let watch_from = now + WATCH_VIEW_AFTER;
+    let first = end.map_or(watch_from, |e| e.min(watch_from));
+    let mut send = std::pin::pin!(send);
+    let timer = tokio::time::sleep_until(first);
+    let mut timer = std::pin::pin!(timer);
+    tokio::select! {
+        biased;
+        r = &mut send => return Exchanged::Answer(r),
+        () = &mut timer => {}
+    }
+    match end {
+        Some(e) if e <= first => return Exchanged::TimedOut,
+        Some(e) => timer.as_mut().reset(e),
+        None => {}
+    }
+    let mut rx = rx.clone();
+    let moved = async {
+        let elsewhere = rx.wait_for(|v: &LeaderView| {
+            v.generation != generation
+                && v.leader
+                    .as_ref()
+                    .is_some_and(|l| l.node.origin != node.origin)
+        });
+        if elsewhere.await.is_err() {
+            // Discovery has stopped: nothing more to learn.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        r = &mut send => Exchanged::Answer(r),
+        () = &mut timer, if end.is_some() => Exchanged::TimedOut,
+        () = moved => Exchanged::LeaderMoved,
+    }
 }
 
 /// Waits until discovery names a leader other than `from` (a node that just

@@ -680,15 +680,44 @@ impl SimPlan {
         SimCluster {
             plan: self,
             sims,
+            frozen: Mutex::new(Vec::new()),
             _dir: dir,
         }
     }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        self.thaw();
+    }
+}
+
+/// The pids whose parent is `pid` (from /proc: no procps needed).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // `pid (comm) state ppid ...`; comm may hold spaces.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// livy-sim servers electing through the real Curator latch.
 pub struct SimCluster {
     plan: SimPlan,
     sims: Vec<Option<Proc>>,
+    /// Processes stopped by [`SimCluster::freeze`], continued on drop: a
+    /// stopped JVM would not see its parent's end and would stay behind.
+    frozen: Mutex<Vec<i32>>,
     _dir: tempfile::TempDir,
 }
 
@@ -793,6 +822,42 @@ impl SimCluster {
     pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.sims[i].take() {
             p.kill();
+        }
+    }
+
+    /// Freezes node `i` and its latch's JVM (SIGSTOP), as a JVM stopped in
+    /// a long GC or a host lost from the network: connections stay open and
+    /// unanswered, no FIN, and its ZooKeeper session expires.
+    pub fn freeze(&self, i: usize) {
+        let Some(pid) = self.sims[i].as_ref().map(|p| p.pid()) else {
+            return;
+        };
+        let mut family = vec![pid];
+        family.extend(children_of(pid));
+        for p in &family {
+            // SAFETY: kill(2) on our own child and its children.
+            unsafe {
+                libc::kill(*p, libc::SIGSTOP);
+            }
+        }
+        self.frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(family);
+    }
+
+    /// Continues every process [`SimCluster::freeze`] stopped.
+    pub fn thaw(&self) {
+        for p in self
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            // SAFETY: kill(2) on a process this cluster stopped.
+            unsafe {
+                libc::kill(p, libc::SIGCONT);
+            }
         }
     }
 

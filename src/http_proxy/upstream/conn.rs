@@ -190,12 +190,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Its `Host` is `host` (the server's `host:port`), whatever the request
     /// holds: written here rather than set in the request's headers by
     /// every attempt (a `HeaderMap` insert that also made the map grow).
+    /// `wrote` turns true once a byte of it has left, for a caller that
+    /// drops this future half-way and must know whether Livy may have it.
     pub(super) async fn exchange(
         &mut self,
         host: &[u8],
         req: &mut Request<UpstreamBody>,
+        wrote: &mut bool,
     ) -> Result<Head, SendError> {
-        if let Some(mut early) = self.write_request(host, req).await? {
+        if let Some(mut early) = self.write_request(host, req, wrote).await? {
             early.reusable = false;
             return Ok(early);
         }
@@ -208,6 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         host: &[u8],
         req: &mut Request<UpstreamBody>,
+        wrote: &mut bool,
     ) -> Result<Option<Head>, SendError> {
         // Noted while the fields are written, rather than looked up by hash.
         let mut has_length = false;
@@ -266,7 +270,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         error: io::ErrorKind::WriteZero.into(),
                     });
                 }
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    *wrote = true;
+                }
                 Err(error) => {
                     return Err(SendError {
                         sent: written > 0,
@@ -966,7 +973,10 @@ mod tests {
             server // kept open, the rest never read
         });
         let mut req = post(1 << 20);
-        let head = conn.exchange(b"livy:8998", &mut req).await.unwrap();
+        let head = conn
+            .exchange(b"livy:8998", &mut req, &mut false)
+            .await
+            .unwrap();
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(!head.reusable && !head.body_unsent);
         let _server = livy.await.unwrap();
@@ -984,7 +994,10 @@ mod tests {
             drop(server);
         });
         let mut req = post(1 << 20);
-        let head = conn.exchange(b"livy:8998", &mut req).await.unwrap();
+        let head = conn
+            .exchange(b"livy:8998", &mut req, &mut false)
+            .await
+            .unwrap();
         assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
         livy.await.unwrap();
     }

@@ -188,11 +188,15 @@ impl Upstream {
 
     /// Sends `req` to the server at `endpoint` over a pooled
     /// connection, or a new one. The request is only borrowed: the caller
-    /// can send it again (a streamed body, once consumed, cannot).
+    /// can send it again (a streamed body, once consumed, cannot). `wrote`
+    /// turns true once a byte of the request has left for Livy: a caller
+    /// that drops this future before it ends reads there whether Livy may
+    /// have the request.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Endpoint,
         req: &mut Request<UpstreamBody>,
+        wrote: &mut bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         // Writes to Livy leave together, after the reads of every other
         // connection that was ready: nginx and Livy then find several
@@ -206,7 +210,7 @@ impl Upstream {
         let mut anywhere = false;
         let permit = loop {
             while let Some(mut conn) = self.checkout(endpoint, anywhere) {
-                match conn.exchange(endpoint.authority(), req).await {
+                match conn.exchange(endpoint.authority(), req, wrote).await {
                     Ok(head) => return Ok(self.attach(endpoint, conn, head)),
                     // Closed by Livy while idle: the request never left.
                     Err(e) if !e.sent => continue,
@@ -236,7 +240,7 @@ impl Upstream {
         // Boxed: only a request that opens a connection needs the connect
         // states; the others' futures (kept per client connection by hyper)
         // stay without them.
-        Box::pin(self.open_and_send(endpoint, permit, req)).await
+        Box::pin(self.open_and_send(endpoint, permit, req, wrote)).await
     }
 
     /// Opens a new connection (taking `permit` for its life) and sends `req`
@@ -246,6 +250,7 @@ impl Upstream {
         endpoint: &Endpoint,
         permit: OwnedSemaphorePermit,
         req: &mut Request<UpstreamBody>,
+        wrote: &mut bool,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let name = || String::from_utf8_lossy(endpoint.authority()).into_owned();
         let stream = match self.connector.connect(endpoint).await {
@@ -264,7 +269,7 @@ impl Upstream {
             }
         };
         let mut conn = Conn::new(stream, Some(permit));
-        match conn.exchange(endpoint.authority(), req).await {
+        match conn.exchange(endpoint.authority(), req, wrote).await {
             Ok(head) => Ok(self.attach(endpoint, conn, head)),
             Err(e) if !e.sent => Err(UpstreamError::NotSent {
                 authority: name(),
@@ -508,7 +513,7 @@ mod tests {
         let sent = shards.handle(on).spawn(async move {
             assert_eq!(crate::shard::index(), on);
             let mut req = Request::new(UpstreamBody::Buffered(Bytes::new()));
-            let resp = pool.send(&endpoint, &mut req).await.unwrap();
+            let resp = pool.send(&endpoint, &mut req, &mut false).await.unwrap();
             resp.into_body().collect().await.unwrap();
         });
         // A pool that waits for a slot nobody frees fails here, not by
