@@ -73,7 +73,9 @@ struct Channel {
 pub struct HintListener {
     rx: Option<watch::Receiver<Option<Hint>>>,
     answered: Arc<watch::Sender<u64>>,
-    last: Option<Instant>,
+    /// When the last hint was returned: tokio's clock, so the cooldown
+    /// follows a paused clock in tests.
+    last: Option<tokio::time::Instant>,
 }
 
 impl Hints {
@@ -133,21 +135,28 @@ impl HintListener {
     /// Waits for the next hint (the latest one, if several arrived); pends
     /// for ever once every sender is gone, so a `select!` arm on it simply
     /// never fires. Every hint returned must be [`HintListener::answered`].
+    ///
+    /// Cancel-safe: the cooldown is waited out before a hint is looked at,
+    /// and nothing awaits between taking a hint and returning it, so a
+    /// `select!` arm that loses consumes nothing and the next call still
+    /// returns the hint.
     pub async fn next(&mut self) -> Hint {
         loop {
             let Some(rx) = &mut self.rx else {
                 return std::future::pending().await;
             };
+            // Past the cooldown (a quiet spell) this returns at once, so
+            // the first hint after it is acted on without delay.
+            if let Some(last) = self.last {
+                tokio::time::sleep_until(last + HINT_COOLDOWN).await;
+            }
             if rx.changed().await.is_err() {
                 self.rx = None;
                 continue;
             }
-            if let Some(last) = self.last {
-                tokio::time::sleep_until((last + HINT_COOLDOWN).into()).await;
-            }
             let latest = rx.borrow_and_update().clone();
             if let Some(hint) = latest {
-                self.last = Some(Instant::now());
+                self.last = Some(tokio::time::Instant::now());
                 return hint;
             }
         }
@@ -163,5 +172,54 @@ impl HintListener {
             }
             newer
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::AddressDefaults;
+    use tokio::time::Instant;
+
+    fn node(spec: &str) -> LivyNode {
+        LivyNode::parse(spec, AddressDefaults::default()).unwrap()
+    }
+
+    /// A discovery loop polls `next` in a `select!` whose other arms (a
+    /// latch event, a probe round) may win while the cooldown runs: the
+    /// hint that arrived meanwhile must still be there for the next call.
+    #[tokio::test(start_paused = true)]
+    async fn a_hint_in_the_cooldown_survives_a_cancelled_wait_and_a_quiet_one_is_at_once() {
+        let (hints, mut listener) = Hints::channel();
+        let from = Arc::new(node("a=http://h1:1"));
+        let start = Instant::now();
+        let first = hints.report(from.clone(), node("b=http://h2:1")).unwrap();
+        let hint = listener.next().await;
+        assert_eq!(hint.seq, first);
+        assert_eq!(Instant::now(), start, "the first hint is acted on at once");
+        listener.answered(&hint);
+
+        let second = hints.report(from.clone(), node("c=http://h3:1")).unwrap();
+        tokio::select! {
+            biased;
+            _ = listener.next() => panic!("a hint was returned within the cooldown"),
+            _ = tokio::time::sleep(HINT_COOLDOWN / 2) => {}
+        }
+        let hint = tokio::time::timeout(HINT_COOLDOWN * 8, listener.next())
+            .await
+            .expect("the hint that arrived in the cooldown is returned later");
+        assert_eq!(hint.seq, second);
+        assert!(
+            Instant::now() >= start + HINT_COOLDOWN,
+            "not before the cooldown is over"
+        );
+        listener.answered(&hint);
+
+        // After a quiet spell longer than the cooldown: at once again.
+        tokio::time::sleep(HINT_COOLDOWN * 2).await;
+        let quiet = Instant::now();
+        let third = hints.report(from, node("b=http://h2:1")).unwrap();
+        assert_eq!(listener.next().await.seq, third);
+        assert_eq!(Instant::now(), quiet);
     }
 }
