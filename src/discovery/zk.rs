@@ -436,7 +436,9 @@ async fn read_latch(
                     Err(e) => return Err(e),
                 };
                 let id = String::from_utf8_lossy(&data).trim().to_string();
-                record_participants(client, path, &children, child, &id, publisher).await;
+                // The leader first: requests held for it must not wait for
+                // one ZooKeeper round trip per other participant, which
+                // only `/status` needs.
                 match latch::resolve(&id, &config.nodes.snapshot(), config.defaults) {
                     Ok(node) => publisher.set_leader(Some(node), Source::ZooKeeper, None),
                     Err(e) => {
@@ -444,6 +446,7 @@ async fn read_latch(
                         publisher.set_leader(None, Source::ZooKeeper, Some(e.to_string()));
                     }
                 }
+                record_participants(client, path, &children, child, &id, publisher).await;
                 return Ok(watcher);
             }
             Err(zk::Error::NoNode) => {
