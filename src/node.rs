@@ -208,30 +208,66 @@ impl fmt::Display for LivyNode {
 /// The known Livy servers, shared by discovery and both proxies and
 /// replaced whole by a reload (the `node` key is live): each reader takes
 /// the list as it is when it needs it (a probe round, a latch read, a
-/// redirect to check, a JDBC fallback), without a lock.
+/// redirect to check, a JDBC fallback), without a lock. A reader that
+/// must act on a new list at once, rather than at its next read, waits on
+/// [`NodeList::changes`]: the ZooKeeper loop, whose latch read is the only
+/// one no timer repeats.
 #[derive(Clone, Debug)]
-pub struct NodeList(std::sync::Arc<arc_swap::ArcSwap<Vec<LivyNode>>>);
+pub struct NodeList {
+    nodes: std::sync::Arc<arc_swap::ArcSwap<Vec<LivyNode>>>,
+    /// Counts the stores that changed the list.
+    version: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
 
 impl NodeList {
     /// The list now.
     pub fn load(&self) -> arc_swap::Guard<std::sync::Arc<Vec<LivyNode>>> {
-        self.0.load()
+        self.nodes.load()
     }
 
     /// The list now, to hold across an `.await`.
     pub fn snapshot(&self) -> std::sync::Arc<Vec<LivyNode>> {
-        self.0.load_full()
+        self.nodes.load_full()
     }
 
-    /// Replaces the list for every reader.
+    /// Replaces the list for every reader, and wakes [`NodeChanges`] if it
+    /// differs from the old one (a reload that leaves `node` alone wakes
+    /// nobody). The list is in place before anyone is woken.
     pub fn store(&self, nodes: std::sync::Arc<Vec<LivyNode>>) {
-        self.0.store(nodes);
+        let old = self.nodes.swap(nodes.clone());
+        if *old != *nodes {
+            self.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Whoever must hear of the list's next replacement.
+    pub fn changes(&self) -> NodeChanges {
+        NodeChanges(self.version.subscribe())
     }
 }
 
 impl From<std::sync::Arc<Vec<LivyNode>>> for NodeList {
     fn from(nodes: std::sync::Arc<Vec<LivyNode>>) -> Self {
-        NodeList(std::sync::Arc::new(arc_swap::ArcSwap::new(nodes)))
+        NodeList {
+            nodes: std::sync::Arc::new(arc_swap::ArcSwap::new(nodes)),
+            version: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+/// Tells one reader that the [`NodeList`] was replaced by a different
+/// list, so it can resolve again what it resolved against the old one.
+#[derive(Debug)]
+pub struct NodeChanges(tokio::sync::watch::Receiver<u64>);
+
+impl NodeChanges {
+    /// Resolves once the list has changed since this was made or last
+    /// resolved (several changes in between count as one). Cancel-safe, so
+    /// it can be a `select!` arm; pends for ever once no `NodeList` is left.
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -241,6 +277,24 @@ mod tests {
 
     fn d() -> AddressDefaults {
         AddressDefaults::default()
+    }
+
+    #[tokio::test]
+    async fn a_different_list_wakes_the_readers_and_the_same_one_does_not() {
+        let list = NodeList::from(std::sync::Arc::new(vec![
+            LivyNode::parse("a=http://h1:1", d()).unwrap(),
+        ]));
+        let mut changes = list.changes();
+        list.store(list.snapshot());
+        let woken =
+            |c: &mut NodeChanges| futures_util::FutureExt::now_or_never(c.changed()).is_some();
+        assert!(!woken(&mut changes), "the same list again wakes nobody");
+        list.store(std::sync::Arc::new(vec![
+            LivyNode::parse("a=http://h1:2", d()).unwrap(),
+        ]));
+        assert!(woken(&mut changes), "a changed address wakes the reader");
+        assert_eq!(list.load()[0].origin.port, 2, "the new list is in place");
+        assert!(!woken(&mut changes), "one wake-up per change");
     }
 
     #[test]

@@ -710,6 +710,80 @@ async fn sighup_replaces_the_node_list() {
     );
 }
 
+/// In ZooKeeper mode the latch does not change when the node list does:
+/// the reload itself must make discovery map the leader's id again, both
+/// an id that mapped to no node and a node whose URL was wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_maps_the_latch_leader_again_with_the_new_node_list() {
+    let zk = ZooKeeper::start();
+    let plan = SimCluster::plan(2);
+    let nodes: Vec<String> = (0..2).map(|i| plan.node_arg(i)).collect();
+    let cluster = plan.start(&zk);
+    let leader = cluster.wait_for_leader(DEADLINE);
+    let (leader_id, other) = (format!("livy-{}", leader + 1), &nodes[1 - leader]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("livy-proxy.toml");
+    let write = |list: &[&str]| {
+        let list = list
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &file,
+            format!(
+                "zookeeper = \"{}\"\nnode = [{list}]\nhold-timeout = \"1s\"\n",
+                zk.connect_string()
+            ),
+        )
+        .unwrap()
+    };
+    write(&[other]);
+    let proxy = Proxy::start(&["--config", file.to_str().unwrap()]);
+    let url = format!("{}/version", proxy.url());
+    let answer = || async {
+        let (status, headers, body) = http_request("GET", &url, &[], vec![]).await;
+        (status.as_u16(), common::served_by(&headers), body)
+    };
+    // The latch names a participant id no node has.
+    assert!(
+        until_async(|| async {
+            let (status, _, body) = answer().await;
+            status == 503
+                && body.contains("no_leader")
+                && body.contains("maps to no known Livy node")
+        })
+        .await,
+        "an unmapped leader id is no leader: {}",
+        proxy.logs()
+    );
+    // Mapped now, but to an address where nothing listens.
+    let wrong = format!("{leader_id}=http://127.0.0.1:{}", common::free_port());
+    write(&[other, &wrong]);
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        until_async(|| async {
+            let (status, _, body) = answer().await;
+            status == 503 && body.contains("leader_unreachable")
+        })
+        .await,
+        "after the reload the latch leader is mapped to the listed (wrong) address: {}",
+        proxy.logs()
+    );
+    // The address corrected: traffic moves to it.
+    write(&nodes.iter().map(String::as_str).collect::<Vec<_>>());
+    proxy.signal(libc::SIGHUP);
+    assert!(
+        until_async(|| async {
+            let (status, node, _) = answer().await;
+            status == 200 && node == leader_id
+        })
+        .await,
+        "after the reload the corrected address is served: {}",
+        proxy.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn in_process_a_cut_drain_ends_the_requests_it_cut() {
     use livy_proxy::app::{self, Control, Ended, Listeners};

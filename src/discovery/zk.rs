@@ -6,7 +6,9 @@
 //! 2. read the lowest-sequence child's data (the participant id), map it to
 //!    a node and publish it; a child that vanished in between means "read
 //!    again";
-//! 3. wait for the watch, a session state change or shutdown, and go to 1.
+//! 3. wait for the watch, a session state change, a reload that changed
+//!    the node list (the id-to-address table), a hint, or shutdown, and go
+//!    to 1.
 //!
 //! Why one-shot watches: `zookeeper-client` 0.11 forgets persistent watches
 //! when a session reconnects (its `resend_watches` drops them), the same
@@ -299,6 +301,10 @@ async fn follow(
     shutdown: &CancellationToken,
 ) -> End {
     let mut state = client.state_watcher();
+    // A reload's new node list maps the latch's ids anew, but the latch
+    // itself does not change, so no watch would fire: the reload must
+    // cause the read.
+    let mut reloaded = config.nodes.changes();
     // The hint the coming read answers, if a hint caused it.
     let mut checking: Option<super::Hint> = None;
     loop {
@@ -349,6 +355,10 @@ async fn follow(
                         tracing::debug!(error = %e, "ZooKeeper sync failed; reading the latch anyway");
                     }
                     checking = Some(hint);
+                    break;
+                }
+                _ = reloaded.changed() => {
+                    tracing::info!("the node list was reloaded: reading the latch and mapping its leader again");
                     break;
                 }
                 s = state.changed() => match s {
