@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tcp_common::{Echo, node, roundtrip, settings, setup, view};
+use livy_proxy::discovery::Source;
+use tcp_common::{Echo, node, roundtrip, settings, setup, sourced, view};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -178,20 +179,66 @@ async fn keep_policy_leaves_old_connections_open() {
     assert_eq!(&buf, b"more");
 }
 
+/// Where the view may be behind: the static probe (a takeover between two
+/// rounds) or a stale latch (ZooKeeper unreachable, the last leader kept).
 #[tokio::test]
-async fn refused_leader_falls_back_to_the_node_that_accepts() {
+async fn refused_leader_falls_back_to_the_node_that_accepts_when_probed_or_stale() {
     let _serial = SERIAL.lock().await;
-    let dead = node("livy-1", dead_addr("127.0.0.34"));
-    let b = Echo::start("livy-2", "127.0.0.32").await;
-    // Discovery keeps naming the dead node (its session has not expired).
+    for (source, stale) in [(Source::Probe, false), (Source::ZooKeeper, true)] {
+        let dead = node("livy-1", dead_addr("127.0.0.34"));
+        let b = Echo::start("livy-2", "127.0.0.32").await;
+        // Discovery keeps naming the dead node (between probe rounds, or
+        // the last latch leader while ZooKeeper is out of reach).
+        let s = setup(
+            vec![dead.clone(), b.node.clone()],
+            Some(&dead),
+            settings(Duration::from_secs(10)),
+        )
+        .await;
+        s.leader.send(sourced(&dead, 1, source, stale)).unwrap();
+        assert_eq!(roundtrip(s.addr, b"hi").await, b"hi");
+        assert_eq!(
+            b.accepted.load(Ordering::SeqCst),
+            1,
+            "{source:?} stale={stale}"
+        );
+    }
+}
+
+/// A fresh latch names the only active server: a Livy server that lost
+/// leadership keeps running, and its Thrift port may still accept. A
+/// refusing latch leader (a new leader restarting its Thrift server) is
+/// retried until it accepts; the other node is never used.
+#[tokio::test]
+async fn a_refusing_fresh_latch_leader_is_retried_and_an_accepting_passive_never_used() {
+    let _serial = SERIAL.lock().await;
+    let leader_addr = dead_addr("127.0.0.34");
+    let leader = node("livy-1", leader_addr);
+    let passive = Echo::start("livy-2", "127.0.0.32").await;
     let s = setup(
-        vec![dead.clone(), b.node.clone()],
-        Some(&dead),
-        settings(Duration::from_secs(10)),
+        vec![leader.clone(), passive.node.clone()],
+        Some(&leader),
+        settings(Duration::from_secs(20)),
     )
     .await;
-    assert_eq!(roundtrip(s.addr, b"hi").await, b"hi");
-    assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+    s.leader
+        .send(sourced(&leader, 1, Source::ZooKeeper, false))
+        .unwrap();
+    let client = tokio::spawn(roundtrip(s.addr, b"hi"));
+    // Several connect attempts and backoffs fit in this second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted = Echo::start_on("livy-1", leader_addr).await;
+    assert_eq!(client.await.unwrap(), b"hi");
+    assert_eq!(
+        restarted.accepted.load(Ordering::SeqCst),
+        1,
+        "the latch leader served"
+    );
+    assert_eq!(
+        passive.accepted.load(Ordering::SeqCst),
+        0,
+        "a node the fresh latch does not name is never connected to"
+    );
 }
 
 #[tokio::test]

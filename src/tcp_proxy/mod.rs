@@ -9,9 +9,11 @@
 //! Choosing the upstream, per connection:
 //! 1. wait (up to `hold-timeout`) for discovery to name a leader;
 //! 2. connect to its Thrift address; on refusal or timeout, wait briefly for
-//!    the leader to change (a new election), and if the view did not change,
-//!    try the other known nodes: passives refuse Thrift, so one that accepts
-//!    is the active one;
+//!    the leader to change (a new election), and if the view did not
+//!    change, try it again; only if the view may be behind (the static
+//!    probe's, or stale) also try the other known nodes: passives refuse
+//!    Thrift, so one that accepts is the active one. A fresh latch is
+//!    never second-guessed: a server that lost leadership keeps running;
 //! 3. only when the hold time is over, close the client connection (a TCP
 //!    proxy has no way to say why: the reason goes to the log).
 //!
@@ -33,7 +35,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::discovery::{LeaderRx, LeaderView};
+use crate::discovery::{LeaderRx, LeaderView, Source};
 use crate::metrics::{Direction, Listener, Metrics};
 use crate::node::{LivyNode, NodeList};
 use crate::proxy_protocol::ProxyProtocol;
@@ -116,7 +118,8 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     /// A proxy reading discovery's channel; `nodes` are the fallbacks tried
-    /// when the leader refuses.
+    /// when the leader refuses and the view may be behind (probed, or
+    /// stale).
     pub fn new(settings: TcpSettings, nodes: impl Into<NodeList>, leader: LeaderRx) -> Self {
         TcpProxy {
             leader,
@@ -367,7 +370,8 @@ impl TcpProxy {
     }
 
     /// Finds an accepting Thrift server: the leader, the next leader, or,
-    /// when the view does not move, any known node that accepts.
+    /// when the view does not move and may be behind
+    /// ([`may_look_elsewhere`]), any known node that accepts.
     /// Also returns the generation of the view the choice was made under:
     /// a fallback node is not that view's leader, so "the leader moved"
     /// means a newer view naming another node.
@@ -426,17 +430,18 @@ impl TcpProxy {
                 Ok(Ok(_))
             );
             backoff = (backoff * 2).min(Duration::from_millis(500));
-            if changed {
+            if changed || !may_look_elsewhere(&rx.borrow()) {
                 continue;
             }
-            // The view did not move: passives refuse Thrift, so any other
-            // known node that accepts is the active one.
+            // The view did not move and may be behind: passives refuse
+            // Thrift, so another known node that accepts is the active one.
             if let Some((stream, node)) = self.first_accepting_other(&leader).await {
                 return Ok((stream, node, generation));
             }
         }
     }
 
+    /// The other known nodes, each tried at once; the first to accept.
     async fn first_accepting_other(&self, leader: &LivyNode) -> Option<(TcpStream, LivyNode)> {
         let nodes = self.nodes.snapshot();
         let attempts = nodes.iter().filter(|n| n.origin != leader.origin).map(|n| {
@@ -525,6 +530,17 @@ impl TcpProxy {
             traffic.down.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Whether a refusing leader may be passed over for another known node
+/// that accepts. Only when the view may be behind the truth: the static
+/// probe (a takeover between two rounds) or a stale view (ZooKeeper out of
+/// reach, the last leader kept). A fresh latch names the only active
+/// server, and a Livy server that lost leadership keeps running, its
+/// Thrift port perhaps still accepting: the latch leader is then waited
+/// for (a new leader restarts its Thrift server), never passed over.
+fn may_look_elsewhere(view: &LeaderView) -> bool {
+    view.source == Source::Probe || view.stale
 }
 
 /// A JDBC client connection: the socket, or TLS terminated on it.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use livy_proxy::discovery::LeaderView;
+use livy_proxy::discovery::{LeaderView, Source};
 use livy_proxy::node::{AddressDefaults, LivyNode};
 use livy_proxy::tcp_proxy::{TcpProxy, TcpSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +25,13 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start(id: &str, ip: &str) -> Echo {
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        Echo::start_on(id, format!("{ip}:0").parse().unwrap()).await
+    }
+
+    /// An echo at `addr` exactly (a port chosen before, where a server
+    /// refused at first).
+    pub async fn start_on(id: &str, addr: SocketAddr) -> Echo {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
@@ -76,6 +82,16 @@ pub fn node(id: &str, thrift: SocketAddr) -> LivyNode {
 /// A discovery view naming `node` as the leader (none if `None`).
 pub fn view(node: Option<&LivyNode>, generation: u64) -> LeaderView {
     LeaderView::fixed(node.cloned(), generation)
+}
+
+/// A view naming `node` as discovery's `source` publishes it, `stale` or
+/// fresh: the JDBC proxy's choices depend on both.
+pub fn sourced(node: &LivyNode, generation: u64, source: Source, stale: bool) -> LeaderView {
+    LeaderView {
+        source,
+        stale,
+        ..view(Some(node), generation)
+    }
 }
 
 /// A proxy serving in the background until dropped.
