@@ -160,6 +160,51 @@ async fn failover_closes_old_connections_and_new_ones_reach_the_new_leader() {
     assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
 }
 
+/// Static mode publishes "no leader" when one probe of the active node
+/// misses (a GC pause longer than probe-timeout), and the same node at the
+/// next round: its JDBC streams must live through that. Only a view naming
+/// another leader closes them.
+#[tokio::test]
+async fn a_stream_outlives_no_leader_and_closes_when_another_leader_is_named() {
+    let _serial = SERIAL.lock().await;
+    let a = Echo::start("livy-1", "127.0.0.31").await;
+    let b = Echo::start("livy-2", "127.0.0.32").await;
+    let s = setup(
+        vec![a.node.clone(), b.node.clone()],
+        Some(&a.node),
+        settings(Duration::from_secs(5)),
+    )
+    .await;
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    s.leader
+        .send(sourced(&a.node, 2, Source::Probe, false))
+        .unwrap();
+    s.leader.send(view(None, 3)).unwrap();
+    // A close on "no leader" would come at once; give the proxy the time
+    // to make that mistake before asking the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(b"gone").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"gone", "the stream lives while no leader is known");
+    s.leader
+        .send(sourced(&a.node, 4, Source::Probe, false))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(b"back").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"back", "and when the same leader is named again");
+    s.leader
+        .send(sourced(&b.node, 5, Source::Probe, false))
+        .unwrap();
+    assert!(
+        closed_by_proxy(&mut stream).await,
+        "another leader named: closed"
+    );
+}
+
 #[tokio::test]
 async fn keep_policy_leaves_old_connections_open() {
     let _serial = SERIAL.lock().await;

@@ -17,10 +17,11 @@
 //! 3. only when the hold time is over, close the client connection (a TCP
 //!    proxy has no way to say why: the reason goes to the log).
 //!
-//! While a connection is open it is closed on both sides as soon as the
-//! leader changes (`thrift-on-failover = close`), so a JDBC client fails at
-//! once and reconnects (through us, to the new leader) instead of hanging
-//! on a server that no longer serves it.
+//! While a connection is open it is closed on both sides as soon as a view
+//! names another leader (`thrift-on-failover = close`), so a JDBC client
+//! fails at once and reconnects (through us, to the new leader) instead of
+//! hanging on a server that no longer serves it. A view with no leader
+//! closes nothing: it says nothing about the open connection's server.
 
 mod relay;
 
@@ -479,8 +480,9 @@ impl TcpProxy {
         }
     }
 
-    /// Relays both ways until both sides are done, the leader moves (with
-    /// `close`), the connection idles out, or shutdown. Returns why it ended
+    /// Relays both ways until both sides are done, a view names another
+    /// leader (with `close`; a view with no leader does not count), the
+    /// connection idles out, or shutdown. Returns why it ended
     /// and the bytes sent up and down.
     async fn pipe(
         &self,
@@ -497,10 +499,15 @@ impl TcpProxy {
             if !close_on_failover {
                 return std::future::pending().await;
             }
+            // Only a view naming another server: "no leader" is no news
+            // about this one (static mode says it when one probe misses,
+            // and names the same node at the next round).
             let _ = rx
                 .wait_for(|v: &LeaderView| {
                     v.generation != generation
-                        && v.leader.as_ref().map(|l| &l.node.origin) != Some(&node.origin)
+                        && v.leader
+                            .as_ref()
+                            .is_some_and(|l| l.node.origin != node.origin)
                 })
                 .await;
         };
