@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use livy_proxy::discovery::Source;
+use livy_proxy::discovery::{LeaderView, Source};
 use tcp_common::{Echo, node, roundtrip, settings, setup, sourced, view};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -182,7 +182,12 @@ async fn a_stream_outlives_no_leader_and_closes_when_another_leader_is_named() {
     s.leader
         .send(sourced(&a.node, 2, Source::Probe, false))
         .unwrap();
-    s.leader.send(view(None, 3)).unwrap();
+    s.leader
+        .send(LeaderView {
+            source: Source::Probe,
+            ..view(None, 3)
+        })
+        .unwrap();
     // A close on "no leader" would come at once; give the proxy the time
     // to make that mistake before asking the stream.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -202,6 +207,38 @@ async fn a_stream_outlives_no_leader_and_closes_when_another_leader_is_named() {
     assert!(
         closed_by_proxy(&mut stream).await,
         "another leader named: closed"
+    );
+}
+
+/// ZooKeeper is the authority: a fresh latch naming no leader (nobody
+/// holds it, or an id no `node` maps) means the open stream's server no
+/// longer leads.
+#[tokio::test]
+async fn a_stream_is_closed_when_a_fresh_latch_names_no_leader() {
+    let _serial = SERIAL.lock().await;
+    let a = Echo::start("livy-1", "127.0.0.31").await;
+    let s = setup(
+        vec![a.node.clone()],
+        Some(&a.node),
+        settings(Duration::from_secs(5)),
+    )
+    .await;
+    s.leader
+        .send(sourced(&a.node, 2, Source::ZooKeeper, false))
+        .unwrap();
+    let mut stream = TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.write_all(b"ping").await.unwrap();
+    stream.read_exact(&mut buf).await.unwrap();
+    s.leader
+        .send(LeaderView {
+            source: Source::ZooKeeper,
+            ..view(None, 3)
+        })
+        .unwrap();
+    assert!(
+        closed_by_proxy(&mut stream).await,
+        "the latch names no leader: closed"
     );
 }
 

@@ -20,8 +20,9 @@
 //! While a connection is open it is closed on both sides as soon as a view
 //! names another leader (`thrift-on-failover = close`), so a JDBC client
 //! fails at once and reconnects (through us, to the new leader) instead of
-//! hanging on a server that no longer serves it. A view with no leader
-//! closes nothing: it says nothing about the open connection's server.
+//! hanging on a server that no longer serves it. So does a fresh latch
+//! naming no leader; the static probe's "no leader" closes nothing (one
+//! missed probe, and the next round names the same node).
 
 mod relay;
 
@@ -481,7 +482,7 @@ impl TcpProxy {
     }
 
     /// Relays both ways until both sides are done, a view names another
-    /// leader (with `close`; a view with no leader does not count), the
+    /// leader (with `close`; or a fresh latch none, not the probe), the
     /// connection idles out, or shutdown. Returns why it ended
     /// and the bytes sent up and down.
     async fn pipe(
@@ -499,15 +500,18 @@ impl TcpProxy {
             if !close_on_failover {
                 return std::future::pending().await;
             }
-            // Only a view naming another server: "no leader" is no news
-            // about this one (static mode says it when one probe misses,
-            // and names the same node at the next round).
+            // A view naming another server, or a fresh latch naming none
+            // (ZooKeeper is the authority: this server no longer leads).
+            // The static probe's "no leader" is no news about this one: it
+            // says so when one probe misses, and names the same node at
+            // the next round.
             let _ = rx
                 .wait_for(|v: &LeaderView| {
                     v.generation != generation
-                        && v.leader
-                            .as_ref()
-                            .is_some_and(|l| l.node.origin != node.origin)
+                        && match &v.leader {
+                            Some(l) => l.node.origin != node.origin,
+                            None => v.source == Source::ZooKeeper && !v.stale,
+                        }
                 })
                 .await;
         };
