@@ -83,21 +83,37 @@ pub struct TlsSources {
 }
 
 impl TlsSources {
-    /// Reads every listener's TLS files; one handshake limit for all.
+    /// Reads every listener's TLS files; one handshake limit for the
+    /// traffic listeners, and one of its own for the admin listener, so
+    /// that handshakes flooding the traffic ports never keep the kubelet's
+    /// probes or Prometheus out.
     pub fn load(config: &Config) -> Result<TlsSources, crate::tls::TlsFileError> {
-        let handshakes = crate::tls::Handshakes::new(
-            config.runtime.max_tls_handshakes,
-            config.runtime.tls_handshake_timeout,
-        );
-        let one = |spec: &Option<crate::tls::TlsSpec>, listener, alpn| {
+        let limit = || {
+            crate::tls::Handshakes::new(
+                config.runtime.max_tls_handshakes,
+                config.runtime.tls_handshake_timeout,
+            )
+        };
+        let (traffic, admin) = (limit(), limit());
+        let one = |spec: &Option<crate::tls::TlsSpec>, listener, alpn, handshakes: &Arc<_>| {
             spec.clone()
-                .map(|s| TlsSource::load(s, listener, alpn, handshakes.clone()))
+                .map(|s| TlsSource::load(s, listener, alpn, Arc::clone(handshakes)))
                 .transpose()
         };
         Ok(TlsSources {
-            http: one(&config.http.tls, Listener::Http, crate::tls::ALPN)?,
-            admin: one(&config.admin.tls, Listener::Admin, crate::tls::ALPN_ADMIN)?,
-            jdbc: one(&config.tcp.tls, Listener::Jdbc, crate::tls::ALPN_NONE)?,
+            http: one(&config.http.tls, Listener::Http, crate::tls::ALPN, &traffic)?,
+            admin: one(
+                &config.admin.tls,
+                Listener::Admin,
+                crate::tls::ALPN_ADMIN,
+                &admin,
+            )?,
+            jdbc: one(
+                &config.tcp.tls,
+                Listener::Jdbc,
+                crate::tls::ALPN_NONE,
+                &traffic,
+            )?,
             jdbc_upstream: match &config.tcp.tls_mode {
                 crate::tls::ThriftTlsMode::Reencrypt { upstream } => {
                     Some(Arc::new(crate::tls::client::upstream_tls(upstream)?))
@@ -423,11 +439,6 @@ fn reload(
             return current;
         }
     };
-    if let Err(e) = (reloader.set_log_level)(&new.log.level) {
-        tracing::warn!(error = %e, "reload failed: keeping the running configuration");
-        metrics.config_reload(false);
-        return current;
-    }
     let ignored = config::restart_only_changes(&current.keys, &new.keys);
     let applied = if ignored.is_empty() {
         new
@@ -444,6 +455,12 @@ fn reload(
             }
         }
     };
+    // Last of the checks: a reload that fails leaves the level as it was.
+    if let Err(e) = (reloader.set_log_level)(&applied.log.level) {
+        tracing::warn!(error = %e, "reload failed: keeping the running configuration");
+        metrics.config_reload(false);
+        return current;
+    }
     proxy.update_settings(applied.http.clone());
     nodes.store(applied.discovery.nodes.snapshot());
     access_log.store(applied.log.access_log, Ordering::Relaxed);

@@ -665,7 +665,8 @@ impl fmt::Display for Size {
     }
 }
 
-/// A value that may be switched off with `off` (or `0`).
+/// A value that may be switched off with `off` (or `0`; for a duration,
+/// any zero one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OrOff<T> {
     /// The value.
@@ -679,10 +680,13 @@ impl FromStr for OrOff<Dur> {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
             "off" | "0" => Ok(OrOff::Off),
-            t => t
-                .parse()
-                .map(OrOff::On)
-                .map_err(|e| format!("{e} (or off)")),
+            t => match t.parse::<Dur>() {
+                // `0s` means what `0` does (HAProxy's `timeout 0` too): a
+                // zero idle timeout would close every connection at once.
+                Ok(d) if d.0.is_zero() => Ok(OrOff::Off),
+                Ok(d) => Ok(OrOff::On(d)),
+                Err(e) => Err(format!("{e} (or off)")),
+            },
         }
     }
 }
@@ -1021,6 +1025,16 @@ impl Build<'_> {
         }
     }
 
+    /// `log-level`, checked as tracing reads it: `EnvFilter` would skip a
+    /// directive it cannot parse and, with none left, log errors only, so
+    /// a typo would silence warnings and access lines without a word.
+    fn log_level(&self, value: Option<&str>) -> Result<String, ConfigError> {
+        let level = value.unwrap_or("info");
+        tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| self.invalid("log-level", format!("{level:?}: {e}")))?;
+        Ok(level.to_string())
+    }
+
     /// A duration key: its value or default, refused when zero unless allowed.
     fn duration(
         &self,
@@ -1068,7 +1082,7 @@ impl Build<'_> {
                 ready_requires_fresh: k.ready_requires_fresh.unwrap_or(false),
             },
             log: LogSettings {
-                level: k.log_level.clone().unwrap_or_else(|| "info".to_string()),
+                level: self.log_level(k.log_level.as_deref())?,
                 json: k.log_format == Some(LogFormat::Json),
                 access_log: k.access_log.unwrap_or(true),
             },
@@ -1722,6 +1736,17 @@ mod tests {
         assert_eq!(c.http.max_streaming_uploads, 128, "a quarter of 512");
         assert_eq!(c.http.h2_max_concurrent_streams, 100);
         assert_eq!(c.http.h2_max_header_list_size, 64 * 1024);
+    }
+
+    #[test]
+    fn a_zero_duration_switches_an_or_off_key_off() {
+        let c =
+            load_file("zookeeper = \"a:1\"\ntcp-idle-timeout = \"0s\"\ntcp-keepalive = \"0ms\"\n")
+                .unwrap();
+        assert_eq!(c.tcp.idle_timeout, None, "0s is off, not an instant close");
+        assert_eq!(c.tcp.keepalive, None);
+        let c = load_file("zookeeper = \"a:1\"\ntcp-idle-timeout = \"2h\"\n").unwrap();
+        assert_eq!(c.tcp.idle_timeout, Some(Duration::from_secs(7200)));
     }
 
     #[test]

@@ -177,7 +177,7 @@ fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
     };
     runtime.enable_all();
     let runtime = runtime.build().context("starting the async runtime")?;
-    runtime.block_on(async {
+    let ended = runtime.block_on(async {
         let listeners = Listeners::bind(&config)?;
         // Thousands of JDBC and HTTP connections need file descriptors:
         // raise the soft limit to the hard one, as servers commonly do.
@@ -187,7 +187,12 @@ fn run(config: Config, reloader: Reloader) -> anyhow::Result<Ended> {
         let control = Control::default();
         tokio::spawn(signals(control.clone()));
         Ok(app::run(config, listeners, control, Some(reloader)).await)
-    })
+    });
+    // The drain is over. A blocking task still running (a Kerberos login
+    // waiting for an unreachable KDC, a DNS lookup) would otherwise hold
+    // the exit, a forced one included, for as long as it takes.
+    runtime.shutdown_background();
+    ended
 }
 
 /// SIGTERM or SIGINT begins the drain, a second one forces the end; SIGHUP

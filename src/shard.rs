@@ -70,6 +70,9 @@ impl Shards {
                     // Runs the tasks spawned onto `handle` until told to
                     // stop (or the sender is dropped).
                     let _ = runtime.block_on(stopped);
+                    // Drops its tasks without waiting for a blocking one
+                    // (a DNS lookup), which would hold the proxy's exit.
+                    runtime.shutdown_background();
                 })?;
             shards.push(Shard {
                 handle,

@@ -4,12 +4,31 @@
 use std::io::Write;
 use std::process::{Command, Output};
 
+/// Runs the binary to its exit; one that is still running after 30 s (a
+/// configuration it should have refused) is killed, so that the test
+/// fails instead of hanging.
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
+    let child = Command::new(env!("CARGO_BIN_EXE_livy-proxy"))
         .args(args)
         .env_clear()
-        .output()
-        .expect("the binary runs")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if exited
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_err()
+        {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("the binary runs");
+    let _ = done.send(());
+    let _ = watchdog.join();
+    out
 }
 
 fn stderr(o: &Output) -> String {
@@ -54,6 +73,11 @@ fn bad_flag_values_exit_2_naming_the_flag() {
         (
             vec!["--zookeeper", "a:1", "--listen", "not-an-address"],
             "--listen",
+        ),
+        // tracing would skip the directive and log errors only.
+        (
+            vec!["--zookeeper", "a:1", "--log-level", "livy_proxy=verbose"],
+            "log-level",
         ),
     ] {
         let out = run(&args);

@@ -380,6 +380,17 @@ fn every_proxy_drains_before_the_kubelet_kills_it() {
                 assert!(sleep > Duration::ZERO, "gateway: no preStop sleep");
                 assert!(delay > Duration::ZERO, "gateway: no shutdown-delay");
             }
+            let containers = array(&pod.spec["containers"]);
+            if containers.len() > 1 && containers.iter().any(|x| x["name"] == c["name"]) {
+                // An ordinary sidecar beside a client gets SIGTERM with it:
+                // without a delay its listener closes while the client may
+                // still call it on its way out (operations.md, Sidecars).
+                assert!(
+                    delay > Duration::ZERO,
+                    "{overlay}: {}: a proxy beside its client without shutdown-delay",
+                    pod.owner
+                );
+            }
             if pod.owner.starts_with("Job") {
                 // Anything the proxy waits for at exit delays the Job's end.
                 assert_eq!(

@@ -872,6 +872,59 @@ fn handshakes_are_bounded_in_time_and_number() {
     assert!(logs.contains("TLS handshake timed out"), "{logs}");
 }
 
+/// The admin listener's handshakes are not counted against the traffic
+/// listeners' `max-tls-handshakes`: connections holding every handshake on
+/// the HTTPS port must not keep the kubelet's probes out (a liveness
+/// probe timing out restarts the pod).
+#[test]
+fn admin_handshakes_do_not_wait_behind_the_traffic_listeners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("admin handshake CA");
+    let ca_file = write(tmp.path(), "ca.pem", &ca.pem());
+    let (c, k) = ca.server(1);
+    let (c, k) = (
+        write(tmp.path(), "c.pem", &c),
+        write(tmp.path(), "k.pem", &k),
+    );
+    let sim = SimCluster::plan(1).start_static(0);
+    let proxy = Proxy::start(&[
+        "--node",
+        &sim.node_arg(0),
+        "--tls-cert",
+        &c,
+        "--tls-key",
+        &k,
+        "--admin-tls-cert",
+        &c,
+        "--admin-tls-key",
+        &k,
+        "--tls-handshake-timeout",
+        "300s",
+        "--max-tls-handshakes",
+        "1",
+    ]);
+    let url = format!("https://127.0.0.1:{}/version", proxy.addr().port());
+    wait_ready(&proxy, &ca_file, &url);
+    // Says nothing: it holds the only traffic handshake for 300 s.
+    let mut silent = TcpStream::connect(proxy.addr()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let admin = proxy.admin_url().replace("http://", "https://");
+    assert_eq!(
+        curl(&ca_file, &format!("{admin}/healthz"), &[]),
+        ("200".to_string(), String::new()),
+        "{}",
+        proxy.logs()
+    );
+    silent
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(silent.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut),
+        "the silent handshake still holds its slot: admin did not wait for it to time out"
+    );
+}
+
 #[test]
 fn sni_and_host_naming_another_livy_node_still_reach_the_leader() {
     let tmp = tempfile::tempdir().unwrap();
