@@ -116,6 +116,10 @@ impl TlsSource {
     /// why, for the log. True if the new files are in force.
     pub fn reload(&self, trigger: &str) -> bool {
         let listener = self.listener.as_str();
+        // What a failed load is recorded as having tried: the bytes as they
+        // were before it, so that files rewritten while it ran still count
+        // as new and are loaded at the next check.
+        let before = read_all(&self.spec.files());
         let ok = match load(&self.spec, self.alpn) {
             Ok(l) => {
                 *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = Some(l.contents);
@@ -134,8 +138,7 @@ impl TlsSource {
                 true
             }
             Err(e) => {
-                *self.tried.lock().unwrap_or_else(|e| e.into_inner()) =
-                    read_all(&self.spec.files());
+                *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = before;
                 tracing::warn!(listener, trigger, error = %e, "TLS reload failed: the certificate in use is kept");
                 false
             }
