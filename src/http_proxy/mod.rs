@@ -745,7 +745,6 @@ impl HttpProxy {
                         tracing::info!(node = %node, "the leader changed before the request left: sending it to the new one");
                         continue;
                     }
-                    let reason = "Livy had not answered when discovery named another leader; the request may have reached it".to_string();
                     if idempotent && body.is_replayable() && s.retry_budget.withdraw() {
                         tracing::info!(node = %node, method = %upstream_req.method(), "the leader changed while Livy had not answered: resending the idempotent request to the new one");
                         outcome.retries += 1;
@@ -755,7 +754,7 @@ impl HttpProxy {
                     tracing::warn!(node = %node, method = %upstream_req.method(), "the leader changed while Livy had not answered: not resent (it may have reached Livy)");
                     return Err(ProxyError::UpstreamFailed {
                         node: node.to_string(),
-                        reason,
+                        reason: "Livy had not answered when discovery named another leader; the request may have reached it".into(),
                     });
                 }
             };
