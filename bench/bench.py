@@ -702,11 +702,25 @@ def iperf(port, seconds, reverse=False):
     if reverse:
         cmd.append("-R")
     cmd = taskset(cmd, 1)
-    before = cpu_ticks()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
-    after = cpu_ticks()
+    # iperf3's server runs one test at a time. A connection that only checks
+    # the port (wait_port, direct or through a proxy) is a test to it too,
+    # and a test that starts before the server has given up on that one is
+    # refused or reset ("busy", "unable to receive control message",
+    # "control socket has closed unexpectedly"; seen under load). A test
+    # that measured nothing is therefore asked again (bounded); an error
+    # after a measured interval, or the last refusal, is named.
+    for attempt in range(40):
+        before = cpu_ticks()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+        after = cpu_ticks()
+        data = json.loads(out)
+        error = data.get("error")
+        if error is None:
+            break
+        if data.get("intervals") or attempt == 39:
+            raise RuntimeError(f"iperf3 via port {port}: {error}")
+        time.sleep(0.25)
     busy = [round(100 * (b1 - b0) / max(t1 - t0, 1)) for (b0, t0), (b1, t1) in zip(before, after)]
-    data = json.loads(out)
     return data["end"]["sum_received"]["bits_per_second"] / 1e9, busy
 
 
