@@ -675,6 +675,10 @@ impl HttpProxy {
         // The server an attempt failed on after it may have reached it: it
         // gets no second retry (RFC 9110 9.2.2), a new leader may.
         let mut failed_after_send: Option<Arc<LivyNode>> = None;
+        // The server this request was taken from because discovery named
+        // another leader while it did not answer: known not to lead, so a
+        // redirect back to it is never followed.
+        let mut left: Option<Arc<LivyNode>> = None;
 
         loop {
             // The view generation this attempt is made under: a retry waits
@@ -740,6 +744,7 @@ impl HttpProxy {
                     // JVM, which would keep the request until
                     // upstream-timeout. Its connection is dropped.
                     redirected_to = None;
+                    left = Some(node.clone());
                     if !wrote {
                         body.put_back(take_body(&mut upstream_req));
                         tracing::info!(node = %node, "the leader changed before the request left: sending it to the new one");
@@ -789,6 +794,27 @@ impl HttpProxy {
                         let until = deadline.min(Instant::now() + HINT_ANSWER_WAIT);
                         held(outcome, s.hints.answered(seq, until)).await;
                         view_moved = !still_names(&leader_rx, &node);
+                    }
+                    if body.can_send()
+                        && !view_moved
+                        && left.as_ref().is_some_and(|l| l.origin == target.origin)
+                    {
+                        // The new leader still points at the one this
+                        // request left: its latch names it, its role has
+                        // not flipped yet. Ask it again shortly, as for
+                        // a redirect to itself.
+                        if Instant::now() + SELF_REDIRECT_PAUSE >= deadline {
+                            return Err(ProxyError::NoLeader {
+                                waited: started.elapsed(),
+                                problem: Some(format!(
+                                    "{node} is the leader but still redirects to {target}, which no longer leads"
+                                )),
+                            });
+                        }
+                        tracing::debug!(from = %node, named = %target, "Livy server redirected to the server discovery moved away from: taking over; asking again");
+                        held(outcome, tokio::time::sleep(SELF_REDIRECT_PAUSE)).await;
+                        redirected_to = None;
+                        continue;
                     }
                     if body.can_send() {
                         hops += 1;
