@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LatchMember, Proxy, SimCluster, ZooKeeper, http_request, served_by, wait_served_by};
+use common::{
+    LatchMember, Proxy, SimCluster, ZooKeeper, http_request, served_by, wait_served_by, wait_until,
+};
 use http::StatusCode;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -266,6 +268,55 @@ async fn stale_307_is_followed_with_authorization_resent() {
         "Basic YWxpY2U6c2VjcmV0"
     );
     assert_eq!(at_leader[0]["body"], r#"{"kind":"spark"}"#);
+}
+
+/// Right after a failover the new leader's latch names it while its Livy
+/// may still redirect to the server it replaced. That server is known not
+/// to lead: the redirect is not followed, the new leader is asked again
+/// until it serves. (A separate latch plays ZooKeeper's view, so the view
+/// can move while the servers keep their roles.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leaders_redirect_to_the_one_it_replaced_is_not_followed() {
+    let zk = ZooKeeper::start();
+    let cluster = SimCluster::start(&zk, 3);
+    let leader = cluster.wait_for_leader(DEADLINE);
+    let (old, new) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (proxy, first) = stale_proxy(&zk, &cluster, old);
+    let second = LatchMember::join(
+        &zk.connect_string(),
+        "/stale/leader",
+        &format!("livy-{}", new + 1),
+        4000,
+    );
+    // The new leader still points at the old one, as Livy does until its
+    // role flips.
+    cluster.set_role(new, old);
+    drop(first);
+    assert!(
+        wait_until(DEADLINE, || proxy
+            .logs()
+            .contains(&format!("leader changed old=livy-{}=", old + 1))),
+        "the proxy's view never moved\n{}",
+        proxy.logs()
+    );
+    cluster.clear_requests(old);
+    let url = format!("{}/sessions", proxy.url());
+    let (answer, ()) = tokio::join!(http_request("GET", &url, &[], Vec::new()), async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.set_role(new, new);
+    });
+    let (status, headers, body) = answer;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(served_by(&headers), format!("livy-{}", new + 1));
+    assert!(
+        !cluster
+            .requests(old)
+            .iter()
+            .any(|r| r["path"] == "/sessions"),
+        "the redirect to the replaced leader was followed\n{}",
+        proxy.logs()
+    );
+    assert!(second.is_leader());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,11 @@ pub struct LeaderView {
     /// Increases by one every time `leader` changes, so a proxy can tell
     /// "the leader moved" from "the same leader, republished".
     pub generation: u64,
+    /// The leader discovery named before `leader` (kept across an election
+    /// gap with no leader): known not to lead while `leader` does, so a
+    /// new leader's redirect back to it (its Livy role flips a moment
+    /// after its latch) is waited out, never followed.
+    pub deposed: Option<Arc<LivyNode>>,
 }
 
 impl LeaderView {
@@ -97,6 +102,7 @@ impl LeaderView {
             source: Source::None,
             problem: Some("discovery has not run yet".to_string()),
             generation: 0,
+            deposed: None,
         }
     }
 
@@ -113,6 +119,7 @@ impl LeaderView {
             stale: false,
             source: Source::None,
             generation,
+            deposed: None,
         }
     }
 }
@@ -229,10 +236,22 @@ impl Publisher {
                     to: node.as_ref().map(|n| n.to_string()),
                     source: source.as_str(),
                 });
+                let old = view.leader.take().map(|l| l.node);
                 view.leader = node.map(|node| Leader {
                     node: Arc::new(node),
                     since: SystemTime::now(),
                 });
+                if old.is_some() {
+                    view.deposed = old;
+                }
+                if let Some(new) = &view.leader
+                    && view
+                        .deposed
+                        .as_ref()
+                        .is_some_and(|d| d.origin == new.node.origin)
+                {
+                    view.deposed = None;
+                }
             }
             let before = (view.stale, view.source, view.problem.clone());
             view.stale = false;
@@ -259,5 +278,48 @@ impl Publisher {
     /// A receiver of the channel, for tasks that also need to read it.
     pub fn subscribe(&self) -> LeaderRx {
         self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::AddressDefaults;
+
+    fn node(spec: &str) -> LivyNode {
+        LivyNode::parse(spec, AddressDefaults::default()).unwrap()
+    }
+
+    fn deposed(p: &Publisher) -> Option<String> {
+        p.current().deposed.map(|d| d.id.clone())
+    }
+
+    #[test]
+    fn the_last_leader_is_remembered_as_deposed_across_an_election_gap() {
+        let (tx, _rx) = watch::channel(LeaderView::unknown());
+        let p = Publisher::new(tx);
+        let (a, b) = (
+            node("a=http://a.example:8998"),
+            node("b=http://b.example:8998"),
+        );
+        p.set_leader(Some(a.clone()), Source::ZooKeeper, None);
+        assert_eq!(deposed(&p), None);
+        p.set_leader(Some(b.clone()), Source::ZooKeeper, None);
+        assert_eq!(deposed(&p).as_deref(), Some("a"));
+        // B → none → A: B lost the latch, so the gap remembers B, and A
+        // is never its own deposed.
+        p.set_leader(None, Source::ZooKeeper, None);
+        assert_eq!(deposed(&p).as_deref(), Some("b"));
+        p.set_leader(Some(a.clone()), Source::ZooKeeper, None);
+        assert_eq!(deposed(&p).as_deref(), Some("b"));
+        p.set_leader(Some(b.clone()), Source::ZooKeeper, None);
+        assert_eq!(deposed(&p).as_deref(), Some("a"));
+        p.set_leader(None, Source::ZooKeeper, None);
+        p.set_leader(Some(b), Source::ZooKeeper, None);
+        assert_eq!(
+            deposed(&p),
+            None,
+            "the leader back after a gap is not deposed"
+        );
     }
 }

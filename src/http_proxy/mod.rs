@@ -795,14 +795,22 @@ impl HttpProxy {
                         held(outcome, s.hints.answered(seq, until)).await;
                         view_moved = !still_names(&leader_rx, &node);
                     }
-                    if body.can_send()
-                        && !view_moved
-                        && left.as_ref().is_some_and(|l| l.origin == target.origin)
-                    {
-                        // The new leader still points at the one this
-                        // request left: its latch names it, its role has
-                        // not flipped yet. Ask it again shortly, as for
-                        // a redirect to itself.
+                    // A leader discovery still names, redirecting to the
+                    // one it replaced (or that this request was taken
+                    // from), is taking over: its latch names it, its role
+                    // has not flipped yet. The old one is known not to lead:
+                    // ask the new one again shortly, as for a redirect to
+                    // itself.
+                    let back_to_deposed = || {
+                        left.as_ref().is_some_and(|l| l.origin == target.origin)
+                            || (redirected_to.is_none()
+                                && leader_rx
+                                    .borrow()
+                                    .deposed
+                                    .as_ref()
+                                    .is_some_and(|d| d.origin == target.origin))
+                    };
+                    if body.can_send() && !view_moved && back_to_deposed() {
                         if Instant::now() + SELF_REDIRECT_PAUSE >= deadline {
                             return Err(ProxyError::NoLeader {
                                 waited: started.elapsed(),
