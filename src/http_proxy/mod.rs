@@ -801,14 +801,18 @@ impl HttpProxy {
                     // has not flipped yet. The old one is known not to lead:
                     // ask the new one again shortly, as for a redirect to
                     // itself.
+                    // A stale view (ZooKeeper out of reach) may have missed
+                    // the old leader's return, so there its word is taken.
                     let back_to_deposed = || {
                         left.as_ref().is_some_and(|l| l.origin == target.origin)
-                            || (redirected_to.is_none()
-                                && leader_rx
-                                    .borrow()
-                                    .deposed
-                                    .as_ref()
-                                    .is_some_and(|d| d.origin == target.origin))
+                            || (redirected_to.is_none() && {
+                                let view = leader_rx.borrow();
+                                !view.stale
+                                    && view
+                                        .deposed
+                                        .as_ref()
+                                        .is_some_and(|d| d.origin == target.origin)
+                            })
                     };
                     if body.can_send() && !view_moved && back_to_deposed() {
                         if Instant::now() + SELF_REDIRECT_PAUSE >= deadline {
