@@ -798,11 +798,11 @@ impl HttpProxy {
                     // A leader discovery still names, redirecting to the
                     // one it replaced (or that this request was taken
                     // from), is taking over: its latch names it, its role
-                    // has not flipped yet. The old one is known not to lead:
-                    // ask the new one again shortly, as for a redirect to
-                    // itself.
-                    // A stale view (ZooKeeper out of reach) may have missed
-                    // the old leader's return, so there its word is taken.
+                    // has not flipped yet. The old one is known not to lead,
+                    // so the new one is asked again shortly, as for a
+                    // redirect to itself; unless the view is stale
+                    // (ZooKeeper out of reach), which may have missed the
+                    // old leader's return.
                     let back_to_deposed = || {
                         left.as_ref().is_some_and(|l| l.origin == target.origin)
                             || (redirected_to.is_none() && {
